@@ -1,0 +1,73 @@
+//! The admin API's wire types, shared by the server (`admin`) and the CLI client.
+//!
+//! Endpoints (all JSON; every one but `/healthz` needs the bearer token when one is set):
+//! * `GET  /healthz` — liveness, no token.
+//! * `PUT  /v1/artifacts/{sha256}` — upload a component; the body must hash to the name.
+//! * `PUT  /v1/functions/{name}` — deploy: [`DeployRequest`] → [`FunctionInfo`].
+//! * `GET  /v1/functions` — [`FunctionInfo`] list; `GET /v1/functions/{name}` — one.
+//! * `DELETE /v1/functions/{name}` — remove (in-flight invocations finish).
+//! * `GET  /v1/status` — [`NodeStatus`].
+//!
+//! Errors answer `{"error": "..."}` with a message that names what is wrong and what to do.
+
+use crate::engine::CodeSource;
+use crate::limits::FunctionLimits;
+use serde::{Deserialize, Serialize};
+
+/// Body of `PUT /v1/functions/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The manifest text (skiff.toml).
+    pub manifest: String,
+    /// sha256 (hex) of an uploaded artifact.
+    pub artifact: String,
+}
+
+/// A deployed function as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    /// The function's name.
+    pub name: String,
+    /// The version now serving.
+    pub version: u64,
+    /// The route pattern, e.g. `/hello/...`.
+    pub route: String,
+    /// Absolute URL of the route's root on this server's listener.
+    pub url: String,
+    /// sha256 of the component.
+    pub artifact: String,
+    /// Resolved limits.
+    pub limits: FunctionLimits,
+    /// Invocations running now.
+    pub in_flight: u32,
+    /// Where the running code came from.
+    pub code: CodeSource,
+    /// Milliseconds since the Unix epoch.
+    pub deployed_at_ms: u64,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's name.
+    pub node: String,
+    /// `embedded` or `cluster`.
+    pub mode: String,
+    /// The function listener's base URL.
+    pub url: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Invocations running now on the node.
+    pub in_flight: u32,
+    /// Invocations the node runs at once at most.
+    pub capacity: u32,
+    /// Deployed functions.
+    pub functions: Vec<FunctionInfo>,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong and what to do.
+    pub error: String,
+}

@@ -1,0 +1,135 @@
+//! `skiff deploy`: build (unless `--no-build`), upload the component with progress, deploy
+//! the manifest, and report the URL once the new version serves.
+
+use super::client::{AdminClient, ClientBody};
+use crate::api::{DeployRequest, FunctionInfo};
+use crate::engine::check_component_header;
+use crate::manifest::Manifest;
+use crate::registry::sha256_hex;
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::time::Duration;
+
+/// Upload chunk size: the granularity of the progress bar.
+const CHUNK: usize = 256 << 10;
+
+/// Deploys the function at `path` (a folder with skiff.toml, or the manifest file).
+pub async fn deploy(
+    client: &AdminClient,
+    path: &Path,
+    build: bool,
+) -> anyhow::Result<FunctionInfo> {
+    let (manifest, manifest_file, text) = Manifest::load(path)?;
+    let name = manifest.name.clone();
+    if build && let Some(cmd) = &manifest.build {
+        run_build(name.as_str(), cmd, &manifest_file).await?;
+    }
+    let component = manifest.component_path(&manifest_file);
+    let bytes = match tokio::fs::read(&component).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "component of `{name}` not found at {} (`component` in {}); build it first{}, or fix the path",
+            component.display(),
+            manifest_file.display(),
+            if manifest.build.is_some() {
+                " (drop --no-build)"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => bail!("cannot read component {}: {e}", component.display()),
+    };
+    check_component_header(&bytes)
+        .with_context(|| format!("cannot deploy `{name}` from {}", component.display()))?;
+    let sha = sha256_hex(&bytes);
+    upload(client, &sha, Bytes::from(bytes)).await?;
+
+    let request = serde_json::to_vec(&DeployRequest {
+        manifest: text,
+        artifact: sha,
+    })?;
+    let spinner = spinner(format!("deploying {name}"));
+    let info: Result<FunctionInfo, _> = client
+        .call(
+            Method::PUT,
+            &format!("/v1/functions/{name}"),
+            super::client::full(request),
+        )
+        .await;
+    spinner.finish_and_clear();
+    let info = info?;
+    println!(
+        "deployed {} v{} ({}) → {}",
+        info.name, info.version, info.route, info.url
+    );
+    Ok(info)
+}
+
+async fn run_build(name: &str, cmd: &str, manifest_file: &Path) -> anyhow::Result<()> {
+    let dir = manifest_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let spinner = spinner(format!("building {name}: {cmd}"));
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(&dir)
+        .output()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot run the build command of `{name}` in {}",
+                dir.display()
+            )
+        })?;
+    spinner.finish_and_clear();
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "build of `{name}` failed ({}) running `{cmd}` in {}:\n{}\nfix the build, or deploy a prebuilt component with --no-build",
+            output.status,
+            dir.display(),
+            tail.join("\n")
+        );
+    }
+    Ok(())
+}
+
+async fn upload(client: &AdminClient, sha: &str, bytes: Bytes) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(bytes.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("uploading {bytes}/{total_bytes} {wide_bar} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(CHUNK)
+        .map(|i| bytes.slice(i..(i + CHUNK).min(bytes.len())))
+        .collect();
+    let progress = bar.clone();
+    let stream = futures::stream::iter(chunks.into_iter().map(move |c| {
+        progress.inc(c.len() as u64);
+        Ok::<_, std::io::Error>(Frame::data(c))
+    }));
+    let body: ClientBody = StreamBody::new(stream).boxed();
+    let result: Result<serde_json::Value, _> = client
+        .call(Method::PUT, &format!("/v1/artifacts/{sha}"), body)
+        .await;
+    bar.finish_and_clear();
+    result?;
+    Ok(())
+}
+
+fn spinner(message: String) -> ProgressBar {
+    let s = ProgressBar::new_spinner();
+    s.set_message(message);
+    s.enable_steady_tick(Duration::from_millis(100));
+    s
+}

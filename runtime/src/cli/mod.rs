@@ -1,0 +1,288 @@
+//! The `skiff` command line: server subcommands (`up`) and client subcommands that talk
+//! to a server's admin API (`deploy`, `ls`, `rm`, `invoke`, `status`).
+
+pub mod client;
+pub mod deploy;
+
+use crate::api::{FunctionInfo, NodeStatus};
+use crate::limits::NodeLimits;
+use crate::manifest::{Size, Timeout};
+use crate::server::embedded::{self, UpOptions};
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use client::AdminClient;
+use http_body_util::BodyExt;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Skiff: run WebAssembly functions.
+#[derive(Debug, Parser)]
+#[command(name = "skiff", version, about, long_about = None)]
+struct Cli {
+    /// Admin API of the server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "SKIFF_SERVER",
+        default_value = "http://127.0.0.1:7071"
+    )]
+    server: String,
+    /// Bearer token for the admin API (a server started with one requires it).
+    #[arg(long, global = true, env = "SKIFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Log as JSON lines instead of human-readable text (level from RUST_LOG).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Skiff on this machine: one node and its front door, no external service.
+    Up(UpArgs),
+    /// Build and deploy the function in PATH (a folder with skiff.toml, or the file).
+    Deploy {
+        /// Folder or manifest file.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Deploy the component as it is; do not run the manifest's build command.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// List deployed functions.
+    Ls,
+    /// Remove a function; running invocations finish.
+    Rm {
+        /// The function's name.
+        name: String,
+    },
+    /// Call a function over HTTP and print its answer.
+    Invoke(InvokeArgs),
+    /// Show the server's node, load and functions.
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Address for function traffic.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Address for the admin API, /healthz (and later /metrics).
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    admin: SocketAddr,
+    /// Where deployments, artifacts and compiled code live.
+    #[arg(long, default_value = ".skiff")]
+    data_dir: PathBuf,
+    /// The node's name.
+    #[arg(long, default_value = "local")]
+    name: String,
+    /// Build and deploy this function folder once up (repeatable).
+    #[arg(long = "deploy", value_name = "DIR")]
+    deploy: Vec<PathBuf>,
+    /// Invocations running at once on this node.
+    #[arg(long, default_value_t = NodeLimits::default().node_concurrency)]
+    max_concurrency: u32,
+    /// Largest request head (request line + headers) accepted; larger answers 431.
+    #[arg(long, default_value = "32KiB", value_parser = Size::parse)]
+    max_header_bytes: Size,
+    /// How long a client may take to send its request head.
+    #[arg(long, default_value = "10s", value_parser = Timeout::parse)]
+    header_read_timeout: Timeout,
+    /// The most memory any function may ask for.
+    #[arg(long, default_value = "1GiB", value_parser = Size::parse)]
+    max_memory: Size,
+    /// The longest timeout any function may ask for.
+    #[arg(long, default_value = "5m", value_parser = Timeout::parse)]
+    max_timeout: Timeout,
+    /// The largest request body any function may accept.
+    #[arg(long, default_value = "100MiB", value_parser = Size::parse)]
+    max_body: Size,
+}
+
+#[derive(Debug, Args)]
+struct InvokeArgs {
+    /// The function's name.
+    name: String,
+    /// Path below the function's route, e.g. /world.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// HTTP method.
+    #[arg(short = 'X', long = "request", default_value = "GET")]
+    method: String,
+    /// Request body, or @FILE to read it from a file.
+    #[arg(short = 'd', long = "data")]
+    data: Option<String>,
+    /// Header as 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+}
+
+/// Entry point of the `skiff` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json, matches!(cli.command, Command::Up(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool, server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = || AdminClient::new(&cli.server, cli.token.clone());
+    match cli.command {
+        Command::Up(args) => {
+            let defaults = NodeLimits::default();
+            let mut limits = NodeLimits {
+                node_concurrency: args.max_concurrency.max(1),
+                max_header_bytes: usize::try_from(args.max_header_bytes.0).unwrap_or(usize::MAX),
+                header_read_timeout: args.header_read_timeout.0,
+                ..defaults
+            };
+            limits.max.memory = args.max_memory.0;
+            limits.max.timeout = args.max_timeout.0;
+            limits.max.body = args.max_body.0;
+            limits.defaults.memory = limits.defaults.memory.min(limits.max.memory);
+            limits.defaults.timeout = limits.defaults.timeout.min(limits.max.timeout);
+            limits.defaults.body = limits.defaults.body.min(limits.max.body);
+            embedded::run(UpOptions {
+                listen: args.listen,
+                admin: args.admin,
+                data_dir: args.data_dir,
+                token: cli.token.clone(),
+                limits,
+                name: args.name,
+                deploy: args.deploy,
+            })
+            .await?;
+        }
+        Command::Deploy { path, no_build } => {
+            deploy::deploy(&client()?, &path, !no_build).await?;
+        }
+        Command::Ls => {
+            let list: Vec<FunctionInfo> = client()?.get("/v1/functions").await?;
+            print_functions(&list);
+        }
+        Command::Rm { name } => {
+            let _: serde_json::Value = client()?
+                .call(
+                    http::Method::DELETE,
+                    &format!("/v1/functions/{name}"),
+                    client::full(Bytes::new()),
+                )
+                .await?;
+            println!("removed {name}");
+        }
+        Command::Status => {
+            let s: NodeStatus = client()?.get("/v1/status").await?;
+            println!(
+                "node {} ({}) · {} · up {}s · in flight {}/{}",
+                s.node, s.mode, s.url, s.uptime_secs, s.in_flight, s.capacity
+            );
+            print_functions(&s.functions);
+        }
+        Command::Invoke(args) => return invoke(&client()?, args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_functions(list: &[FunctionInfo]) {
+    if list.is_empty() {
+        println!("no functions deployed; deploy one with `skiff deploy DIR`");
+        return;
+    }
+    println!(
+        "{:<24} {:>7} {:<24} {:>9}  URL",
+        "NAME", "VERSION", "ROUTE", "IN-FLIGHT"
+    );
+    for f in list {
+        println!(
+            "{:<24} {:>7} {:<24} {:>9}  {}",
+            f.name, f.version, f.route, f.in_flight, f.url
+        );
+    }
+}
+
+async fn invoke(client: &AdminClient, args: InvokeArgs) -> anyhow::Result<ExitCode> {
+    let info: FunctionInfo = client.get(&format!("/v1/functions/{}", args.name)).await?;
+    let base = info.url.trim_end_matches('/');
+    let sub = args.path.trim_start_matches('/');
+    let url = if sub.is_empty() {
+        info.url.clone()
+    } else {
+        format!("{base}/{sub}")
+    };
+    let body = match &args.data {
+        None => Bytes::new(),
+        Some(d) => match d.strip_prefix('@') {
+            Some(file) => Bytes::from(
+                tokio::fs::read(file)
+                    .await
+                    .with_context(|| format!("cannot read request body from `{file}`"))?,
+            ),
+            None => Bytes::from(d.clone()),
+        },
+    };
+    let method = http::Method::from_bytes(args.method.as_bytes())
+        .with_context(|| format!("`{}` is not an HTTP method", args.method))?;
+    let mut req = http::Request::builder().method(method).uri(&url);
+    for h in &args.headers {
+        let Some((k, v)) = h.split_once(':') else {
+            bail!("header `{h}` is not of the form 'Name: value'");
+        };
+        req = req.header(k.trim(), v.trim());
+    }
+    let req = req
+        .body(client::full(body))
+        .with_context(|| format!("cannot build a request to {url}"))?;
+    let resp = client::http_client()
+        .request(req)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {}", client::describe(&e)))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut out = std::io::stdout().lock();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow::anyhow!("response from {url} broke off: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            out.write_all(data)?;
+        }
+    }
+    out.flush()?;
+    if status.is_success() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {url} answered {status}");
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,218 @@
+//! The wasmtime engine of a node and its compiled-code cache.
+//!
+//! One engine per node: async, epoch interruption (a ticker thread advances the epoch
+//! every [`EPOCH_TICK`]), the pooling allocator with copy-on-write memory images.
+//! Components are precompiled once per (artifact sha256, engine compatibility hash); the
+//! precompiled file's own sha256 is recorded in the control store and checked before the
+//! file is deserialized, so a truncated or altered file is recompiled, never loaded.
+
+use crate::limits::NodeLimits;
+use crate::registry::{Registry, RegistryError, sha256_hex, write_durably};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of timeouts and of yielding to other work.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A failure to set up the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime refused the configuration.
+    #[error("cannot configure wasmtime: {0}")]
+    Config(String),
+    /// The cache folder could not be created.
+    #[error("cannot create compiled-code cache `{path}`: {source}")]
+    CacheDir {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A failure to turn an artifact into a loadable component.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The bytes are not WebAssembly at all.
+    #[error(
+        "the file is not WebAssembly (it does not start with the `\\0asm` magic); point `component` in skiff.toml at the .wasm your build produces"
+    )]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "the file is a core WebAssembly module, not a component; build for `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// A WebAssembly binary of a version or layer wasmtime does not read.
+    #[error(
+        "the file is WebAssembly of an unsupported version or layer ({0:#x}); build a WASI 0.2 component for `wasm32-wasip2`"
+    )]
+    UnknownLayer(u32),
+    /// wasmtime could not compile it.
+    #[error("the component does not compile: {0}")]
+    Invalid(String),
+    /// The artifact or cache could not be read or written.
+    #[error(transparent)]
+    Store(#[from] RegistryError),
+}
+
+/// Whether the component came from the precompiled cache or was compiled just now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeSource {
+    /// Loaded from a verified precompiled file.
+    Cache,
+    /// Compiled from the artifact.
+    Compiled,
+}
+
+/// Checks the 8-byte header: `\0asm`, then version and layer (component = layer 1).
+pub fn check_component_header(bytes: &[u8]) -> Result<(), CompileError> {
+    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
+        return Err(CompileError::NotWasm);
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
+    match (layer, version) {
+        (0, 1) => Err(CompileError::CoreModule),
+        (1, _) => Ok(()),
+        _ => Err(CompileError::UnknownLayer(
+            u32::from(version) | (u32::from(layer) << 16),
+        )),
+    }
+}
+
+/// A node's engine together with its compiled-code cache.
+#[derive(Clone)]
+pub struct NodeEngine {
+    engine: Engine,
+    compat: String,
+    cache_dir: PathBuf,
+}
+
+impl NodeEngine {
+    /// Builds the engine for `limits` and starts its epoch ticker.
+    pub fn new(limits: &NodeLimits, cache_dir: &Path) -> Result<NodeEngine, EngineError> {
+        std::fs::create_dir_all(cache_dir).map_err(|source| EngineError::CacheDir {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.memory_init_cow(true);
+        let slots = limits.node_concurrency.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots);
+        // A wasm32-wasip2 component holds a handful of core instances, memories and tables.
+        pool.total_core_instances(slots.saturating_mul(8));
+        pool.total_memories(slots.saturating_mul(2));
+        pool.total_tables(slots.saturating_mul(8));
+        pool.total_stacks(slots);
+        pool.max_memory_size(usize::try_from(limits.max.memory).unwrap_or(usize::MAX));
+        // Keep a little of each slot resident so reuse skips page faults on the hot path.
+        pool.linear_memory_keep_resident(64 << 10);
+        pool.table_keep_resident(16 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let compat = format!("{:016x}", h.finish());
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("skiff-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| EngineError::Config(format!("cannot start epoch ticker: {e}")))?;
+
+        Ok(NodeEngine {
+            engine,
+            compat,
+            cache_dir: cache_dir.to_path_buf(),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// This engine's compatibility hash: precompiled code is keyed by it.
+    pub fn compat(&self) -> &str {
+        &self.compat
+    }
+
+    /// Loads the component for `artifact`, from the verified cache when possible.
+    /// Blocking: call it off the async executor.
+    pub fn load(
+        &self,
+        registry: &Registry,
+        artifact: &str,
+    ) -> Result<(Component, CodeSource), CompileError> {
+        let key = format!("{artifact}-{}", self.compat);
+        let path = self.cache_dir.join(format!("{key}.cwasm"));
+        if let Some(expected) = registry.compiled_hash(&key)?
+            && let Ok(bytes) = std::fs::read(&path)
+        {
+            if sha256_hex(&bytes) == expected {
+                // SAFETY: the bytes were produced by `precompile_component` of an engine
+                // with this compatibility hash and are byte-for-byte what was recorded.
+                match unsafe { Component::deserialize(&self.engine, &bytes) } {
+                    Ok(c) => return Ok((c, CodeSource::Cache)),
+                    Err(e) => {
+                        tracing::warn!(artifact, error = %e, "precompiled code unusable; recompiling")
+                    }
+                }
+            } else {
+                tracing::warn!(artifact, path = %path.display(), "precompiled code does not match its recorded hash; recompiling");
+            }
+        }
+        let wasm = registry.read_artifact(artifact)?;
+        check_component_header(&wasm)?;
+        let compiled = self
+            .engine
+            .precompile_component(&wasm)
+            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        write_durably(&path, &compiled)?;
+        registry.set_compiled_hash(&key, &sha256_hex(&compiled))?;
+        // SAFETY: produced just above by this engine.
+        let component = unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        Ok((component, CodeSource::Compiled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_tells_component_from_module_from_junk() {
+        assert!(matches!(
+            check_component_header(b"hello world"),
+            Err(CompileError::NotWasm)
+        ));
+        assert!(matches!(
+            check_component_header(b"\0asm"),
+            Err(CompileError::NotWasm)
+        ));
+        assert!(matches!(
+            check_component_header(b"\0asm\x01\0\0\0"),
+            Err(CompileError::CoreModule)
+        ));
+        assert!(check_component_header(b"\0asm\x0d\0\x01\0").is_ok());
+        assert!(matches!(
+            check_component_header(b"\0asm\x01\0\x07\0"),
+            Err(CompileError::UnknownLayer(_))
+        ));
+    }
+}

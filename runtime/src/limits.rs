@@ -1,0 +1,210 @@
+//! Invocation limits: the node's maxima and defaults, and their resolution against a
+//! manifest's `[limits]`.
+
+use crate::manifest::{LimitsSection, Size, Timeout};
+use std::time::Duration;
+
+/// The limits one function's invocations run under, after resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionLimits {
+    /// Bytes of linear memory an instance may hold.
+    pub memory: u64,
+    /// Wall-clock time of one invocation, body streaming included.
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// Invocations of the function running at once on this node.
+    pub concurrency: u32,
+    /// Largest request body accepted, in bytes.
+    pub body: u64,
+}
+
+/// Node-wide settings: the ceiling for every function and the defaults a manifest may omit.
+#[derive(Debug, Clone)]
+pub struct NodeLimits {
+    /// Limits for a function whose manifest says nothing.
+    pub defaults: FunctionLimits,
+    /// The most any function may ask for.
+    pub max: FunctionLimits,
+    /// Invocations running at once on the whole node.
+    pub node_concurrency: u32,
+    /// Largest request head (request line + headers) in bytes; larger answers 431.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send its request head.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            defaults: FunctionLimits {
+                memory: 128 << 20,
+                timeout: Duration::from_secs(30),
+                concurrency: 128,
+                body: 10 << 20,
+            },
+            max: FunctionLimits {
+                memory: 1 << 30,
+                timeout: Duration::from_secs(300),
+                concurrency: 512,
+                body: 100 << 20,
+            },
+            node_concurrency: 512,
+            max_header_bytes: 32 << 10,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A manifest asked for more than the node allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "[limits] {key} = {asked} exceeds this node's maximum of {max}; lower it in skiff.toml or raise the node's maximum"
+)]
+pub struct LimitError {
+    /// The manifest key.
+    pub key: &'static str,
+    /// What the manifest asked for.
+    pub asked: String,
+    /// The node's ceiling.
+    pub max: String,
+}
+
+impl NodeLimits {
+    /// Resolves a manifest's `[limits]` against the defaults and maxima.
+    pub fn resolve(&self, spec: &LimitsSection) -> Result<FunctionLimits, LimitError> {
+        let d = self.defaults;
+        let m = self.max;
+        let memory = spec.memory.map_or(d.memory, |s| s.0);
+        if memory > m.memory {
+            return Err(LimitError {
+                key: "memory",
+                asked: Size(memory).to_string(),
+                max: Size(m.memory).to_string(),
+            });
+        }
+        let timeout = spec.timeout.map_or(d.timeout, |t| t.0);
+        if timeout > m.timeout {
+            return Err(LimitError {
+                key: "timeout",
+                asked: Timeout(timeout).to_string(),
+                max: Timeout(m.timeout).to_string(),
+            });
+        }
+        let concurrency_max = m.concurrency.min(self.node_concurrency);
+        let concurrency = match spec.concurrency {
+            Some(c) if c > concurrency_max => {
+                return Err(LimitError {
+                    key: "concurrency",
+                    asked: c.to_string(),
+                    max: concurrency_max.to_string(),
+                });
+            }
+            Some(c) => c,
+            // The default may exceed a node configured smaller than the defaults assume.
+            None => d.concurrency.min(concurrency_max),
+        };
+        let body = spec.body.map_or(d.body, |s| s.0);
+        if body > m.body {
+            return Err(LimitError {
+                key: "body",
+                asked: Size(body).to_string(),
+                max: Size(m.body).to_string(),
+            });
+        }
+        Ok(FunctionLimits {
+            memory,
+            timeout,
+            concurrency,
+            body,
+        })
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_section_takes_defaults() {
+        let n = NodeLimits::default();
+        assert_eq!(n.resolve(&LimitsSection::default()).unwrap(), n.defaults);
+    }
+
+    #[test]
+    fn overrides_within_maxima_apply() {
+        let n = NodeLimits::default();
+        let spec = LimitsSection {
+            memory: Some(Size(64 << 20)),
+            timeout: Some(Timeout(Duration::from_secs(5))),
+            concurrency: Some(4),
+            body: Some(Size(1024)),
+        };
+        let l = n.resolve(&spec).unwrap();
+        assert_eq!(l.memory, 64 << 20);
+        assert_eq!(l.timeout, Duration::from_secs(5));
+        assert_eq!(l.concurrency, 4);
+        assert_eq!(l.body, 1024);
+    }
+
+    #[test]
+    fn each_limit_over_the_maximum_is_refused_by_name() {
+        let n = NodeLimits::default();
+        let cases = [
+            (
+                LimitsSection {
+                    memory: Some(Size(2 << 30)),
+                    ..Default::default()
+                },
+                "memory",
+            ),
+            (
+                LimitsSection {
+                    timeout: Some(Timeout(Duration::from_secs(3600))),
+                    ..Default::default()
+                },
+                "timeout",
+            ),
+            (
+                LimitsSection {
+                    concurrency: Some(100_000),
+                    ..Default::default()
+                },
+                "concurrency",
+            ),
+            (
+                LimitsSection {
+                    body: Some(Size(1 << 40)),
+                    ..Default::default()
+                },
+                "body",
+            ),
+        ];
+        for (spec, key) in cases {
+            let err = n.resolve(&spec).unwrap_err();
+            assert_eq!(err.key, key);
+            assert!(err.to_string().contains("exceeds this node's maximum"));
+        }
+    }
+
+    #[test]
+    fn default_concurrency_is_capped_by_a_small_node() {
+        let n = NodeLimits {
+            node_concurrency: 8,
+            ..NodeLimits::default()
+        };
+        assert_eq!(n.resolve(&LimitsSection::default()).unwrap().concurrency, 8);
+    }
+}

@@ -1,0 +1,382 @@
+//! `skiff.toml`: a function's manifest, parsed strictly.
+//!
+//! Unknown keys are errors that name their line (serde's `deny_unknown_fields` + toml's
+//! spans); names, sizes ("64MiB") and durations ("5s") are validated newtypes, so a
+//! manifest that parses is one the node can act on.
+
+use serde::{Deserialize, Deserializer};
+use skiff_scheduler::Route;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file name `skiff deploy DIR` looks for.
+pub const MANIFEST_FILE: &str = "skiff.toml";
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The TOML did not parse or did not match the schema; the message names the line.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// Where the manifest came from (a path or "manifest").
+        origin: String,
+        /// toml's message, with line, column and the offending snippet.
+        message: String,
+    },
+    /// The manifest file could not be read.
+    #[error(
+        "cannot read manifest `{path}`: {source}; pass a folder that holds skiff.toml or the file itself"
+    )]
+    Read {
+        /// The path tried.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A function name: `[a-z0-9][a-z0-9-]{0,62}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct FunctionName(String);
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid function name `{0}`: use 1 to 63 lowercase letters, digits and `-`, starting with a letter or digit (for example `hello-world`)"
+)]
+pub struct NameError(pub String);
+
+impl FunctionName {
+    /// Validates `name`.
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        let bytes = name.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= 63
+            && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+        if ok {
+            Ok(FunctionName(name.to_string()))
+        } else {
+            Err(NameError(name.to_string()))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FunctionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for FunctionName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FunctionName::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A byte size written as "64MiB", "512KiB", "10MB" or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// Parses a human-readable size.
+    pub fn parse(s: &str) -> Result<Size, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|e| format!("invalid size `{s}`: {e} (write it like \"64MiB\" or \"10MB\")"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Text(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as "5s", "250ms" or "1m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timeout(pub Duration);
+
+impl Timeout {
+    /// Parses a human-readable duration.
+    pub fn parse(s: &str) -> Result<Timeout, String> {
+        humantime::parse_duration(s.trim())
+            .map(Timeout)
+            .map_err(|e| format!("invalid duration `{s}`: {e} (write it like \"5s\" or \"250ms\")"))
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timeout::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The `[http]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Route pattern; default `/<name>/...`.
+    pub route: Option<String>,
+}
+
+/// The `[limits]` table: per-function overrides, each bounded by the node's maxima.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Linear memory an instance may grow to.
+    pub memory: Option<Size>,
+    /// Wall-clock time one invocation may take.
+    pub timeout: Option<Timeout>,
+    /// Invocations of this function running at once on one node.
+    pub concurrency: Option<u32>,
+    /// Largest request body accepted.
+    pub body: Option<Size>,
+}
+
+/// A parsed `skiff.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The function's name; also its default route.
+    pub name: FunctionName,
+    /// Path of the component, absolute or relative to the manifest's folder.
+    pub component: PathBuf,
+    /// Shell command that builds the component, run in the manifest's folder.
+    pub build: Option<String>,
+    /// Origins the function may call through `wasi:http/outgoing-handler`.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// HTTP trigger.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Per-function limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Environment variables the function sees (and nothing else of the host's).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Parses manifest text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
+        let parse_err = |message: String| ManifestError::Parse {
+            origin: origin.to_string(),
+            message,
+        };
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| parse_err(e.to_string().trim_end().to_string()))?;
+        manifest
+            .route()
+            .map_err(|e| parse_err(format!("[http] {e}")))?;
+        if manifest.limits.concurrency == Some(0) {
+            return Err(parse_err(
+                "[limits] concurrency must be at least 1".to_string(),
+            ));
+        }
+        for key in manifest.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(parse_err(format!(
+                    "[env] key `{key}` is not a valid environment variable name"
+                )));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Reads and parses the manifest at `path` (a file, or a folder holding skiff.toml).
+    pub fn load(path: &Path) -> Result<(Manifest, PathBuf, String), ManifestError> {
+        let file = if path.is_dir() {
+            path.join(MANIFEST_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let manifest = Manifest::parse(&text, &file.display().to_string())?;
+        Ok((manifest, file, text))
+    }
+
+    /// The route this function serves.
+    pub fn route(&self) -> Result<Route, skiff_scheduler::RouteError> {
+        match &self.http.route {
+            Some(r) => Route::parse(r),
+            None => Ok(Route::default_for(self.name.as_str())),
+        }
+    }
+
+    /// The component's path, resolved against the manifest's folder.
+    pub fn component_path(&self, manifest_file: &Path) -> PathBuf {
+        if self.component.is_absolute() {
+            self.component.clone()
+        } else {
+            manifest_file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(&self.component)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+name = "hello"
+component = "target/wasm32-wasip2/release/hello.wasm"
+build = "cargo build --release --target wasm32-wasip2"
+allowed_outbound_hosts = ["https://api.example.com"]
+
+[http]
+route = "/hi/..."
+
+[limits]
+memory = "64MiB"
+timeout = "5s"
+concurrency = 64
+body = "1MiB"
+
+[env]
+GREETING = "hi"
+"#;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let m = Manifest::parse(FULL, "test").unwrap();
+        assert_eq!(m.name.as_str(), "hello");
+        assert_eq!(m.limits.memory, Some(Size(64 << 20)));
+        assert_eq!(m.limits.timeout, Some(Timeout(Duration::from_secs(5))));
+        assert_eq!(m.limits.concurrency, Some(64));
+        assert_eq!(m.limits.body, Some(Size(1 << 20)));
+        assert_eq!(m.env.get("GREETING").map(String::as_str), Some("hi"));
+        assert_eq!(m.route().unwrap().to_string(), "/hi/...");
+    }
+
+    #[test]
+    fn default_route_is_name() {
+        let m = Manifest::parse("name = \"abc\"\ncomponent = \"x.wasm\"\n", "t").unwrap();
+        assert_eq!(m.route().unwrap().to_string(), "/abc/...");
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let text = "name = \"abc\"\ncomponent = \"x.wasm\"\ncolour = \"blue\"\n";
+        let err = Manifest::parse(text, "skiff.toml").unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_table_names_its_line() {
+        let text = "name = \"abc\"\ncomponent = \"x.wasm\"\n[limits]\nmemroy = \"1MiB\"\n";
+        let err = Manifest::parse(text, "skiff.toml").unwrap_err().to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in ["Hello", "-x", "", "a_b", "é", &"a".repeat(64)] {
+            assert!(FunctionName::new(bad).is_err(), "{bad:?} accepted");
+            let text = format!("name = \"{bad}\"\ncomponent = \"x.wasm\"\n");
+            let err = Manifest::parse(&text, "t").unwrap_err().to_string();
+            assert!(err.contains("invalid function name"), "{err}");
+        }
+        for good in ["a", "0", "hello-world", &"a".repeat(63)] {
+            assert!(FunctionName::new(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(Size::parse("64MiB").unwrap(), Size(64 << 20));
+        assert_eq!(Size::parse("10MB").unwrap(), Size(10_000_000));
+        assert_eq!(Size::parse("512").unwrap(), Size(512));
+        assert!(Size::parse("lots").is_err());
+        assert_eq!(
+            Timeout::parse("250ms").unwrap(),
+            Timeout(Duration::from_millis(250))
+        );
+        assert!(Timeout::parse("soon").is_err());
+        let err = Manifest::parse(
+            "name = \"a\"\ncomponent = \"x\"\n[limits]\ntimeout = \"soon\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 4") && err.contains("invalid duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_route_and_zero_concurrency_are_refused() {
+        let err = Manifest::parse(
+            "name = \"a\"\ncomponent = \"x\"\n[http]\nroute = \"nope\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("must start with `/`"), "{err}");
+        let err = Manifest::parse(
+            "name = \"a\"\ncomponent = \"x\"\n[limits]\nconcurrency = 0\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn component_path_resolves_relative_to_manifest() {
+        let m = Manifest::parse("name = \"a\"\ncomponent = \"out/a.wasm\"\n", "t").unwrap();
+        assert_eq!(
+            m.component_path(Path::new("/srv/fn/skiff.toml")),
+            PathBuf::from("/srv/fn/out/a.wasm")
+        );
+        let m = Manifest::parse("name = \"a\"\ncomponent = \"/abs/a.wasm\"\n", "t").unwrap();
+        assert_eq!(
+            m.component_path(Path::new("/srv/fn/skiff.toml")),
+            PathBuf::from("/abs/a.wasm")
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! Bodies on the invocation path: the request body with its size limit, and the small
+//! replies the node writes itself.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use wasmtime_wasi_http::Error;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// A request body that fails once more than `limit` bytes arrive, and flags that it did
+/// so that the node answers 413 whatever the guest does with the error.
+pub struct LimitedBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl LimitedBody {
+    /// Wraps `inner`.
+    pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        LimitedBody {
+            inner,
+            limit,
+            seen: 0,
+            exceeded,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Error::HttpRequestBodySize(Some(this.seen)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Error::from(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A plain-text reply from the node itself (not from a function).
+pub fn reply(status: http::StatusCode, message: String) -> http::Response<HyperOutgoingBody> {
+    let mut r = http::Response::new(
+        Full::new(Bytes::from(message + "\n"))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,269 @@
+//! Deploying, restoring and removing functions on a node.
+//!
+//! Everything that can be done once per version happens here, not per request: manifest
+//! validation, limit resolution, outbound policy parsing, compilation (or a verified cache
+//! load), linking, and `ProxyPre` construction. Only a version that passed all of it is
+//! recorded and swapped in.
+
+use super::{Deployment, Node, Snapshot};
+use crate::engine::{CodeSource, CompileError};
+use crate::host::SandboxSpec;
+use crate::host::http::{OriginError, OutboundPolicy};
+use crate::limits::{FunctionLimits, LimitError};
+use crate::manifest::{FunctionName, Manifest, ManifestError, NameError};
+use crate::registry::{FunctionRecord, RegistryError};
+use skiff_scheduler::{Route, RouteError};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use wasmtime::component::Component;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// Why a deploy (or a restore at start) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The manifest is malformed.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The name in the URL is not a valid function name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The URL and the manifest disagree on the name.
+    #[error(
+        "the manifest names function `{manifest}` but it was deployed as `{path}`; deploy it under its own name"
+    )]
+    NameMismatch {
+        /// The name in the request path.
+        path: String,
+        /// The name in the manifest.
+        manifest: String,
+    },
+    /// A limit exceeds the node's maximum.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
+    /// An outbound origin is malformed.
+    #[error(transparent)]
+    Outbound(#[from] OriginError),
+    /// The route is malformed or taken.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The artifact is not a usable component.
+    #[error("cannot deploy `{name}`: {source}")]
+    Compile {
+        /// The function.
+        name: String,
+        /// What is wrong with the artifact.
+        source: CompileError,
+    },
+    /// The component imports something this node does not provide.
+    #[error(
+        "cannot deploy `{name}`: the component needs an import Skiff does not provide ({detail}); Skiff provides WASI 0.2 and wasi:http — build against the wasi:http/proxy world"
+    )]
+    Imports {
+        /// The function.
+        name: String,
+        /// wasmtime's description of the missing import.
+        detail: String,
+    },
+    /// The component has no HTTP handler.
+    #[error(
+        "cannot deploy `{name}`: the component does not export wasi:http/incoming-handler@0.2.x ({detail}); HTTP functions must target the wasi:http/proxy world (with skiff-sdk, use `skiff_sdk::http_handler!`)"
+    )]
+    NoHandler {
+        /// The function.
+        name: String,
+        /// wasmtime's description.
+        detail: String,
+    },
+    /// The control store failed.
+    #[error(transparent)]
+    Store(#[from] RegistryError),
+    /// A background task died.
+    #[error("internal error while deploying `{name}`: {detail}")]
+    Internal {
+        /// The function.
+        name: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl DeployError {
+    /// Whether the caller's input is at fault (as opposed to the node).
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            DeployError::Store(RegistryError::MissingArtifact(_)) => true,
+            DeployError::Store(_) | DeployError::Internal { .. } => false,
+            DeployError::Compile { source, .. } => !matches!(source, CompileError::Store(_)),
+            _ => true,
+        }
+    }
+
+    /// Whether the failure is a conflict with what is already deployed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, DeployError::Route(RouteError::Taken { .. }))
+    }
+}
+
+/// A version that passed every check, not yet recorded.
+struct Prepared {
+    name: FunctionName,
+    manifest: Manifest,
+    route: Route,
+    limits: FunctionLimits,
+    outbound: Arc<OutboundPolicy>,
+    pre: ProxyPre<crate::host::InstanceState>,
+    code: CodeSource,
+}
+
+impl Node {
+    /// Validates, compiles and links a version without touching what is deployed.
+    async fn prepare(
+        &self,
+        manifest_text: &str,
+        artifact: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Prepared, DeployError> {
+        let manifest = Manifest::parse(manifest_text, "skiff.toml")?;
+        let name = manifest.name.clone();
+        let limits = self.limits.resolve(&manifest.limits)?;
+        let outbound = Arc::new(OutboundPolicy::new(&manifest.allowed_outbound_hosts)?);
+        let route = manifest.route()?;
+        snapshot.routes.check(&route, &name)?;
+        if !self.registry.has_artifact(artifact) {
+            return Err(RegistryError::MissingArtifact(artifact.to_string()).into());
+        }
+        let engine = self.engine.clone();
+        let registry = self.registry.clone();
+        let artifact_owned = artifact.to_string();
+        let (component, code): (Component, CodeSource) =
+            tokio::task::spawn_blocking(move || engine.load(&registry, &artifact_owned))
+                .await
+                .map_err(|e| DeployError::Internal {
+                    name: name.to_string(),
+                    detail: e.to_string(),
+                })?
+                .map_err(|source| DeployError::Compile {
+                    name: name.to_string(),
+                    source,
+                })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| DeployError::Imports {
+                    name: name.to_string(),
+                    detail: format!("{e:#}"),
+                })?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| DeployError::NoHandler {
+            name: name.to_string(),
+            detail: format!("{e:#}"),
+        })?;
+        Ok(Prepared {
+            name,
+            manifest,
+            route,
+            limits,
+            outbound,
+            pre,
+            code,
+        })
+    }
+
+    fn install(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
+        let deployment = Arc::new(Deployment {
+            spec: SandboxSpec {
+                function: record.name.clone(),
+                version: record.version,
+                limits: p.limits,
+                env: p.manifest.env.into_iter().collect(),
+                outbound: p.outbound,
+            },
+            slots: Arc::new(Semaphore::new(p.limits.concurrency as usize)),
+            record,
+            route: p.route,
+            pre: p.pre,
+            code: p.code,
+        });
+        let d = deployment.clone();
+        let name = p.name;
+        self.swap(move |old| {
+            let mut routes = old.routes.clone();
+            routes.remove_owner(&name);
+            // Checked under the same lock in `prepare`; an error here would be a bug.
+            if let Err(e) = routes.insert(&d.route, name.clone()) {
+                tracing::error!(error = %e, "route conflict after check");
+            }
+            let mut functions = old.functions.clone();
+            functions.insert(name, d);
+            Snapshot { routes, functions }
+        });
+        deployment
+    }
+
+    /// Deploys a new version of `name`; returns it once it serves.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        manifest_text: &str,
+        artifact: &str,
+    ) -> Result<Arc<Deployment>, DeployError> {
+        let path_name = FunctionName::new(name)?;
+        let _guard = self.changes.lock().await;
+        let prepared = self
+            .prepare(manifest_text, artifact, &self.snapshot())
+            .await?;
+        if prepared.name != path_name {
+            return Err(DeployError::NameMismatch {
+                path: path_name.to_string(),
+                manifest: prepared.name.to_string(),
+            });
+        }
+        let record = self.registry.put_function(name, manifest_text, artifact)?;
+        let d = self.install(prepared, record);
+        tracing::info!(function = name, version = d.record.version, route = %d.route, code = ?d.code, "deployed");
+        Ok(d)
+    }
+
+    /// Brings back every recorded deployment (at start). A version that no longer loads
+    /// is logged and skipped so that one broken function does not keep the node down.
+    pub async fn restore(&self) -> Result<usize, RegistryError> {
+        let _guard = self.changes.lock().await;
+        let mut restored = 0;
+        for record in self.registry.functions()? {
+            match self
+                .prepare(&record.manifest, &record.artifact, &self.snapshot())
+                .await
+            {
+                Ok(p) => {
+                    let d = self.install(p, record);
+                    tracing::info!(function = %d.record.name, version = d.record.version, code = ?d.code, "restored");
+                    restored += 1;
+                }
+                Err(e) => {
+                    tracing::error!(function = %record.name, version = record.version, error = %e, "cannot restore deployment; redeploy it")
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Removes `name`: new requests stop at once, running ones finish. Returns whether
+    /// it was deployed.
+    pub async fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        let Ok(name) = FunctionName::new(name) else {
+            return Ok(false);
+        };
+        let _guard = self.changes.lock().await;
+        let existed = self.registry.remove_function(name.as_str())?;
+        self.swap(|old| {
+            let mut routes = old.routes.clone();
+            routes.remove_owner(&name);
+            let mut functions = old.functions.clone();
+            functions.remove(&name);
+            Snapshot { routes, functions }
+        });
+        if existed {
+            tracing::info!(function = %name, "removed");
+        }
+        Ok(existed)
+    }
+}

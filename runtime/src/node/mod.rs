@@ -1,0 +1,213 @@
+//! The runtime node: holds the deployed functions and runs invocations.
+//!
+//! A request's path through the node: route lookup in the current [`Snapshot`] →
+//! limits (body size, node and function concurrency) → a fresh store and instance from
+//! the deployment's pre-linked `ProxyPre` → `wasi:http/incoming-handler.handle` under
+//! the time limit → the response streamed back ([`invoke`]). Deploys build a new
+//! [`Deployment`] off to the side and swap the snapshot ([`deploy`]), so in-flight
+//! invocations finish on the version they started with.
+
+mod body;
+pub mod deploy;
+pub mod invoke;
+
+use crate::api::{FunctionInfo, NodeStatus};
+use crate::engine::{CodeSource, NodeEngine};
+use crate::host::{InstanceState, SandboxSpec};
+use crate::limits::NodeLimits;
+use crate::manifest::FunctionName;
+use crate::registry::{FunctionRecord, Registry};
+use skiff_scheduler::{Route, RouteTable};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+pub use deploy::DeployError;
+
+/// One deployed version of a function, ready to instantiate.
+pub struct Deployment {
+    /// The stored record (name, version, manifest, artifact).
+    pub record: FunctionRecord,
+    /// The route it serves.
+    pub route: Route,
+    /// Per-invocation sandbox facts.
+    pub spec: SandboxSpec,
+    /// Pre-linked component.
+    pub pre: ProxyPre<InstanceState>,
+    /// Bounds this version's concurrent invocations.
+    pub slots: Arc<Semaphore>,
+    /// Where its code came from.
+    pub code: CodeSource,
+}
+
+impl Deployment {
+    /// Invocations of this version running now.
+    pub fn in_flight(&self) -> u32 {
+        self.spec.limits.concurrency - self.slots.available_permits() as u32
+    }
+}
+
+/// An immutable view of what is deployed; replaced whole on every change.
+#[derive(Default)]
+pub struct Snapshot {
+    routes: RouteTable<FunctionName>,
+    functions: BTreeMap<FunctionName, Arc<Deployment>>,
+}
+
+impl Snapshot {
+    /// The deployment serving `path`, if any.
+    pub fn lookup(&self, path: &str) -> Option<&Arc<Deployment>> {
+        self.routes
+            .lookup(path)
+            .and_then(|name| self.functions.get(name))
+    }
+
+    /// A deployment by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Deployment>> {
+        FunctionName::new(name)
+            .ok()
+            .and_then(|n| self.functions.get(&n))
+    }
+
+    /// The names of every deployed function, for error messages.
+    pub fn names(&self) -> String {
+        if self.functions.is_empty() {
+            "none".to_string()
+        } else {
+            self.functions
+                .keys()
+                .map(FunctionName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+}
+
+/// A runtime node.
+pub struct Node {
+    name: String,
+    mode: &'static str,
+    url: String,
+    started: Instant,
+    engine: NodeEngine,
+    linker: Linker<InstanceState>,
+    registry: Arc<Registry>,
+    limits: NodeLimits,
+    slots: Arc<Semaphore>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Serialises deploys and removals so that route checks and swaps do not interleave.
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// What a node is built from.
+pub struct NodeConfig {
+    /// The node's name.
+    pub name: String,
+    /// `embedded` or `cluster`.
+    pub mode: &'static str,
+    /// Base URL of the function listener, for the URLs the API reports.
+    pub url: String,
+    /// Limits and maxima.
+    pub limits: NodeLimits,
+}
+
+impl Node {
+    /// A node with nothing deployed yet; call [`Node::restore`] to bring back deployments.
+    pub fn new(
+        config: NodeConfig,
+        engine: NodeEngine,
+        registry: Arc<Registry>,
+    ) -> wasmtime::Result<Node> {
+        let linker = crate::host::linker(engine.engine())?;
+        Ok(Node {
+            name: config.name,
+            mode: config.mode,
+            url: config.url,
+            started: Instant::now(),
+            slots: Arc::new(Semaphore::new(config.limits.node_concurrency as usize)),
+            limits: config.limits,
+            engine,
+            linker,
+            registry,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(s) => s.clone(),
+            // A panic while swapping cannot leave a half-written Arc; keep serving.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn swap(&self, f: impl FnOnce(&Snapshot) -> Snapshot) {
+        let mut guard = match self.snapshot.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let next = f(&guard);
+        *guard = Arc::new(next);
+    }
+
+    /// The control store.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Invocations running now on the node.
+    pub fn in_flight(&self) -> u32 {
+        self.limits.node_concurrency - self.slots.available_permits() as u32
+    }
+
+    /// How a deployment looks through the API.
+    pub fn info(&self, d: &Deployment) -> FunctionInfo {
+        FunctionInfo {
+            name: d.record.name.clone(),
+            version: d.record.version,
+            route: d.route.to_string(),
+            url: format!("{}{}", self.url, d.route.base_path()),
+            artifact: d.record.artifact.clone(),
+            limits: d.spec.limits,
+            in_flight: d.in_flight(),
+            code: d.code,
+            deployed_at_ms: d.record.deployed_at_ms,
+        }
+    }
+
+    /// Every deployed function.
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        self.snapshot()
+            .functions
+            .values()
+            .map(|d| self.info(d))
+            .collect()
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            node: self.name.clone(),
+            mode: self.mode.to_string(),
+            url: self.url.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            in_flight: self.in_flight(),
+            capacity: self.limits.node_concurrency,
+            functions: self.list(),
+        }
+    }
+
+    /// Waits until no invocation runs, or `max` passes; returns whether it drained.
+    pub async fn drain(&self, max: std::time::Duration) -> bool {
+        let all = self.limits.node_concurrency;
+        matches!(
+            tokio::time::timeout(max, self.slots.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+}

@@ -1,0 +1,258 @@
+//! The admin API (see [`crate::api`] for the endpoints): deploys, listing, removal and
+//! status, behind an optional bearer token. `/healthz` is always open.
+
+use crate::api::{DeployRequest, ErrorBody};
+use crate::engine::check_component_header;
+use crate::node::Node;
+use crate::registry::{is_sha256_hex, sha256_hex};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Largest component accepted for upload.
+pub const MAX_ARTIFACT_BYTES: usize = 50 << 20;
+/// Largest JSON request body.
+const MAX_JSON_BYTES: usize = 1 << 20;
+
+type Response = http::Response<Full<Bytes>>;
+
+/// The admin API's shared state.
+pub struct Admin {
+    node: Arc<Node>,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// An admin API over `node`, requiring `token` when set.
+    pub fn new(node: Arc<Node>, token: Option<String>) -> Self {
+        Admin { node, token }
+    }
+
+    /// Accepts admin connections until `stop` turns true.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let admin = self.clone();
+                    let conn = builder.serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let admin = admin.clone();
+                            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                        }),
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "admin connection ended with an error");
+                        }
+                    });
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    fn authorized(&self, req: &http::Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        presented.as_bytes().ct_eq(token.as_bytes()).into()
+    }
+
+    /// Serves one admin request.
+    pub async fn handle(&self, req: http::Request<Incoming>) -> Response {
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if req.method() == Method::GET && segments == ["healthz"] {
+            return text(StatusCode::OK, "ok\n");
+        }
+        if !self.authorized(&req) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "this admin API requires a token: pass --token or set SKIFF_TOKEN".into(),
+            );
+        }
+        let method = req.method().clone();
+        match (method, segments.as_slice()) {
+            (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.node.status()),
+            (Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.node.list()),
+            (Method::GET, ["v1", "functions", name]) => self.get_function(name),
+            (Method::PUT, ["v1", "functions", name]) => {
+                let name = name.to_string();
+                self.deploy(&name, req).await
+            }
+            (Method::DELETE, ["v1", "functions", name]) => self.remove(name).await,
+            (Method::PUT, ["v1", "artifacts", sha]) => {
+                let sha = sha.to_string();
+                self.upload(&sha, req).await
+            }
+            (_, ["v1", ..]) => error(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {} {path}", req.method()),
+            ),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {path}; the API lives under /v1"),
+            ),
+        }
+    }
+
+    fn not_found(&self, name: &str) -> Response {
+        error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "function `{name}` not found; deployed: {}",
+                self.node.snapshot().names()
+            ),
+        )
+    }
+
+    fn get_function(&self, name: &str) -> Response {
+        match self.node.snapshot().get(name) {
+            Some(d) => json(StatusCode::OK, &self.node.info(d)),
+            None => self.not_found(name),
+        }
+    }
+
+    async fn remove(&self, name: &str) -> Response {
+        match self.node.remove(name).await {
+            Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+            Ok(false) => self.not_found(name),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn upload(&self, sha: &str, req: http::Request<Incoming>) -> Response {
+        if !is_sha256_hex(sha) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`{sha}` is not a sha256; upload to /v1/artifacts/<hex sha256 of the body>"
+                ),
+            );
+        }
+        let bytes = match read_body(req, MAX_ARTIFACT_BYTES).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let actual = sha256_hex(&bytes);
+        if actual != sha {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "upload does not match its name: the body's sha256 is {actual}, not {sha}; the upload was damaged, retry it"
+                ),
+            );
+        }
+        if let Err(e) = check_component_header(&bytes) {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        let registry = self.node.registry().clone();
+        match tokio::task::spawn_blocking(move || registry.put_artifact(&bytes)).await {
+            Ok(Ok(stored)) => json(StatusCode::OK, &serde_json::json!({ "artifact": stored })),
+            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn deploy(&self, name: &str, req: http::Request<Incoming>) -> Response {
+        let bytes = match read_body(req, MAX_JSON_BYTES).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let body: DeployRequest = match serde_json::from_slice(&bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "deploy request is not valid JSON of the form {{\"manifest\": ..., \"artifact\": ...}}: {e}"
+                    ),
+                );
+            }
+        };
+        match self.node.deploy(name, &body.manifest, &body.artifact).await {
+            Ok(d) => json(StatusCode::OK, &self.node.info(&d)),
+            Err(e) => {
+                let status = if e.is_conflict() {
+                    StatusCode::CONFLICT
+                } else if e.is_client_error() {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                error(status, e.to_string())
+            }
+        }
+    }
+}
+
+async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes, Response> {
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the admin API's limit of {max} bytes"),
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}"),
+        ),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    let body = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default();
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
