@@ -1,1 +1,7 @@
+//! End-to-end tests: the real `skiff` binary on free loopback ports, real sockets, real
+//! wasm components built from functions/ and tests/guests/.
 
+mod bad_input;
+mod harness;
+mod lifecycle;
+mod serving;

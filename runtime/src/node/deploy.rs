@@ -119,12 +119,19 @@ impl Node {
     /// Validates, compiles and links a version without touching what is deployed.
     async fn prepare(
         &self,
+        expected: &FunctionName,
         manifest_text: &str,
         artifact: &str,
         snapshot: &Snapshot,
     ) -> Result<Prepared, DeployError> {
         let manifest = Manifest::parse(manifest_text, "skiff.toml")?;
         let name = manifest.name.clone();
+        if &name != expected {
+            return Err(DeployError::NameMismatch {
+                path: expected.to_string(),
+                manifest: name.to_string(),
+            });
+        }
         let limits = self.limits.resolve(&manifest.limits)?;
         let outbound = Arc::new(OutboundPolicy::new(&manifest.allowed_outbound_hosts)?);
         let route = manifest.route()?;
@@ -209,14 +216,8 @@ impl Node {
         let path_name = FunctionName::new(name)?;
         let _guard = self.changes.lock().await;
         let prepared = self
-            .prepare(manifest_text, artifact, &self.snapshot())
+            .prepare(&path_name, manifest_text, artifact, &self.snapshot())
             .await?;
-        if prepared.name != path_name {
-            return Err(DeployError::NameMismatch {
-                path: path_name.to_string(),
-                manifest: prepared.name.to_string(),
-            });
-        }
         let record = self.registry.put_function(name, manifest_text, artifact)?;
         let d = self.install(prepared, record);
         tracing::info!(function = name, version = d.record.version, route = %d.route, code = ?d.code, "deployed");
@@ -229,10 +230,14 @@ impl Node {
         let _guard = self.changes.lock().await;
         let mut restored = 0;
         for record in self.registry.functions()? {
-            match self
-                .prepare(&record.manifest, &record.artifact, &self.snapshot())
-                .await
-            {
+            let prepared = match FunctionName::new(&record.name) {
+                Ok(name) => {
+                    self.prepare(&name, &record.manifest, &record.artifact, &self.snapshot())
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match prepared {
                 Ok(p) => {
                     let d = self.install(p, record);
                     tracing::info!(function = %d.record.name, version = d.record.version, code = ?d.code, "restored");

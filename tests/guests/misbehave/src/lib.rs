@@ -1,4 +1,5 @@
-//! A guest that does what a broken function would, one path each:
+//! A guest that does what a broken function would, one path each (below whatever route
+//! it is deployed on):
 //! `/trap` panics, `/loop` spins forever, `/grow` allocates without bound,
 //! `/sleep/<ms>` sleeps, `/size` answers the body's length, `/version` answers `[env] VERSION`.
 
@@ -6,7 +7,11 @@ use skiff_sdk::{Request, Response, http::StatusCode, text};
 
 fn handle(req: Request) -> Response {
     let path = req.uri().path();
-    let rest = path.strip_prefix("/misbehave").unwrap_or(path);
+    // Skip the route's first segment so that copies can be deployed under other names.
+    let rest = match path.get(1..).and_then(|p| p.find('/')) {
+        Some(i) => &path[i + 1..],
+        None => "/",
+    };
     match rest {
         "/trap" => panic!("misbehave: asked to trap"),
         "/loop" => {

@@ -1,0 +1,311 @@
+//! Bad input of every kind gets a clear error, and the node keeps serving `hello`.
+
+use crate::harness::*;
+use bytes::Bytes;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn deploy_hello(skiff: &Skiff) {
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
+    let skiff = Skiff::start(&[]);
+    deploy_hello(&skiff);
+    let tmp = tempfile::tempdir().unwrap();
+    let hello_wasm = guest("functions", "hello.wasm");
+
+    // (folder name, manifest, component bytes, expected error fragments)
+    let cases: Vec<(&str, String, Option<&[u8]>, Vec<&str>)> = vec![
+        (
+            "not-wasm",
+            "name = \"not-wasm\"\ncomponent = \"f.wasm\"\n".into(),
+            Some(b"this is a text file, not wasm"),
+            vec!["not WebAssembly"],
+        ),
+        (
+            "core-module",
+            "name = \"core-module\"\ncomponent = \"f.wasm\"\n".into(),
+            Some(b"\0asm\x01\0\0\0"),
+            vec!["core WebAssembly module, not a component", "wasm32-wasip2"],
+        ),
+        (
+            "no-handler",
+            "name = \"no-handler\"\ncomponent = \"f.wasm\"\n".into(),
+            Some(b"\0asm\x0d\0\x01\0"),
+            vec!["does not export wasi:http/incoming-handler"],
+        ),
+        (
+            "unknown-key",
+            "name = \"unknown-key\"\ncomponent = \"f.wasm\"\ncolour = \"blue\"\n".into(),
+            None,
+            vec!["line 3", "colour"],
+        ),
+        (
+            "bad-name",
+            "name = \"Bad_Name\"\ncomponent = \"f.wasm\"\n".into(),
+            None,
+            vec!["invalid function name `Bad_Name`"],
+        ),
+        (
+            "missing",
+            "name = \"missing\"\ncomponent = \"nowhere/f.wasm\"\n".into(),
+            None,
+            vec!["component of `missing` not found at", "nowhere/f.wasm"],
+        ),
+        (
+            "route-taken",
+            format!(
+                "name = \"route-taken\"\ncomponent = \"{}\"\n[http]\nroute = \"/hello/...\"\n",
+                hello_wasm.display()
+            ),
+            None,
+            vec!["already served by function `hello`"],
+        ),
+        (
+            "too-much-memory",
+            format!(
+                "name = \"too-much-memory\"\ncomponent = \"{}\"\n[limits]\nmemory = \"64GiB\"\n",
+                hello_wasm.display()
+            ),
+            None,
+            vec!["memory", "exceeds this node's maximum"],
+        ),
+    ];
+    for (name, manifest, bytes, expected) in cases {
+        let dir = function_dir(tmp.path(), name, &manifest);
+        if let Some(b) = bytes {
+            std::fs::write(dir.join("f.wasm"), b).unwrap();
+        }
+        let err = skiff.cli_err(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+        for e in expected {
+            assert!(err.contains(e), "{name}: expected `{e}` in: {err}");
+        }
+        skiff.assert_hello_serves().await;
+    }
+    let ls = skiff.cli_ok(&["ls"]);
+    assert!(!ls.contains("no-handler") && !ls.contains("route-taken"), "{ls}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_checks_what_the_cli_would_have() {
+    // A client that skips the CLI's own checks meets the same rules on the server.
+    let skiff = Skiff::start(&[]);
+    deploy_hello(&skiff);
+    let junk = b"not a component at all".to_vec();
+    let sha = hex_sha256(&junk);
+    let r = request(
+        "PUT",
+        &format!("{}/v1/artifacts/{sha}", skiff.admin),
+        &[],
+        Bytes::from(junk),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("not WebAssembly"), "{}", r.text());
+
+    let r = request(
+        "PUT",
+        &format!("{}/v1/artifacts/{}", skiff.admin, "0".repeat(64)),
+        &[],
+        Bytes::from_static(b"\0asm\x0d\0\x01\0"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("does not match its name"), "{}", r.text());
+
+    let deploy = |manifest: &str, artifact: &str| {
+        serde_json::json!({ "manifest": manifest, "artifact": artifact }).to_string()
+    };
+    let url = format!("{}/v1/functions/x", skiff.admin);
+    let r = request(
+        "PUT",
+        &url,
+        &[],
+        Bytes::from(deploy("name = \"x\"\ncomponent = \"a\"\nbogus = 1\n", &"a".repeat(64))),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("line 3") && r.text().contains("bogus"), "{}", r.text());
+
+    let r = request(
+        "PUT",
+        &url,
+        &[],
+        Bytes::from(deploy("name = \"x\"\ncomponent = \"a\"\n", &"a".repeat(64))),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("has not been uploaded"), "{}", r.text());
+
+    let r = request(
+        "PUT",
+        &url,
+        &[],
+        Bytes::from(deploy("name = \"y\"\ncomponent = \"a\"\n", &"a".repeat(64))),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("deployed as `x`"), "{}", r.text());
+
+    let r = request("PUT", &url, &[], Bytes::from_static(b"{not json")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("not valid JSON"), "{}", r.text());
+    skiff.assert_hello_serves().await;
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    skiff_runtime::registry::sha256_hex(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serving() {
+    let skiff = Skiff::start(&["--token", "s3cret", "--header-read-timeout", "1s"]);
+    deploy_hello(&skiff);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = function_dir(
+        tmp.path(),
+        "misbehave",
+        &format!(
+            "name = \"misbehave\"\ncomponent = \"{}\"\n[limits]\nmemory = \"32MiB\"\ntimeout = \"1s\"\nconcurrency = 1\nbody = \"1KiB\"\n",
+            guest("tests/guests", "misbehave.wasm").display()
+        ),
+    );
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    let base = format!("{}/misbehave", skiff.listen);
+
+    // A guest that traps.
+    let r = get(&format!("{base}/trap")).await;
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("function `misbehave` failed: wasm trap"), "{}", r.text());
+    skiff.assert_hello_serves().await;
+
+    // A guest that loops forever is stopped at its timeout.
+    let start = Instant::now();
+    let r = get(&format!("{base}/loop")).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("timeout of 1s"), "{}", r.text());
+    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    skiff.assert_hello_serves().await;
+
+    // A guest that grows memory without bound.
+    let r = get(&format!("{base}/grow")).await;
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("exceeded its memory limit of 32.0 MiB"), "{}", r.text());
+    skiff.assert_hello_serves().await;
+
+    // A body over the limit, declared and chunked; one under it passes.
+    let r = request("POST", &format!("{base}/size"), &[], Bytes::from(vec![0u8; 2000])).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let r = chunked_post(&format!("{base}/size"), 2000).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let r = chunked_post(&format!("{base}/size"), 500).await;
+    assert_eq!((r.status, r.text()), (200, "500".to_string()));
+    skiff.assert_hello_serves().await;
+
+    // Concurrency: with one invocation running, the next is refused with Retry-After.
+    let dir = function_dir(
+        tmp.path(),
+        "slowpoke",
+        &format!(
+            "name = \"slowpoke\"\ncomponent = \"{}\"\n[limits]\nconcurrency = 1\n",
+            guest("tests/guests", "misbehave.wasm").display()
+        ),
+    );
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    let slow_base = format!("{}/slowpoke", skiff.listen);
+    let slow = tokio::spawn({
+        let url = format!("{slow_base}/sleep/1500");
+        async move { get(&url).await }
+    });
+    let admin = skiff.admin.clone();
+    let busy = wait_until(Duration::from_secs(5), async || {
+        let r = request(
+            "GET",
+            &format!("{admin}/v1/functions/slowpoke"),
+            &[("authorization", "Bearer s3cret")],
+            Bytes::new(),
+        )
+        .await;
+        r.text().contains("\"in_flight\": 1")
+    })
+    .await;
+    assert!(busy, "the slow invocation never showed as in flight");
+    let r = get(&format!("{slow_base}/sleep/1")).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.text().contains("concurrency limit (1)"), "{}", r.text());
+    let slow = slow.await.unwrap();
+    assert_eq!((slow.status, slow.text()), (200, "slept 1500ms".to_string()));
+    skiff.assert_hello_serves().await;
+
+    // Unknown functions: 404 over HTTP, and the CLI names what is deployed.
+    let r = get(&format!("{}/nope/x", skiff.listen)).await;
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("hello, misbehave, slowpoke"), "{}", r.text());
+    let err = skiff.cli_err(&["invoke", "nope"]);
+    assert!(
+        err.contains("function `nope` not found; deployed: hello, misbehave, slowpoke"),
+        "{err}"
+    );
+    let out = skiff.cli(&["invoke", "misbehave", "--path", "/trap"]);
+    assert!(!out.status.success(), "invoke of a failing function must exit non-zero");
+
+    // Oversized headers.
+    let big = "a".repeat(40_000);
+    let r = request("GET", &format!("{}/hello/", skiff.listen), &[("x-big", &big)], Bytes::new()).await;
+    assert_eq!(r.status, 431);
+    skiff.assert_hello_serves().await;
+
+    // A client that sends its headers too slowly is cut off.
+    let addr = skiff.listen.trim_start_matches("http://").to_string();
+    let cut_off = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /hello/ HTTP/1.1\r\nHo").unwrap();
+        let start = Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        (start.elapsed(), buf)
+    })
+    .await
+    .unwrap();
+    assert!(cut_off.0 < Duration::from_secs(3), "slow client held the connection {:?}", cut_off.0);
+    assert!(!String::from_utf8_lossy(&cut_off.1).contains("200 OK"));
+    skiff.assert_hello_serves().await;
+
+    // The admin API wants the token everywhere but /healthz.
+    let r = get(&format!("{}/v1/functions", skiff.admin)).await;
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("requires a token"), "{}", r.text());
+    let r = request(
+        "GET",
+        &format!("{}/v1/functions", skiff.admin),
+        &[("authorization", "Bearer wrong")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(get(&format!("{}/healthz", skiff.admin)).await.status, 200);
+    let out = std::process::Command::new(skiff_bin())
+        .args(["ls", "--server", &skiff.admin])
+        .env_remove("SKIFF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requires a token"));
+    skiff.assert_hello_serves().await;
+}
+
+async fn chunked_post(url: &str, len: usize) -> Resp {
+    use http_body_util::BodyExt;
+    let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::io::Error>> = vec![0u8; len]
+        .chunks(100)
+        .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let b = http_body_util::StreamBody::new(futures::stream::iter(chunks)).boxed();
+    let req = http::Request::builder().method("POST").uri(url).body(b).unwrap();
+    send(&client(), req).await.expect("chunked post")
+}

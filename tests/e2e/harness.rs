@@ -1,0 +1,319 @@
+//! Test harness: builds the guest components, starts the real `skiff` binary on free
+//! loopback ports in a temp dir, and talks to it over real sockets.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository's root folder.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
+}
+
+/// The `skiff` binary under test.
+pub fn skiff_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skiff"))
+}
+
+/// Builds `functions/` and `tests/guests/` for wasm32-wasip2 once per test process.
+pub fn build_guests() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        for dir in ["functions", "tests/guests"] {
+            let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(repo().join(dir))
+                .env_remove("CARGO_TARGET_DIR")
+                .output()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let hint = if stderr.contains("wasm32-wasip2") && stderr.contains("target") {
+                    "\nthe wasm target is missing: run `rustup target add wasm32-wasip2`"
+                } else {
+                    ""
+                };
+                return Err(format!("building {dir} for wasm32-wasip2 failed:\n{stderr}{hint}"));
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// Path of a built guest component.
+pub fn guest(workspace: &str, file: &str) -> PathBuf {
+    build_guests();
+    repo()
+        .join(workspace)
+        .join("target/wasm32-wasip2/release")
+        .join(file)
+}
+
+/// A running `skiff up`.
+pub struct Skiff {
+    child: Child,
+    /// Base URL of the function listener.
+    pub listen: String,
+    /// Base URL of the admin API.
+    pub admin: String,
+    /// The admin token, when the server requires one.
+    pub token: Option<String>,
+    stderr: Arc<Mutex<String>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Skiff {
+    /// Starts `skiff up` in a fresh temp dir with extra `args`.
+    pub fn start(args: &[&str]) -> Skiff {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Skiff::start_in(&dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts `skiff up` on `data_dir` (kept by the caller) with extra `args`.
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Skiff {
+        build_guests();
+        let mut cmd = Command::new(skiff_bin());
+        cmd.args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("SKIFF_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let token = args
+            .iter()
+            .position(|a| *a == "--token")
+            .and_then(|i| args.get(i + 1))
+            .map(|t| t.to_string());
+        let mut child = cmd.spawn().expect("start skiff");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr piped");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if line.starts_with("skiff is up:") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "skiff up did not report its addresses within 60s; stderr:\n{}",
+                    stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                );
+            }
+        };
+        let urls: Vec<String> = line
+            .split_whitespace()
+            .filter(|w| w.starts_with("http://"))
+            .map(String::from)
+            .collect();
+        assert_eq!(urls.len(), 2, "unexpected banner: {line}");
+        Skiff {
+            child,
+            listen: urls[0].clone(),
+            admin: urls[1].clone(),
+            token,
+            stderr,
+            _tmp: None,
+        }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Runs a client subcommand of `skiff` against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(skiff_bin());
+        cmd.args(args)
+            .env("SKIFF_SERVER", &self.admin)
+            .env_remove("SKIFF_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(t) = &self.token {
+            cmd.env("SKIFF_TOKEN", t);
+        }
+        cmd.output().expect("run skiff cli")
+    }
+
+    /// Runs a client subcommand and asserts it succeeded; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a client subcommand and asserts it failed; returns stderr.
+    pub fn cli_err(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "skiff {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// SIGKILLs the server and waits for it to die.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the server to stop (SIGTERM) and waits up to `max` for it to exit.
+    pub fn terminate(&mut self, max: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < max {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Asserts that hello answers 200 (the node still serves after something bad).
+    pub async fn assert_hello_serves(&self) {
+        let r = get(&format!("{}/hello/still-alive", self.listen)).await;
+        assert_eq!(r.status, 200, "hello stopped serving: {}", r.text());
+        assert!(r.text().contains("/hello/still-alive"));
+    }
+}
+
+impl Drop for Skiff {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a function folder with `manifest` as its skiff.toml; returns the folder.
+pub fn function_dir(parent: &Path, name: &str, manifest: &str) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("skiff.toml"), manifest).expect("write manifest");
+    dir
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A shared keep-alive HTTP client.
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A body from bytes.
+pub fn body(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Sends one request.
+pub async fn send(
+    client: &Client<HttpConnector, TestBody>,
+    req: http::Request<TestBody>,
+) -> Result<Resp, String> {
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// GET `url`.
+pub async fn get(url: &str) -> Resp {
+    request("GET", url, &[], Bytes::new()).await
+}
+
+/// Sends `method url` with headers and body on a fresh client.
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], b: Bytes) -> Resp {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(&client(), req.body(body(b)).expect("request"))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
+}
+
+/// Polls `f` until it returns true or `max` passes.
+pub async fn wait_until(max: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

@@ -1,0 +1,183 @@
+//! Deployments over time: restarts, redeploys under load, removal with work in flight.
+
+use crate::harness::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn manifest(name: &str, wasm: &std::path::Path, extra: &str) -> String {
+    format!("name = \"{name}\"\ncomponent = \"{}\"\n{extra}", wasm.display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut skiff = Skiff::start_in(&data, &[]);
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    let r = get(&format!("{}/hello/before", skiff.listen)).await;
+    assert_eq!(r.status, 200);
+    // SIGKILL: the deploy was acknowledged, so it must survive without a clean shutdown.
+    skiff.kill();
+
+    let skiff = Skiff::start_in(&data, &[]);
+    assert!(skiff.log().contains("restored") || {
+        wait_until(Duration::from_secs(2), async || skiff.log().contains("restored")).await
+    });
+    let r = get(&format!("{}/hello/after", skiff.listen)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from Skiff! You asked for /hello/after\n");
+    let info = request(
+        "GET",
+        &format!("{}/v1/functions/hello", skiff.admin),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await;
+    let info: serde_json::Value = serde_json::from_slice(&info.body).unwrap();
+    assert_eq!(info["code"], "cache", "{info}");
+    assert_eq!(info["version"], 1);
+
+    // A damaged precompiled file is noticed and recompiled, not loaded.
+    drop(skiff);
+    for entry in std::fs::read_dir(data.join("compiled")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let skiff = Skiff::start_in(&data, &[]);
+    let r = get(&format!("{}/hello/recompiled", skiff.listen)).await;
+    assert_eq!(r.status, 200);
+    let info = get(&format!("{}/v1/functions/hello", skiff.admin)).await;
+    let info: serde_json::Value = serde_json::from_slice(&info.body).unwrap();
+    assert_eq!(info["code"], "compiled", "{info}");
+    assert!(skiff.log().contains("does not match its recorded hash"), "{}", skiff.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redeploy_during_steady_traffic_fails_no_request() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = guest("tests/guests", "misbehave.wasm");
+    let deploy = |v: u32| {
+        let dir = function_dir(
+            tmp.path(),
+            &format!("v{v}"),
+            &manifest("misbehave", &wasm, &format!("[env]\nVERSION = \"v{v}\"\n")),
+        );
+        skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    };
+    deploy(1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, failures, seen) = (stop.clone(), ok.clone(), failures.clone(), seen.clone());
+        let url = format!("{}/misbehave/version", skiff.listen);
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            // Bounded: the loop ends when told to, or after 20 s at the most.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let req = http::Request::get(&url).body(body(bytes::Bytes::new())).unwrap();
+                match send(&c, req).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        seen.lock().unwrap().insert(r.text());
+                    }
+                    Ok(r) => failures.lock().unwrap().push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+    let before = ok.load(Ordering::Relaxed);
+    for v in 2..=4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        deploy(v);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "{} failed requests, first: {:?}", failures.len(), failures.first());
+    let total = ok.load(Ordering::Relaxed);
+    assert!(total > before + 50, "too little traffic to mean anything: {total}");
+    let seen = seen.lock().unwrap();
+    for v in ["v1", "v4"] {
+        assert!(seen.contains(v), "never saw {v}: {seen:?}");
+    }
+    let r = get(&format!("{}/misbehave/version", skiff.listen)).await;
+    assert_eq!(r.text(), "v4");
+    assert_eq!(r.headers["x-skiff-version"], "4");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rm_stops_new_requests_and_lets_running_ones_finish() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = guest("tests/guests", "misbehave.wasm");
+    let dir = function_dir(tmp.path(), "misbehave", &manifest("misbehave", &wasm, ""));
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    let slow = tokio::spawn({
+        let url = format!("{}/misbehave/sleep/1500", skiff.listen);
+        async move { get(&url).await }
+    });
+    let admin = skiff.admin.clone();
+    assert!(
+        wait_until(Duration::from_secs(5), async || get(&format!("{admin}/v1/functions/misbehave"))
+            .await
+            .text()
+            .contains("\"in_flight\": 1"))
+        .await
+    );
+    let out = skiff.cli_ok(&["rm", "misbehave"]);
+    assert!(out.contains("removed misbehave"), "{out}");
+    let r = get(&format!("{}/misbehave/sleep/1", skiff.listen)).await;
+    assert_eq!(r.status, 404);
+    let slow = slow.await.unwrap();
+    assert_eq!((slow.status, slow.text()), (200, "slept 1500ms".to_string()));
+    let err = skiff.cli_err(&["rm", "misbehave"]);
+    assert!(err.contains("function `misbehave` not found"), "{err}");
+    // Removed functions stay removed across a restart.
+    let ls = skiff.cli_ok(&["ls"]);
+    assert!(ls.contains("no functions deployed"), "{ls}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_running_invocations_before_exit() {
+    let mut skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = guest("tests/guests", "misbehave.wasm");
+    let dir = function_dir(tmp.path(), "misbehave", &manifest("misbehave", &wasm, ""));
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    let slow = tokio::spawn({
+        let url = format!("{}/misbehave/sleep/1000", skiff.listen);
+        async move { get(&url).await }
+    });
+    let admin = skiff.admin.clone();
+    assert!(
+        wait_until(Duration::from_secs(5), async || get(&format!("{admin}/v1/functions/misbehave"))
+            .await
+            .text()
+            .contains("\"in_flight\": 1"))
+        .await
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = skiff.terminate(Duration::from_secs(10));
+        (s, skiff)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.is_some_and(|s| s.success()), "skiff did not exit cleanly: {:?}", status.0);
+    let slow = slow.await.unwrap();
+    assert_eq!((slow.status, slow.text()), (200, "slept 1000ms".to_string()));
+}
