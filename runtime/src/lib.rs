@@ -17,3 +17,4 @@ pub mod manifest;
 pub mod node;
 pub mod registry;
 pub mod server;
+pub mod state;

@@ -2,6 +2,7 @@
 //! manifest's `[limits]`.
 
 use crate::manifest::{LimitsSection, Size, Timeout};
+use crate::state::KvLimits;
 use std::time::Duration;
 
 /// The limits one function's invocations run under, after resolution.
@@ -16,6 +17,8 @@ pub struct FunctionLimits {
     pub concurrency: u32,
     /// Largest request body accepted, in bytes.
     pub body: u64,
+    /// Key-value state limits.
+    pub kv: KvLimits,
 }
 
 /// Node-wide settings: the ceiling for every function and the defaults a manifest may omit.
@@ -41,12 +44,19 @@ impl Default for NodeLimits {
                 timeout: Duration::from_secs(30),
                 concurrency: 128,
                 body: 10 << 20,
+                kv: KvLimits::default(),
             },
             max: FunctionLimits {
                 memory: 1 << 30,
                 timeout: Duration::from_secs(300),
                 concurrency: 512,
                 body: 100 << 20,
+                kv: KvLimits {
+                    key_bytes: 64 << 10,
+                    value_bytes: 32 << 20,
+                    keys: 100_000_000,
+                    total_bytes: 64 << 30,
+                },
             },
             node_concurrency: 512,
             max_header_bytes: 32 << 10,
@@ -111,13 +121,64 @@ impl NodeLimits {
                 max: Size(m.body).to_string(),
             });
         }
+        let kv = KvLimits {
+            key_bytes: bounded(
+                "kv_key",
+                spec.kv_key.map(|s| s.0),
+                d.kv.key_bytes,
+                m.kv.key_bytes,
+                true,
+            )?,
+            value_bytes: bounded(
+                "kv_value",
+                spec.kv_value.map(|s| s.0),
+                d.kv.value_bytes,
+                m.kv.value_bytes,
+                true,
+            )?,
+            keys: bounded("kv_keys", spec.kv_keys, d.kv.keys, m.kv.keys, false)?,
+            total_bytes: bounded(
+                "kv_bytes",
+                spec.kv_bytes.map(|s| s.0),
+                d.kv.total_bytes,
+                m.kv.total_bytes,
+                true,
+            )?,
+        };
         Ok(FunctionLimits {
             memory,
             timeout,
             concurrency,
             body,
+            kv,
         })
     }
+}
+
+/// `asked` (or `default`) if within `max`, else the error naming `key`.
+fn bounded(
+    key: &'static str,
+    asked: Option<u64>,
+    default: u64,
+    max: u64,
+    size: bool,
+) -> Result<u64, LimitError> {
+    let v = asked.unwrap_or(default);
+    if v > max {
+        let show = |n| {
+            if size {
+                Size(n).to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        return Err(LimitError {
+            key,
+            asked: show(v),
+            max: show(max),
+        });
+    }
+    Ok(v)
 }
 
 mod duration_ms {
@@ -151,12 +212,16 @@ mod tests {
             timeout: Some(Timeout(Duration::from_secs(5))),
             concurrency: Some(4),
             body: Some(Size(1024)),
+            kv_value: Some(Size(10)),
+            ..Default::default()
         };
         let l = n.resolve(&spec).unwrap();
         assert_eq!(l.memory, 64 << 20);
         assert_eq!(l.timeout, Duration::from_secs(5));
         assert_eq!(l.concurrency, 4);
         assert_eq!(l.body, 1024);
+        assert_eq!(l.kv.value_bytes, 10);
+        assert_eq!(l.kv.keys, KvLimits::default().keys);
     }
 
     #[test]

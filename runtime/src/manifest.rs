@@ -166,6 +166,14 @@ pub struct LimitsSection {
     pub concurrency: Option<u32>,
     /// Largest request body accepted.
     pub body: Option<Size>,
+    /// Longest key-value key.
+    pub kv_key: Option<Size>,
+    /// Largest key-value value.
+    pub kv_value: Option<Size>,
+    /// Most keys the function may hold.
+    pub kv_keys: Option<u64>,
+    /// Most bytes (keys + values) the function may hold.
+    pub kv_bytes: Option<Size>,
 }
 
 /// A parsed `skiff.toml`.

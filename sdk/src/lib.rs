@@ -18,6 +18,10 @@
 //! returns anything that implements [`IntoResponse`]: a `String` or `&str` (200,
 //! text/plain), an [`http::Response`], a `(StatusCode, body)` pair, or a `Result` whose
 //! error becomes a 500. Build with `cargo build --release --target wasm32-wasip2`.
+//!
+//! State: [`kv::Store`] gives the function durable key-value storage of its own.
+
+pub mod kv;
 
 pub use http;
 use http::{HeaderValue, StatusCode};

@@ -10,6 +10,9 @@ fn deploy_hello(skiff: &Skiff) {
     skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
 }
 
+/// (folder name, manifest, component bytes, expected error fragments)
+type BadDeploy<'a> = (&'a str, String, Option<&'a [u8]>, Vec<&'a str>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
     let skiff = Skiff::start(&[]);
@@ -17,8 +20,7 @@ async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let hello_wasm = guest("functions", "hello.wasm");
 
-    // (folder name, manifest, component bytes, expected error fragments)
-    let cases: Vec<(&str, String, Option<&[u8]>, Vec<&str>)> = vec![
+    let cases: Vec<BadDeploy> = vec![
         (
             "not-wasm",
             "name = \"not-wasm\"\ncomponent = \"f.wasm\"\n".into(),
@@ -86,7 +88,10 @@ async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
         skiff.assert_hello_serves().await;
     }
     let ls = skiff.cli_ok(&["ls"]);
-    assert!(!ls.contains("no-handler") && !ls.contains("route-taken"), "{ls}");
+    assert!(
+        !ls.contains("no-handler") && !ls.contains("route-taken"),
+        "{ls}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,11 +129,18 @@ async fn the_admin_api_checks_what_the_cli_would_have() {
         "PUT",
         &url,
         &[],
-        Bytes::from(deploy("name = \"x\"\ncomponent = \"a\"\nbogus = 1\n", &"a".repeat(64))),
+        Bytes::from(deploy(
+            "name = \"x\"\ncomponent = \"a\"\nbogus = 1\n",
+            &"a".repeat(64),
+        )),
     )
     .await;
     assert_eq!(r.status, 400);
-    assert!(r.text().contains("line 3") && r.text().contains("bogus"), "{}", r.text());
+    assert!(
+        r.text().contains("line 3") && r.text().contains("bogus"),
+        "{}",
+        r.text()
+    );
 
     let r = request(
         "PUT",
@@ -169,7 +181,18 @@ async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serv
         tmp.path(),
         "misbehave",
         &format!(
-            "name = \"misbehave\"\ncomponent = \"{}\"\n[limits]\nmemory = \"32MiB\"\ntimeout = \"1s\"\nconcurrency = 1\nbody = \"1KiB\"\n",
+            "name = \"misbehave\"\ncomponent = \"{}\"\n[limits]\nmemory = \"32MiB\"\ntimeout = \"30s\"\nconcurrency = 1\nbody = \"1KiB\"\n",
+            guest("tests/guests", "misbehave.wasm").display()
+        ),
+    );
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    // The timeout case has a function of its own, so that a loaded machine cannot push the
+    // other cases past a short timeout.
+    let dir = function_dir(
+        tmp.path(),
+        "spinner",
+        &format!(
+            "name = \"spinner\"\ncomponent = \"{}\"\n[limits]\ntimeout = \"1s\"\n",
             guest("tests/guests", "misbehave.wasm").display()
         ),
     );
@@ -179,25 +202,48 @@ async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serv
     // A guest that traps.
     let r = get(&format!("{base}/trap")).await;
     assert_eq!(r.status, 500);
-    assert!(r.text().contains("function `misbehave` failed: wasm trap"), "{}", r.text());
+    assert!(
+        r.text().contains("function `misbehave` failed: wasm trap"),
+        "{}",
+        r.text()
+    );
     skiff.assert_hello_serves().await;
 
     // A guest that loops forever is stopped at its timeout.
     let start = Instant::now();
-    let r = get(&format!("{base}/loop")).await;
+    let r = get(&format!("{}/spinner/loop", skiff.listen)).await;
     assert_eq!(r.status, 504, "{}", r.text());
-    assert!(r.text().contains("timeout of 1s"), "{}", r.text());
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert!(
+        r.text()
+            .contains("function `spinner` did not finish within its timeout of 1s"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     skiff.assert_hello_serves().await;
 
     // A guest that grows memory without bound.
     let r = get(&format!("{base}/grow")).await;
     assert_eq!(r.status, 500);
-    assert!(r.text().contains("exceeded its memory limit of 32.0 MiB"), "{}", r.text());
+    assert!(
+        r.text().contains("exceeded its memory limit of 32.0 MiB"),
+        "{}",
+        r.text()
+    );
     skiff.assert_hello_serves().await;
 
     // A body over the limit, declared and chunked; one under it passes.
-    let r = request("POST", &format!("{base}/size"), &[], Bytes::from(vec![0u8; 2000])).await;
+    let r = request(
+        "POST",
+        &format!("{base}/size"),
+        &[],
+        Bytes::from(vec![0u8; 2000]),
+    )
+    .await;
     assert_eq!(r.status, 413, "{}", r.text());
     let r = chunked_post(&format!("{base}/size"), 2000).await;
     assert_eq!(r.status, 413, "{}", r.text());
@@ -238,24 +284,40 @@ async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serv
     assert_eq!(r.headers["retry-after"], "1");
     assert!(r.text().contains("concurrency limit (1)"), "{}", r.text());
     let slow = slow.await.unwrap();
-    assert_eq!((slow.status, slow.text()), (200, "slept 1500ms".to_string()));
+    assert_eq!(
+        (slow.status, slow.text()),
+        (200, "slept 1500ms".to_string())
+    );
     skiff.assert_hello_serves().await;
 
     // Unknown functions: 404 over HTTP, and the CLI names what is deployed.
     let r = get(&format!("{}/nope/x", skiff.listen)).await;
     assert_eq!(r.status, 404);
-    assert!(r.text().contains("hello, misbehave, slowpoke"), "{}", r.text());
+    assert!(
+        r.text().contains("hello, misbehave, slowpoke, spinner"),
+        "{}",
+        r.text()
+    );
     let err = skiff.cli_err(&["invoke", "nope"]);
     assert!(
-        err.contains("function `nope` not found; deployed: hello, misbehave, slowpoke"),
+        err.contains("function `nope` not found; deployed: hello, misbehave, slowpoke, spinner"),
         "{err}"
     );
     let out = skiff.cli(&["invoke", "misbehave", "--path", "/trap"]);
-    assert!(!out.status.success(), "invoke of a failing function must exit non-zero");
+    assert!(
+        !out.status.success(),
+        "invoke of a failing function must exit non-zero"
+    );
 
     // Oversized headers.
     let big = "a".repeat(40_000);
-    let r = request("GET", &format!("{}/hello/", skiff.listen), &[("x-big", &big)], Bytes::new()).await;
+    let r = request(
+        "GET",
+        &format!("{}/hello/", skiff.listen),
+        &[("x-big", &big)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(r.status, 431);
     skiff.assert_hello_serves().await;
 
@@ -272,7 +334,11 @@ async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serv
     })
     .await
     .unwrap();
-    assert!(cut_off.0 < Duration::from_secs(3), "slow client held the connection {:?}", cut_off.0);
+    assert!(
+        cut_off.0 < Duration::from_secs(3),
+        "slow client held the connection {:?}",
+        cut_off.0
+    );
     assert!(!String::from_utf8_lossy(&cut_off.1).contains("200 OK"));
     skiff.assert_hello_serves().await;
 
@@ -306,6 +372,10 @@ async fn chunked_post(url: &str, len: usize) -> Resp {
         .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
         .collect();
     let b = http_body_util::StreamBody::new(futures::stream::iter(chunks)).boxed();
-    let req = http::Request::builder().method("POST").uri(url).body(b).unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .body(b)
+        .unwrap();
     send(&client(), req).await.expect("chunked post")
 }

@@ -43,7 +43,9 @@ pub fn build_guests() {
                 } else {
                     ""
                 };
-                return Err(format!("building {dir} for wasm32-wasip2 failed:\n{stderr}{hint}"));
+                return Err(format!(
+                    "building {dir} for wasm32-wasip2 failed:\n{stderr}{hint}"
+                ));
             }
         }
         Ok(())

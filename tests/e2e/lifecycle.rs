@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn manifest(name: &str, wasm: &std::path::Path, extra: &str) -> String {
-    format!("name = \"{name}\"\ncomponent = \"{}\"\n{extra}", wasm.display())
+    format!(
+        "name = \"{name}\"\ncomponent = \"{}\"\n{extra}",
+        wasm.display()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,9 +25,14 @@ async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
     skiff.kill();
 
     let skiff = Skiff::start_in(&data, &[]);
-    assert!(skiff.log().contains("restored") || {
-        wait_until(Duration::from_secs(2), async || skiff.log().contains("restored")).await
-    });
+    assert!(
+        skiff.log().contains("restored") || {
+            wait_until(Duration::from_secs(2), async || {
+                skiff.log().contains("restored")
+            })
+            .await
+        }
+    );
     let r = get(&format!("{}/hello/after", skiff.listen)).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "Hello from Skiff! You asked for /hello/after\n");
@@ -54,7 +62,11 @@ async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
     let info = get(&format!("{}/v1/functions/hello", skiff.admin)).await;
     let info: serde_json::Value = serde_json::from_slice(&info.body).unwrap();
     assert_eq!(info["code"], "compiled", "{info}");
-    assert!(skiff.log().contains("does not match its recorded hash"), "{}", skiff.log());
+    assert!(
+        skiff.log().contains("does not match its recorded hash"),
+        "{}",
+        skiff.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,13 +97,18 @@ async fn a_redeploy_during_steady_traffic_fails_no_request() {
             // Bounded: the loop ends when told to, or after 20 s at the most.
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                let req = http::Request::get(&url).body(body(bytes::Bytes::new())).unwrap();
+                let req = http::Request::get(&url)
+                    .body(body(bytes::Bytes::new()))
+                    .unwrap();
                 match send(&c, req).await {
                     Ok(r) if r.status == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                         seen.lock().unwrap().insert(r.text());
                     }
-                    Ok(r) => failures.lock().unwrap().push(format!("{} {}", r.status, r.text())),
+                    Ok(r) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", r.status, r.text())),
                     Err(e) => failures.lock().unwrap().push(e),
                 }
             }
@@ -107,11 +124,19 @@ async fn a_redeploy_during_steady_traffic_fails_no_request() {
     for w in workers {
         w.await.unwrap();
     }
-    let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} failed requests, first: {:?}", failures.len(), failures.first());
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     let total = ok.load(Ordering::Relaxed);
-    assert!(total > before + 50, "too little traffic to mean anything: {total}");
-    let seen = seen.lock().unwrap();
+    assert!(
+        total > before + 50,
+        "too little traffic to mean anything: {total}"
+    );
+    let seen = seen.lock().unwrap().clone();
     for v in ["v1", "v4"] {
         assert!(seen.contains(v), "never saw {v}: {seen:?}");
     }
@@ -133,10 +158,12 @@ async fn rm_stops_new_requests_and_lets_running_ones_finish() {
     });
     let admin = skiff.admin.clone();
     assert!(
-        wait_until(Duration::from_secs(5), async || get(&format!("{admin}/v1/functions/misbehave"))
-            .await
-            .text()
-            .contains("\"in_flight\": 1"))
+        wait_until(Duration::from_secs(5), async || get(&format!(
+            "{admin}/v1/functions/misbehave"
+        ))
+        .await
+        .text()
+        .contains("\"in_flight\": 1"))
         .await
     );
     let out = skiff.cli_ok(&["rm", "misbehave"]);
@@ -144,7 +171,10 @@ async fn rm_stops_new_requests_and_lets_running_ones_finish() {
     let r = get(&format!("{}/misbehave/sleep/1", skiff.listen)).await;
     assert_eq!(r.status, 404);
     let slow = slow.await.unwrap();
-    assert_eq!((slow.status, slow.text()), (200, "slept 1500ms".to_string()));
+    assert_eq!(
+        (slow.status, slow.text()),
+        (200, "slept 1500ms".to_string())
+    );
     let err = skiff.cli_err(&["rm", "misbehave"]);
     assert!(err.contains("function `misbehave` not found"), "{err}");
     // Removed functions stay removed across a restart.
@@ -165,10 +195,12 @@ async fn sigterm_drains_running_invocations_before_exit() {
     });
     let admin = skiff.admin.clone();
     assert!(
-        wait_until(Duration::from_secs(5), async || get(&format!("{admin}/v1/functions/misbehave"))
-            .await
-            .text()
-            .contains("\"in_flight\": 1"))
+        wait_until(Duration::from_secs(5), async || get(&format!(
+            "{admin}/v1/functions/misbehave"
+        ))
+        .await
+        .text()
+        .contains("\"in_flight\": 1"))
         .await
     );
     let status = tokio::task::spawn_blocking(move || {
@@ -177,7 +209,14 @@ async fn sigterm_drains_running_invocations_before_exit() {
     })
     .await
     .unwrap();
-    assert!(status.0.is_some_and(|s| s.success()), "skiff did not exit cleanly: {:?}", status.0);
+    assert!(
+        status.0.is_some_and(|s| s.success()),
+        "skiff did not exit cleanly: {:?}",
+        status.0
+    );
     let slow = slow.await.unwrap();
-    assert_eq!((slow.status, slow.text()), (200, "slept 1000ms".to_string()));
+    assert_eq!(
+        (slow.status, slow.text()),
+        (200, "slept 1000ms".to_string())
+    );
 }

@@ -19,13 +19,19 @@ async fn deploy_and_invoke_hello_through_cli_and_http() {
 
     let r = get(&format!("{}/hello/plain/http?x=1", skiff.listen)).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "Hello from Skiff! You asked for /hello/plain/http\n");
+    assert_eq!(
+        r.text(),
+        "Hello from Skiff! You asked for /hello/plain/http\n"
+    );
     assert_eq!(r.headers["x-skiff-version"], "1");
 
     let ls = skiff.cli_ok(&["ls"]);
     assert!(ls.contains("hello") && ls.contains("/hello/..."), "{ls}");
     let status = skiff.cli_ok(&["status"]);
-    assert!(status.contains("embedded") && status.contains("hello"), "{status}");
+    assert!(
+        status.contains("embedded") && status.contains("hello"),
+        "{status}"
+    );
     // What the guest printed reaches the node's log, tagged with the function.
     assert!(
         wait_until(std::time::Duration::from_secs(2), async || skiff
@@ -54,7 +60,10 @@ async fn deploy_runs_the_build_unless_told_not_to() {
         ),
     );
     let err = skiff.cli_err(&["deploy", dir.to_str().unwrap(), "--no-build"]);
-    assert!(err.contains("not found at") && err.contains("drop --no-build"), "{err}");
+    assert!(
+        err.contains("not found at") && err.contains("drop --no-build"),
+        "{err}"
+    );
     let out = skiff.cli_ok(&["deploy", dir.to_str().unwrap()]);
     assert!(out.contains("deployed built v1"), "{out}");
 
@@ -106,5 +115,8 @@ async fn wstd_component_streams_a_multi_megabyte_echo() {
     let r = send(&client(), req).await.expect("streamed echo");
     assert_eq!(r.status, 200);
     assert!(r.body == data, "streamed echo differs");
-    assert!(r.headers.get("content-length").is_none(), "expected a streamed answer");
+    assert!(
+        r.headers.get("content-length").is_none(),
+        "expected a streamed answer"
+    );
 }

@@ -107,6 +107,20 @@ impl AdminClient {
         path: &str,
         body: ClientBody,
     ) -> Result<T, ClientError> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            server: self.base.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends `body` to `path`; the answer's body when it is a success, else its error.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: ClientBody,
+    ) -> Result<Bytes, ClientError> {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -145,10 +159,7 @@ impl AdminClient {
                 });
             return Err(ClientError::Api { status, message });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            server: self.base.clone(),
-            detail: e.to_string(),
-        })
+        Ok(bytes)
     }
 
     /// GET and decode.

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod deploy;
+mod kv;
 
 use crate::api::{FunctionInfo, NodeStatus};
 use crate::limits::NodeLimits;
@@ -55,11 +56,17 @@ enum Command {
     },
     /// List deployed functions.
     Ls,
-    /// Remove a function; running invocations finish.
+    /// Remove a function; running invocations finish. Its state is kept unless purged.
     Rm {
         /// The function's name.
         name: String,
+        /// Also delete every key the function stored.
+        #[arg(long)]
+        purge_state: bool,
     },
+    /// Inspect and repair a function's key-value state.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
     /// Call a function over HTTP and print its answer.
     Invoke(InvokeArgs),
     /// Show the server's node, load and functions.
@@ -193,16 +200,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let list: Vec<FunctionInfo> = client()?.get("/v1/functions").await?;
             print_functions(&list);
         }
-        Command::Rm { name } => {
-            let _: serde_json::Value = client()?
+        Command::Rm { name, purge_state } => {
+            let query = if purge_state { "?purge_state=true" } else { "" };
+            let answer: serde_json::Value = client()?
                 .call(
                     http::Method::DELETE,
-                    &format!("/v1/functions/{name}"),
+                    &format!("/v1/functions/{name}{query}"),
                     client::full(Bytes::new()),
                 )
                 .await?;
-            println!("removed {name}");
+            match answer["keys"].as_u64() {
+                Some(keys) => println!("removed {name} and purged its state ({keys} keys)"),
+                None => println!(
+                    "removed {name} (its state is kept; `skiff rm {name} --purge-state` deletes it)"
+                ),
+            }
         }
+        Command::Kv(cmd) => return kv::run(&client()?, cmd).await,
         Command::Status => {
             let s: NodeStatus = client()?.get("/v1/status").await?;
             println!(

@@ -1,16 +1,18 @@
 //! Host capabilities a function's sandbox can reach, each in its own module: WASI 0.2
 //! basics without ambient authority ([`wasi`]), `wasi:http` with the outbound policy
-//! ([`http`]), and captured stdout/stderr ([`logging`]).
+//! ([`http`]), key-value state ([`kv`]), and captured stdout/stderr ([`logging`]).
 //!
 //! [`InstanceState`] is the store data of one invocation; [`SandboxSpec`] is everything
 //! about a deployed version that does not change per request, built once at deploy.
 
 pub mod http;
+pub mod kv;
 pub mod limiter;
 pub mod logging;
 pub mod wasi;
 
 use crate::limits::FunctionLimits;
+use crate::state::StateStore;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{Linker, ResourceTable};
@@ -30,6 +32,8 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// Where outgoing HTTP may go.
     pub outbound: Arc<http::OutboundPolicy>,
+    /// The node's state store (the function sees only its own namespace).
+    pub state: Arc<StateStore>,
 }
 
 /// The store data of one invocation.
@@ -38,6 +42,7 @@ pub struct InstanceState {
     http: WasiHttpCtx,
     table: ResourceTable,
     outbound: http::OutboundHooks,
+    kv: kv::KvCtx,
     /// Enforces the memory limit and remembers whether it was hit.
     pub limiter: limiter::GuestLimiter,
     /// The guest's captured output.
@@ -56,6 +61,7 @@ impl InstanceState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: http::OutboundHooks::new(spec.outbound.clone()),
+            kv: kv::KvCtx::new(spec.state.clone(), &spec.function, spec.limits.kv),
             limiter: limiter::GuestLimiter::new(spec.limits.memory),
             logs,
             deadline: started + spec.limits.timeout,
@@ -87,5 +93,6 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<InstanceStat
     let mut linker = Linker::new(engine);
     wasi::add_to_linker(&mut linker)?;
     http::add_to_linker(&mut linker)?;
+    kv::add_to_linker(&mut linker)?;
     Ok(linker)
 }

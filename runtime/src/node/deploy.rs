@@ -183,6 +183,7 @@ impl Node {
                 limits: p.limits,
                 env: p.manifest.env.into_iter().collect(),
                 outbound: p.outbound,
+                state: self.state.clone(),
             },
             slots: Arc::new(Semaphore::new(p.limits.concurrency as usize)),
             record,

@@ -17,6 +17,7 @@ use crate::host::{InstanceState, SandboxSpec};
 use crate::limits::NodeLimits;
 use crate::manifest::FunctionName;
 use crate::registry::{FunctionRecord, Registry};
+use crate::state::StateStore;
 use skiff_scheduler::{Route, RouteTable};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -95,6 +96,7 @@ pub struct Node {
     engine: NodeEngine,
     linker: Linker<InstanceState>,
     registry: Arc<Registry>,
+    state: Arc<StateStore>,
     limits: NodeLimits,
     slots: Arc<Semaphore>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -120,6 +122,7 @@ impl Node {
         config: NodeConfig,
         engine: NodeEngine,
         registry: Arc<Registry>,
+        state: Arc<StateStore>,
     ) -> wasmtime::Result<Node> {
         let linker = crate::host::linker(engine.engine())?;
         Ok(Node {
@@ -132,6 +135,7 @@ impl Node {
             engine,
             linker,
             registry,
+            state,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             changes: tokio::sync::Mutex::new(()),
         })
@@ -158,6 +162,11 @@ impl Node {
     /// The control store.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &Arc<StateStore> {
+        &self.state
     }
 
     /// Invocations running now on the node.

@@ -8,6 +8,7 @@ use crate::engine::NodeEngine;
 use crate::limits::NodeLimits;
 use crate::node::{Node, NodeConfig};
 use crate::registry::Registry;
+use crate::state::StateStore;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data dir `{}`", opts.data_dir.display()))?;
     let registry = Arc::new(Registry::open(&opts.data_dir)?);
+    let state = StateStore::open(&opts.data_dir.join("state.redb"))?;
     let engine = NodeEngine::new(&opts.limits, &opts.data_dir.join("compiled"))?;
     let listener = TcpListener::bind(opts.listen).await.with_context(|| {
         format!(
@@ -79,6 +81,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             },
             engine,
             registry,
+            state,
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interfaces: {e:#}"))?,
     );

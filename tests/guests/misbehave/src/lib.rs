@@ -1,9 +1,14 @@
-//! A guest that does what a broken function would, one path each (below whatever route
-//! it is deployed on):
+//! A test guest that misbehaves on purpose and probes the host, one path each (below
+//! whatever route it is deployed on):
 //! `/trap` panics, `/loop` spins forever, `/grow` allocates without bound,
-//! `/sleep/<ms>` sleeps, `/size` answers the body's length, `/version` answers `[env] VERSION`.
+//! `/sleep/<ms>` sleeps, `/size` answers the body's length, `/version` answers `[env] VERSION`,
+//! `/kv/set/<key>` stores the body, `/kv/get/<key>` answers it,
+//! `/kv/bucket/<bucket>/get/<key>` reads from a bucket of any name,
+//! `/kvbench/<n>` times n sets and n gets from inside the guest.
 
+use skiff_sdk::kv::Store;
 use skiff_sdk::{Request, Response, http::StatusCode, text};
+use std::time::Instant;
 
 fn handle(req: Request) -> Response {
     let path = req.uri().path();
@@ -33,6 +38,25 @@ fn handle(req: Request) -> Response {
             std::env::var("VERSION").unwrap_or_else(|_| "unset".into()),
         ),
         _ => {
+            if let Some(key) = rest.strip_prefix("/kv/set/") {
+                return match Store::open_default().and_then(|s| s.set(key, req.body())) {
+                    Ok(()) => text(StatusCode::OK, "stored"),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                };
+            }
+            if let Some(key) = rest.strip_prefix("/kv/get/") {
+                return get(Store::open_default(), key);
+            }
+            if let Some(tail) = rest.strip_prefix("/kv/bucket/") {
+                let Some((bucket, key)) = tail.split_once("/get/") else {
+                    return text(StatusCode::BAD_REQUEST, "use /kv/bucket/<bucket>/get/<key>");
+                };
+                let bucket = decode(bucket);
+                return get(Store::open(&bucket), key);
+            }
+            if let Some(n) = rest.strip_prefix("/kvbench/") {
+                return kvbench(n.parse().unwrap_or(1000));
+            }
             if let Some(ms) = rest.strip_prefix("/sleep/") {
                 let ms: u64 = ms.parse().unwrap_or(100);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -41,6 +65,74 @@ fn handle(req: Request) -> Response {
             text(StatusCode::NOT_FOUND, format!("no behaviour at {rest}"))
         }
     }
+}
+
+fn get(store: Result<Store, skiff_sdk::kv::Error>, key: &str) -> Response {
+    match store.and_then(|s| s.get(key)) {
+        Ok(Some(v)) => text(StatusCode::OK, String::from_utf8_lossy(&v).into_owned()),
+        Ok(None) => text(StatusCode::NOT_FOUND, "not set"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `%XX` escapes decoded, so a test can pass any bytes as a bucket name.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Times `n` sets and `n` gets of 100-byte values, as the guest sees them.
+fn kvbench(n: usize) -> Response {
+    let store = match Store::open("bench") {
+        Ok(s) => s,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let value = [7u8; 100];
+    let mut sets = Vec::with_capacity(n);
+    let mut gets = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("k{i}");
+        let t = Instant::now();
+        if let Err(e) = store.set(&key, value) {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        sets.push(t.elapsed().as_nanos() as u64);
+    }
+    for i in 0..n {
+        let key = format!("k{i}");
+        let t = Instant::now();
+        if let Err(e) = store.get(&key) {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        gets.push(t.elapsed().as_nanos() as u64);
+    }
+    let q = |v: &mut Vec<u64>, p: f64| {
+        v.sort_unstable();
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    };
+    text(
+        StatusCode::OK,
+        format!(
+            "{{\"set_p50_ns\":{},\"set_p99_ns\":{},\"get_p50_ns\":{},\"get_p99_ns\":{}}}",
+            q(&mut sets, 0.5),
+            q(&mut sets, 0.99),
+            q(&mut gets, 0.5),
+            q(&mut gets, 0.99)
+        ),
+    )
 }
 
 skiff_sdk::http_handler!(handle);

@@ -1,5 +1,8 @@
-//! The admin API (see [`crate::api`] for the endpoints): deploys, listing, removal and
-//! status, behind an optional bearer token. `/healthz` is always open.
+//! The admin API (see [`crate::api`] for the endpoints): deploys, listing, removal,
+//! status and key-value state ([`kv`]), behind an optional bearer token. `/healthz` is
+//! always open.
+
+pub mod kv;
 
 use crate::api::{DeployRequest, ErrorBody};
 use crate::engine::check_component_header;
@@ -24,7 +27,8 @@ pub const MAX_ARTIFACT_BYTES: usize = 50 << 20;
 /// Largest JSON request body.
 const MAX_JSON_BYTES: usize = 1 << 20;
 
-type Response = http::Response<Full<Bytes>>;
+/// An admin API answer.
+pub type Response = http::Response<Full<Bytes>>;
 
 /// The admin API's shared state.
 pub struct Admin {
@@ -102,7 +106,18 @@ impl Admin {
                 let name = name.to_string();
                 self.deploy(&name, req).await
             }
-            (Method::DELETE, ["v1", "functions", name]) => self.remove(name).await,
+            (Method::DELETE, ["v1", "functions", name]) => {
+                let purge = req.uri().query().is_some_and(|q| {
+                    form_urlencoded::parse(q.as_bytes())
+                        .any(|(k, v)| k == "purge_state" && v == "true")
+                });
+                self.remove(name, purge).await
+            }
+            (_, ["v1", "functions", name, "kv", rest @ ..]) => {
+                let name = name.to_string();
+                let key = rest.join("/");
+                kv::handle(&self.node, &name, Some(&key), req).await
+            }
             (Method::PUT, ["v1", "artifacts", sha]) => {
                 let sha = sha.to_string();
                 self.upload(&sha, req).await
@@ -135,10 +150,39 @@ impl Admin {
         }
     }
 
-    async fn remove(&self, name: &str) -> Response {
-        match self.node.remove(name).await {
-            Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
-            Ok(false) => self.not_found(name),
+    async fn remove(&self, name: &str, purge_state: bool) -> Response {
+        let removed = match self.node.remove(name).await {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        if !purge_state {
+            return match removed {
+                true => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "removed": name, "state": "kept" }),
+                ),
+                false => self.not_found(name),
+            };
+        }
+        // Purging works for a function already removed (its state was kept then).
+        let op = crate::state::Op::Purge {
+            function: name.to_string(),
+        };
+        match self
+            .node
+            .state()
+            .write(op, crate::state::KvLimits::default())
+            .await
+        {
+            Ok(crate::state::OpResult::Purged(0)) if !removed => self.not_found(name),
+            Ok(crate::state::OpResult::Purged(keys)) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "removed": name, "state": "purged", "keys": keys }),
+            ),
+            Ok(other) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected purge result {other:?}"),
+            ),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

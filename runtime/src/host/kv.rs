@@ -1,0 +1,271 @@
+//! `wasi:keyvalue@0.2.0-draft` (store, atomics, batch) and `skiff:function/kv`
+//! (compare-and-swap, prefix listing), backed by the node's [`StateStore`].
+//!
+//! The function's namespace comes from the deployment, never from the guest: a guest
+//! names only a bucket inside its own namespace, so another function's keys are out of
+//! reach whatever it passes.
+
+use super::InstanceState;
+use crate::state::keys::MAX_BUCKET_BYTES;
+use crate::state::{KvLimits, Namespace, Op, OpResult, StateError, StateStore};
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "skiff:function/imports",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": super::Bucket,
+        },
+        trappable_error_type: {
+            "wasi:keyvalue/store.error" => super::KvError,
+        },
+    });
+}
+
+use generated::skiff::function::kv as skiff_kv;
+use generated::wasi::keyvalue::{atomics, batch, store};
+
+/// The bucket name a guest gets when it opens "".
+pub const DEFAULT_BUCKET: &str = "default";
+
+/// An open bucket (the `bucket` resource).
+pub struct Bucket {
+    ns: Namespace,
+}
+
+/// A key-value failure as the guest sees it.
+#[derive(Debug)]
+pub enum KvError {
+    /// The bucket name is unusable.
+    NoSuchStore,
+    /// Anything else, with a message.
+    Other(String),
+}
+
+impl From<ResourceTableError> for KvError {
+    fn from(e: ResourceTableError) -> Self {
+        KvError::Other(e.to_string())
+    }
+}
+
+impl From<StateError> for KvError {
+    fn from(e: StateError) -> Self {
+        KvError::Other(e.to_string())
+    }
+}
+
+/// Per-invocation key-value context: whose state, under which limits.
+pub struct KvCtx {
+    store: Arc<StateStore>,
+    function: String,
+    limits: KvLimits,
+}
+
+impl KvCtx {
+    /// The context for `function`.
+    pub fn new(store: Arc<StateStore>, function: &str, limits: KvLimits) -> Self {
+        KvCtx {
+            store,
+            function: function.to_string(),
+            limits,
+        }
+    }
+}
+
+/// The view the generated host traits are implemented on.
+pub struct KvView<'a> {
+    ctx: &'a KvCtx,
+    table: &'a mut ResourceTable,
+}
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+fn view(s: &mut InstanceState) -> KvView<'_> {
+    KvView {
+        ctx: &s.kv,
+        table: &mut s.table,
+    }
+}
+
+/// Links the key-value interfaces.
+pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    store::add_to_linker::<_, HasKv>(linker, view)?;
+    atomics::add_to_linker::<_, HasKv>(linker, view)?;
+    batch::add_to_linker::<_, HasKv>(linker, view)?;
+    skiff_kv::add_to_linker::<_, HasKv>(linker, view)?;
+    Ok(())
+}
+
+impl KvView<'_> {
+    fn ns(&self, bucket: &Resource<Bucket>) -> Result<Namespace, KvError> {
+        Ok(self.table.get(bucket)?.ns.clone())
+    }
+
+    async fn write(&mut self, op: Op) -> Result<OpResult, KvError> {
+        Ok(self.ctx.store.write(op, self.ctx.limits).await?)
+    }
+}
+
+impl store::Host for KvView<'_> {
+    async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
+        let bucket = if identifier.is_empty() {
+            DEFAULT_BUCKET.to_string()
+        } else {
+            identifier
+        };
+        if bucket.len() > MAX_BUCKET_BYTES {
+            return Err(KvError::NoSuchStore);
+        }
+        let ns = Namespace::new(&self.ctx.function, &bucket);
+        Ok(self.table.push(Bucket { ns })?)
+    }
+
+    fn convert_error(&mut self, err: KvError) -> wasmtime::Result<store::Error> {
+        Ok(match err {
+            KvError::NoSuchStore => store::Error::NoSuchStore,
+            KvError::Other(m) => store::Error::Other(m),
+        })
+    }
+}
+
+impl store::HostBucket for KvView<'_> {
+    async fn get(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        let ns = self.ns(&bucket)?;
+        Ok(self.ctx.store.get(&ns, &key)?)
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), KvError> {
+        let ns = self.ns(&bucket)?;
+        self.write(Op::Set { ns, key, value }).await?;
+        Ok(())
+    }
+
+    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
+        let ns = self.ns(&bucket)?;
+        self.write(Op::Delete { ns, key }).await?;
+        Ok(())
+    }
+
+    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
+        let ns = self.ns(&bucket)?;
+        Ok(self.ctx.store.get(&ns, &key)?.is_some())
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<u64>,
+    ) -> Result<store::KeyResponse, KvError> {
+        let ns = self.ns(&bucket)?;
+        let (keys, cursor) = self.ctx.store.list(&ns, "", cursor.unwrap_or(0))?;
+        Ok(store::KeyResponse { keys, cursor })
+    }
+
+    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KvView<'_> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> Result<u64, KvError> {
+        let ns = self.ns(&bucket)?;
+        match self.write(Op::Increment { ns, key, delta }).await? {
+            OpResult::Incremented(n) => Ok(n),
+            other => Err(KvError::Other(format!("unexpected result {other:?}"))),
+        }
+    }
+}
+
+impl batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+        let ns = self.ns(&bucket)?;
+        keys.into_iter()
+            .map(|k| Ok(self.ctx.store.get(&ns, &k)?.map(|v| (k, v))))
+            .collect()
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), KvError> {
+        let ns = self.ns(&bucket)?;
+        self.write(Op::SetMany {
+            ns,
+            items: key_values,
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> Result<(), KvError> {
+        let ns = self.ns(&bucket)?;
+        self.write(Op::DeleteMany { ns, keys }).await?;
+        Ok(())
+    }
+}
+
+impl skiff_kv::Host for KvView<'_> {
+    async fn compare_and_swap(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvError> {
+        let ns = self.ns(&bucket)?;
+        match self
+            .write(Op::CompareAndSwap {
+                ns,
+                key,
+                expected,
+                new,
+            })
+            .await?
+        {
+            OpResult::Swapped(s) => Ok(s),
+            other => Err(KvError::Other(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    async fn list_prefix(
+        &mut self,
+        bucket: Resource<Bucket>,
+        prefix: String,
+        cursor: Option<u64>,
+    ) -> Result<store::KeyResponse, KvError> {
+        let ns = self.ns(&bucket)?;
+        let (keys, cursor) = self.ctx.store.list(&ns, &prefix, cursor.unwrap_or(0))?;
+        Ok(store::KeyResponse { keys, cursor })
+    }
+}

@@ -1,0 +1,146 @@
+//! Admin endpoints over a function's key-value state, for operators inspecting and
+//! repairing it. Keys travel percent-encoded in the path; the bucket (default
+//! `default`), a key prefix and a listing cursor travel in the query.
+//!
+//! * `GET    /v1/functions/{name}/kv?bucket=&prefix=&cursor=` — a page of keys
+//! * `GET    /v1/functions/{name}/kv/{key}?bucket=` — the raw value
+//! * `PUT    /v1/functions/{name}/kv/{key}?bucket=` — set it to the request body
+//! * `DELETE /v1/functions/{name}/kv/{key}?bucket=` — delete it
+
+use super::{Response, error, json, read_body};
+use crate::host::kv::DEFAULT_BUCKET;
+use crate::manifest::FunctionName;
+use crate::node::Node;
+use crate::state::keys::MAX_BUCKET_BYTES;
+use crate::state::{Namespace, Op, StateError};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// A page of keys.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct KeyPage {
+    /// The keys, in byte order.
+    pub keys: Vec<String>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub cursor: Option<u64>,
+}
+
+struct Query {
+    bucket: String,
+    prefix: String,
+    cursor: u64,
+}
+
+fn query(req: &http::Request<Incoming>) -> Query {
+    let mut q = Query {
+        bucket: DEFAULT_BUCKET.to_string(),
+        prefix: String::new(),
+        cursor: 0,
+    };
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "bucket" if !v.is_empty() => q.bucket = v.into_owned(),
+            "prefix" => q.prefix = v.into_owned(),
+            "cursor" => q.cursor = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    q
+}
+
+fn state_error(e: StateError) -> Response {
+    match e {
+        StateError::Refused(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Serves a `/v1/functions/{name}/kv...` request; `key_path` is what follows `kv/`.
+pub async fn handle(
+    node: &Node,
+    name: &str,
+    key_path: Option<&str>,
+    req: http::Request<Incoming>,
+) -> Response {
+    if let Err(e) = FunctionName::new(name) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let q = query(&req);
+    if q.bucket.len() > MAX_BUCKET_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("bucket names are at most {MAX_BUCKET_BYTES} bytes"),
+        );
+    }
+    let ns = Namespace::new(name, &q.bucket);
+    let state = node.state();
+    let Some(raw) = key_path.filter(|k| !k.is_empty()) else {
+        if req.method() != Method::GET {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "list keys with GET; get, set and delete one at /v1/functions/{name}/kv/{key}"
+                    .into(),
+            );
+        }
+        return match state.list(&ns, &q.prefix, q.cursor) {
+            Ok((keys, cursor)) => json(StatusCode::OK, &KeyPage { keys, cursor }),
+            Err(e) => state_error(e),
+        };
+    };
+    let key = match percent_encoding::percent_decode_str(raw).decode_utf8() {
+        Ok(k) => k.into_owned(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "keys must be UTF-8 text, percent-encoded in the path".into(),
+            );
+        }
+    };
+    // A deployed function's own limits apply; a removed one's state is still repairable.
+    let limits = node
+        .snapshot()
+        .get(name)
+        .map(|d| d.spec.limits.kv)
+        .unwrap_or_default();
+    match *req.method() {
+        Method::GET => match state.get(&ns, &key) {
+            Ok(Some(v)) => {
+                let mut r = http::Response::new(Full::new(Bytes::from(v)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "key `{key}` is not set in function `{name}` (bucket `{}`)",
+                    q.bucket
+                ),
+            ),
+            Err(e) => state_error(e),
+        },
+        Method::PUT => {
+            let max = usize::try_from(limits.value_bytes).unwrap_or(usize::MAX);
+            let value = match read_body(req, max).await {
+                Ok(b) => b.to_vec(),
+                Err(resp) => return resp,
+            };
+            match state.write(Op::Set { ns, key, value }, limits).await {
+                Ok(_) => json(StatusCode::OK, &serde_json::json!({ "set": true })),
+                Err(e) => state_error(e),
+            }
+        }
+        Method::DELETE => match state.write(Op::Delete { ns, key }, limits).await {
+            Ok(_) => json(StatusCode::OK, &serde_json::json!({ "deleted": true })),
+            Err(e) => state_error(e),
+        },
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET, PUT or DELETE on a key".into(),
+        ),
+    }
+}

@@ -1,0 +1,413 @@
+//! Durable key-value state for functions, on redb.
+//!
+//! Reads go straight to redb (MVCC snapshots, any thread). Writes are [`Op`]s sent to one
+//! writer thread that applies every op waiting at that moment in a single transaction and
+//! commits it with `Durability::Immediate`: concurrent writers share one fsync instead of
+//! queueing for one each (group commit), and no write is acknowledged before it is on
+//! disk. The transaction also records the last applied sequence number, so that a
+//! replicated log (cluster mode) can be applied through the same path and resumed.
+
+pub mod keys;
+pub mod ops;
+
+pub use keys::Namespace;
+pub use ops::{KvLimits, Op, OpError, OpResult};
+
+use ops::{APPLIED, DATA, Tables, USAGE, apply};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// The log name embedded mode applies under.
+pub const LOCAL_LOG: &str = "local";
+/// Keys per page of a listing.
+pub const PAGE: usize = 1000;
+/// Most ops committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// A failed state operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StateError {
+    /// The op broke a rule; nothing was written.
+    #[error("{0}")]
+    Refused(#[from] OpError),
+    /// redb failed; the write was not acknowledged.
+    #[error("state storage failed ({path}): {detail}")]
+    Storage {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The writer is gone (the node is stopping).
+    #[error("the state store is shutting down; retry on another node or after restart")]
+    Closed,
+}
+
+struct WriteRequest {
+    op: Op,
+    limits: KvLimits,
+    reply: oneshot::Sender<Result<OpResult, StateError>>,
+}
+
+/// A node's state store.
+pub struct StateStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<WriteRequest>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl StateStore {
+    /// Opens (creating) the store at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Arc<StateStore>, StateError> {
+        let storage = |e: &dyn std::fmt::Display| StateError::Storage {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let db = Database::create(path).map_err(|e| storage(&e))?;
+        let wtx = db.begin_write().map_err(|e| storage(&e))?;
+        let applied = {
+            wtx.open_table(DATA).map_err(|e| storage(&e))?;
+            wtx.open_table(USAGE).map_err(|e| storage(&e))?;
+            let t = wtx.open_table(APPLIED).map_err(|e| storage(&e))?;
+            t.get(LOCAL_LOG)
+                .map_err(|e| storage(&e))?
+                .map(|v| v.value())
+                .unwrap_or(0)
+        };
+        wtx.commit().map_err(|e| storage(&e))?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        let writer_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("skiff-state-writer".into())
+            .spawn(move || writer(writer_db, writer_path, rx, applied))
+            .map_err(|e| storage(&e))?;
+        Ok(Arc::new(StateStore {
+            db,
+            path: path.to_path_buf(),
+            writer: tx,
+        }))
+    }
+
+    fn storage(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::Storage {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Applies `op` durably; returns once it is committed to disk.
+    pub async fn write(&self, op: Op, limits: KvLimits) -> Result<OpResult, StateError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteRequest { op, limits, reply })
+            .map_err(|_| StateError::Closed)?;
+        rx.await.map_err(|_| StateError::Closed)?
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let rtx = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let t = rtx.open_table(DATA).map_err(|e| self.storage(e))?;
+        let v = t.get(ns.key(key).as_slice()).map_err(|e| self.storage(e))?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    /// Keys of `ns` starting with `prefix`, from position `cursor`; the next cursor when
+    /// more remain.
+    pub fn list(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        cursor: u64,
+    ) -> Result<(Vec<String>, Option<u64>), StateError> {
+        let base = ns.prefix();
+        let start = ns.key(prefix);
+        let rtx = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let t = rtx.open_table(DATA).map_err(|e| self.storage(e))?;
+        let range = match keys::prefix_end(&start) {
+            Some(end) => t.range(start.as_slice()..end.as_slice()),
+            None => t.range(start.as_slice()..),
+        }
+        .map_err(|e| self.storage(e))?;
+        let skip = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in range.skip(skip) {
+            let (k, _) = entry.map_err(|e| self.storage(e))?;
+            if keys.len() == PAGE {
+                more = true;
+                break;
+            }
+            let raw = &k.value()[base.len()..];
+            keys.push(String::from_utf8_lossy(raw).into_owned());
+        }
+        let next = more.then(|| cursor + keys.len() as u64);
+        Ok((keys, next))
+    }
+
+    /// (keys, bytes) that `function` holds.
+    pub fn usage(&self, function: &str) -> Result<(u64, u64), StateError> {
+        let rtx = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let t = rtx.open_table(USAGE).map_err(|e| self.storage(e))?;
+        let v = t.get(function).map_err(|e| self.storage(e))?;
+        Ok(v.map(|v| v.value()).unwrap_or((0, 0)))
+    }
+
+    /// The last sequence applied from the local log.
+    pub fn applied(&self) -> Result<u64, StateError> {
+        let rtx = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let t = rtx.open_table(APPLIED).map_err(|e| self.storage(e))?;
+        let v = t.get(LOCAL_LOG).map_err(|e| self.storage(e))?;
+        Ok(v.map(|v| v.value()).unwrap_or(0))
+    }
+}
+
+/// The writer thread: drain what is waiting, apply it in one transaction, fsync once,
+/// answer everyone.
+fn writer(
+    db: Arc<Database>,
+    path: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<WriteRequest>,
+    mut seq: u64,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&db, &batch, seq) {
+            Ok((results, next_seq)) => {
+                seq = next_seq;
+                for (req, result) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(result.map_err(StateError::from));
+                }
+            }
+            Err(detail) => {
+                tracing::error!(path = %path.display(), error = %detail, "state commit failed; writes refused");
+                for req in batch {
+                    let _ = req.reply.send(Err(StateError::Storage {
+                        path: path.clone(),
+                        detail: detail.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+type BatchResults = (Vec<Result<OpResult, OpError>>, u64);
+
+fn commit_batch(
+    db: &Database,
+    batch: &[WriteRequest],
+    mut seq: u64,
+) -> Result<BatchResults, String> {
+    let mut wtx = db.begin_write().map_err(|e| e.to_string())?;
+    wtx.set_durability(Durability::Immediate)
+        .map_err(|e| e.to_string())?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut tables = Tables {
+            data: wtx.open_table(DATA).map_err(|e| e.to_string())?,
+            usage: wtx.open_table(USAGE).map_err(|e| e.to_string())?,
+        };
+        for req in batch {
+            let r = apply(&mut tables, &req.op, &req.limits);
+            if let Err(OpError::Storage(detail)) = &r {
+                // A storage failure may leave this op half-written: abort the transaction.
+                return Err(detail.clone());
+            }
+            if r.is_ok() {
+                seq += 1;
+            }
+            results.push(r);
+        }
+        wtx.open_table(APPLIED)
+            .map_err(|e| e.to_string())?
+            .insert(LOCAL_LOG, seq)
+            .map_err(|e| e.to_string())?;
+    }
+    wtx.commit().map_err(|e| e.to_string())?;
+    Ok((results, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Arc<StateStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(&dir.path().join("state.redb")).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_increments_all_count() {
+        let (_d, s) = store();
+        let ns = Namespace::new("counter", "default");
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (s, ns) = (s.clone(), ns.clone());
+            tasks.push(tokio::spawn(async move {
+                s.write(
+                    Op::Increment {
+                        ns,
+                        key: "x".into(),
+                        delta: 1,
+                    },
+                    KvLimits::default(),
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Ok(OpResult::Incremented(_))));
+        }
+        assert_eq!(s.get(&ns, "x").unwrap(), Some(b"200".to_vec()));
+        assert_eq!(s.applied().unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn compare_and_swap_and_limits() {
+        let (_d, s) = store();
+        let ns = Namespace::new("f", "b");
+        let lim = KvLimits {
+            key_bytes: 8,
+            value_bytes: 4,
+            keys: 2,
+            total_bytes: 100,
+        };
+        let cas = |expected: Option<&[u8]>, new: &[u8]| Op::CompareAndSwap {
+            ns: ns.clone(),
+            key: "k".into(),
+            expected: expected.map(<[u8]>::to_vec),
+            new: new.to_vec(),
+        };
+        assert_eq!(
+            s.write(cas(None, b"a"), lim).await.unwrap(),
+            OpResult::Swapped(true)
+        );
+        assert_eq!(
+            s.write(cas(None, b"b"), lim).await.unwrap(),
+            OpResult::Swapped(false)
+        );
+        assert_eq!(
+            s.write(cas(Some(b"a"), b"b"), lim).await.unwrap(),
+            OpResult::Swapped(true)
+        );
+        assert_eq!(s.get(&ns, "k").unwrap(), Some(b"b".to_vec()));
+        let set = |key: &str, value: &[u8]| Op::Set {
+            ns: ns.clone(),
+            key: key.into(),
+            value: value.to_vec(),
+        };
+        assert!(matches!(
+            s.write(set("k", b"too long"), lim).await,
+            Err(StateError::Refused(OpError::ValueTooLarge { .. }))
+        ));
+        assert!(matches!(
+            s.write(set("a-very-long-key", b"v"), lim).await,
+            Err(StateError::Refused(OpError::KeyTooLarge { .. }))
+        ));
+        s.write(set("k2", b"v"), lim).await.unwrap();
+        assert!(matches!(
+            s.write(set("k3", b"v"), lim).await,
+            Err(StateError::Refused(OpError::TooManyKeys { .. }))
+        ));
+        // A refused op changed nothing.
+        assert_eq!(s.get(&ns, "k").unwrap(), Some(b"b".to_vec()));
+        assert_eq!(s.get(&ns, "k3").unwrap(), None);
+        assert_eq!(s.usage("f").unwrap().0, 2);
+        s.write(
+            Op::Delete {
+                ns: ns.clone(),
+                key: "k2".into(),
+            },
+            lim,
+        )
+        .await
+        .unwrap();
+        s.write(set("k3", b"v"), lim).await.unwrap();
+        assert_eq!(s.usage("f").unwrap(), (2, 5));
+    }
+
+    #[tokio::test]
+    async fn listing_pages_and_prefixes_stay_in_their_bucket() {
+        let (_d, s) = store();
+        let a = Namespace::new("f", "a");
+        let items = (0..2500)
+            .map(|i| (format!("user:{i:05}"), b"1".to_vec()))
+            .collect();
+        s.write(
+            Op::SetMany {
+                ns: a.clone(),
+                items,
+            },
+            KvLimits::default(),
+        )
+        .await
+        .unwrap();
+        s.write(
+            Op::Set {
+                ns: a.clone(),
+                key: "zzz".into(),
+                value: b"1".to_vec(),
+            },
+            KvLimits::default(),
+        )
+        .await
+        .unwrap();
+        let other = Namespace::new("f", "ab");
+        s.write(
+            Op::Set {
+                ns: other.clone(),
+                key: "user:x".into(),
+                value: b"1".to_vec(),
+            },
+            KvLimits::default(),
+        )
+        .await
+        .unwrap();
+        let mut all = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (keys, next) = s.list(&a, "user:", cursor).unwrap();
+            all.extend(keys);
+            match next {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 2500);
+        assert_eq!(all[0], "user:00000");
+        assert!(all.iter().all(|k| k.starts_with("user:0")
+            || k.starts_with("user:1")
+            || k.starts_with("user:2")));
+        let purged = s
+            .write(
+                Op::Purge {
+                    function: "f".into(),
+                },
+                KvLimits::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(purged, OpResult::Purged(2502));
+        assert_eq!(s.usage("f").unwrap(), (0, 0));
+    }
+}
