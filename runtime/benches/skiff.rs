@@ -1,0 +1,387 @@
+//! Skiff's benchmark program: `cargo bench --bench skiff [-- SECTION...]`.
+//!
+//! It starts the real `skiff up` (release build) on free loopback ports and, in this
+//! process, a native hyper server that does the same work without WebAssembly — the
+//! baseline every row is compared with, measured in the same run so that the ratio holds
+//! on a noisy machine. The load generator is a Rust client on its own single-threaded
+//! runtime with one keep-alive connection per concurrent client; each measurement is a
+//! 1 s warm-up followed by three runs, and the table shows the median run.
+//!
+//! Sections: `hello` (requests/s and latency of a hello-world function), `kv` (guest-side
+//! key-value latency, and increments/s through HTTP). Default: all.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use skiff_runtime::state::{KvLimits, Namespace, Op, OpResult, StateStore};
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RUN: Duration = Duration::from_secs(3);
+const WARMUP: Duration = Duration::from_secs(1);
+const RUNS: usize = 3;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("runtime/ has a parent")
+        .to_path_buf()
+}
+
+fn build_guests() {
+    for dir in ["functions", "tests/guests"] {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .current_dir(repo().join(dir))
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success(),
+            "building {dir} failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
+        );
+    }
+}
+
+/// A running `skiff up`.
+struct Skiff {
+    child: Child,
+    listen: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Skiff {
+    fn start() -> Skiff {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start skiff");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("banner");
+        let urls: Vec<String> = line
+            .split_whitespace()
+            .filter(|w| w.starts_with("http://"))
+            .map(String::from)
+            .collect();
+        assert_eq!(urls.len(), 2, "unexpected banner {line}");
+        Skiff {
+            child,
+            listen: urls[0].clone(),
+            admin: urls[1].clone(),
+            _dir: dir,
+        }
+    }
+
+    fn deploy(&self, manifest_dir: &Path) {
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["deploy", "--no-build", "--server", &self.admin])
+            .arg(manifest_dir)
+            .output()
+            .expect("deploy");
+        assert!(
+            out.status.success(),
+            "deploy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Skiff {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The native baseline: the same routes as the functions, in plain hyper.
+async fn native_server(state: Arc<StateStore>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let body = if let Some(key) = path.strip_prefix("/counter/") {
+                            let op = Op::Increment {
+                                ns: Namespace::new("native", "default"),
+                                key: key.to_string(),
+                                delta: 1,
+                            };
+                            match state.write(op, KvLimits::default()).await {
+                                Ok(OpResult::Incremented(n)) => n.to_string(),
+                                other => format!("{other:?}"),
+                            }
+                        } else {
+                            format!("Hello from native hyper! You asked for {path}\n")
+                        };
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One run's result.
+#[derive(Clone, Debug)]
+struct Stats {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+/// Drives `conns` keep-alive connections at `url` for `dur`.
+async fn run_load(
+    addr: &str,
+    path: &str,
+    method: &http::Method,
+    conns: usize,
+    dur: Duration,
+) -> Stats {
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..conns {
+        let (addr, path, method) = (addr.to_string(), path.to_string(), method.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let Ok(stream) = tokio::net::TcpStream::connect(&addr).await else {
+                return (lat, 1);
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut sender, conn)) =
+                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                    .await
+            else {
+                return (lat, 1);
+            };
+            tokio::spawn(conn);
+            while start.elapsed() < dur {
+                let req = http::Request::builder()
+                    .method(method.clone())
+                    .uri(&path)
+                    .header("host", &addr)
+                    .body(Empty::new())
+                    .expect("request");
+                let t = Instant::now();
+                match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        let _ = resp.into_body().collect().await;
+                        if ok {
+                            lat.push(t.elapsed().as_micros() as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, e)) = t.await {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let q = |p: f64| {
+        if all.is_empty() {
+            0
+        } else {
+            all[((all.len() as f64 * p) as usize).min(all.len() - 1)]
+        }
+    };
+    Stats {
+        rps: all.len() as f64 / elapsed,
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        errors,
+    }
+}
+
+/// Warm-up, then RUNS runs; the median run by requests/s.
+async fn measure(base: &str, path: &str, method: http::Method, conns: usize) -> Stats {
+    let addr = base.trim_start_matches("http://").to_string();
+    run_load(&addr, path, &method, conns, WARMUP).await;
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        runs.push(run_load(&addr, path, &method, conns, RUN).await);
+    }
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    runs[RUNS / 2].clone()
+}
+
+fn row(label: &str, s: &Stats, baseline: Option<&Stats>) {
+    let ratio = baseline
+        .map(|b| format!("{:>6.1}%", 100.0 * s.rps / b.rps.max(1e-9)))
+        .unwrap_or_else(|| "   base".to_string());
+    println!(
+        "| {label:<34} | {:>10.0} | {:>8} | {:>8} | {:>6} | {ratio} |",
+        s.rps, s.p50_us, s.p99_us, s.errors
+    );
+}
+
+fn header(title: &str) {
+    println!("\n### {title}\n");
+    println!(
+        "| {:<34} | {:>10} | {:>8} | {:>8} | {:>6} | {:>7} |",
+        "target", "req/s", "p50 µs", "p99 µs", "errors", "vs base"
+    );
+    println!(
+        "|{}|------------|----------|----------|--------|---------|",
+        "-".repeat(36)
+    );
+}
+
+async fn hello(skiff: &Skiff, native: &str) {
+    header("hello world over HTTP/1.1 keep-alive");
+    for conns in [1, 32] {
+        let base = measure(native, "/hello/bench", http::Method::GET, conns).await;
+        row(&format!("native hyper, {conns} conn"), &base, None);
+        let s = measure(&skiff.listen, "/hello/bench", http::Method::GET, conns).await;
+        row(
+            &format!("skiff node (hello.wasm), {conns} conn"),
+            &s,
+            Some(&base),
+        );
+    }
+}
+
+async fn kv(skiff: &Skiff, native: &str) {
+    // Guest-side latency, as the function measures it around each call.
+    let url = format!("{}/probe/kvbench/2000", skiff.listen);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut samples = Vec::new();
+    for _ in 0..RUNS {
+        let resp = client
+            .get(url.parse().expect("url"))
+            .await
+            .expect("kvbench");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("kvbench json");
+        samples.push(v);
+    }
+    let median = |field: &str| {
+        let mut xs: Vec<u64> = samples.iter().filter_map(|v| v[field].as_u64()).collect();
+        xs.sort_unstable();
+        xs.get(xs.len() / 2).copied().unwrap_or(0)
+    };
+    println!("\n### key-value latency inside the guest (2000 sequential ops, 100-byte values)\n");
+    println!("| op  | p50 µs | p99 µs |");
+    println!("|-----|--------|--------|");
+    println!(
+        "| set | {:>6.1} | {:>6.1} |",
+        median("set_p50_ns") as f64 / 1000.0,
+        median("set_p99_ns") as f64 / 1000.0
+    );
+    println!(
+        "| get | {:>6.1} | {:>6.1} |",
+        median("get_p50_ns") as f64 / 1000.0,
+        median("get_p99_ns") as f64 / 1000.0
+    );
+
+    header("durable increments through HTTP (POST /counter/x, one hot key)");
+    for conns in [1, 16, 64] {
+        let base = measure(native, "/counter/x", http::Method::POST, conns).await;
+        row(&format!("native hyper + redb, {conns} conn"), &base, None);
+        let s = measure(&skiff.listen, "/counter/x", http::Method::POST, conns).await;
+        row(
+            &format!("skiff counter.wasm, {conns} conn"),
+            &s,
+            Some(&base),
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    build_guests();
+    let skiff = Skiff::start();
+    skiff.deploy(&repo().join("functions/hello"));
+    skiff.deploy(&repo().join("functions/counter"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let probe = tmp.path().join("probe");
+    std::fs::create_dir_all(&probe).expect("mkdir");
+    std::fs::write(
+        probe.join("skiff.toml"),
+        format!(
+            "name = \"probe\"\ncomponent = \"{}\"\n",
+            repo()
+                .join("tests/guests/target/wasm32-wasip2/release/misbehave.wasm")
+                .display()
+        ),
+    )
+    .expect("manifest");
+    skiff.deploy(&probe);
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let state = StateStore::open(&tmp.path().join("native-state.redb")).expect("state");
+    let native = format!("http://{}", server_rt.block_on(native_server(state)));
+    // The load generator gets a single thread of its own.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "## Skiff benchmark — {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::env::consts::ARCH
+    );
+    println!(
+        "(median of {RUNS} runs of {}s after a {}s warm-up)",
+        RUN.as_secs(),
+        WARMUP.as_secs()
+    );
+    if want("hello") {
+        client_rt.block_on(hello(&skiff, &native));
+    }
+    if want("kv") {
+        client_rt.block_on(kv(&skiff, &native));
+    }
+}
