@@ -112,9 +112,12 @@ impl NodeEngine {
         pool.total_tables(slots.saturating_mul(8));
         pool.total_stacks(slots);
         pool.max_memory_size(usize::try_from(limits.max.memory).unwrap_or(usize::MAX));
-        // Keep a little of each slot resident so reuse skips page faults on the hot path.
-        pool.linear_memory_keep_resident(64 << 10);
-        pool.table_keep_resident(16 << 10);
+        // Reset the first 2 MiB of a slot with memset instead of madvise. A typical Rust
+        // guest's memory (1 MiB shadow stack + data + a small heap) fits, so releasing it
+        // makes no madvise call and no cross-core TLB flush — measured: hello from ~5.3k to
+        // ~7.8k req/s on 2 cores; 1 MiB did not help because the guest's memory exceeds it.
+        pool.linear_memory_keep_resident(2 << 20);
+        pool.table_keep_resident(1 << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
