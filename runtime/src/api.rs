@@ -30,10 +30,13 @@ pub struct FunctionInfo {
     pub name: String,
     /// The version now serving.
     pub version: u64,
-    /// The route pattern, e.g. `/hello/...`.
+    /// The route pattern, e.g. `/hello/...` (empty: the function handles no HTTP).
     pub route: String,
-    /// Absolute URL of the route's root on this server's listener.
+    /// Absolute URL of the route's root on this server's listener (empty without a route).
     pub url: String,
+    /// Topic patterns of its event triggers.
+    #[serde(default)]
+    pub triggers: Vec<String>,
     /// sha256 of the component.
     pub artifact: String,
     /// Resolved limits.

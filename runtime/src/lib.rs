@@ -11,6 +11,7 @@
 pub mod api;
 pub mod cli;
 pub mod engine;
+pub mod events;
 pub mod host;
 pub mod limits;
 pub mod manifest;

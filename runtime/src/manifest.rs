@@ -176,6 +176,31 @@ pub struct LimitsSection {
     pub kv_bytes: Option<Size>,
 }
 
+/// One `[[events]]` trigger.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EventTrigger {
+    /// Topic pattern (`*` one token, final `>` the rest), e.g. `orders.created`.
+    pub topic: String,
+    /// Deliveries before the event is dead-lettered (default 5).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each retry, capped at 5 minutes (default 1s).
+    #[serde(default = "default_backoff")]
+    pub backoff: Timeout,
+    /// Deliveries of this trigger handled at once on one node (default: the function's
+    /// concurrency limit).
+    pub concurrency: Option<u32>,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+
+fn default_backoff() -> Timeout {
+    Timeout(Duration::from_secs(1))
+}
+
 /// A parsed `skiff.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +223,9 @@ pub struct Manifest {
     /// Environment variables the function sees (and nothing else of the host's).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Event triggers.
+    #[serde(default)]
+    pub events: Vec<EventTrigger>,
 }
 
 impl Manifest {
@@ -216,6 +244,23 @@ impl Manifest {
             return Err(parse_err(
                 "[limits] concurrency must be at least 1".to_string(),
             ));
+        }
+        for (i, t) in manifest.events.iter().enumerate() {
+            crate::events::topic::check_pattern(&t.topic)
+                .map_err(|e| parse_err(format!("[[events]] #{}: {e}", i + 1)))?;
+            if t.max_attempts == 0 || t.concurrency == Some(0) {
+                return Err(parse_err(format!(
+                    "[[events]] #{}: max_attempts and concurrency must be at least 1",
+                    i + 1
+                )));
+            }
+            if manifest.events[..i].iter().any(|o| o.topic == t.topic) {
+                return Err(parse_err(format!(
+                    "[[events]] #{}: topic `{}` appears twice; merge the triggers",
+                    i + 1,
+                    t.topic
+                )));
+            }
         }
         for key in manifest.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -284,6 +329,14 @@ body = "1MiB"
 
 [env]
 GREETING = "hi"
+
+[[events]]
+topic = "orders.*"
+max_attempts = 3
+backoff = "250ms"
+
+[[events]]
+topic = "payments.completed"
 "#;
 
     #[test]
@@ -296,6 +349,32 @@ GREETING = "hi"
         assert_eq!(m.limits.body, Some(Size(1 << 20)));
         assert_eq!(m.env.get("GREETING").map(String::as_str), Some("hi"));
         assert_eq!(m.route().unwrap().to_string(), "/hi/...");
+        assert_eq!(m.events.len(), 2);
+        assert_eq!(m.events[0].max_attempts, 3);
+        assert_eq!(m.events[0].backoff, Timeout(Duration::from_millis(250)));
+        assert_eq!(m.events[1].max_attempts, 5);
+    }
+
+    #[test]
+    fn bad_triggers_are_refused() {
+        let base = "name = \"a\"\ncomponent = \"x\"\n";
+        for (trigger, expect) in [
+            ("[[events]]\ntopic = \"a..b\"\n", "invalid trigger pattern"),
+            (
+                "[[events]]\ntopic = \"a\"\nmax_attempts = 0\n",
+                "at least 1",
+            ),
+            (
+                "[[events]]\ntopic = \"a\"\n[[events]]\ntopic = \"a\"\n",
+                "appears twice",
+            ),
+            ("[[events]]\ntopic = \"a\"\nretries = 3\n", "retries"),
+        ] {
+            let err = Manifest::parse(&format!("{base}{trigger}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{err}");
+        }
     }
 
     #[test]

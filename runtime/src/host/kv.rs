@@ -11,22 +11,8 @@ use crate::state::{KvLimits, Namespace, Op, OpResult, StateError, StateStore};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
 
-mod generated {
-    wasmtime::component::bindgen!({
-        path: "../sdk/wit",
-        world: "skiff:function/imports",
-        imports: { default: async | trappable },
-        with: {
-            "wasi:keyvalue/store.bucket": super::Bucket,
-        },
-        trappable_error_type: {
-            "wasi:keyvalue/store.error" => super::KvError,
-        },
-    });
-}
-
-use generated::skiff::function::kv as skiff_kv;
-use generated::wasi::keyvalue::{atomics, batch, store};
+use super::bindings::skiff::function::kv as skiff_kv;
+use super::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// The bucket name a guest gets when it opens "".
 pub const DEFAULT_BUCKET: &str = "default";
@@ -57,27 +43,53 @@ impl From<StateError> for KvError {
     }
 }
 
-/// Per-invocation key-value context: whose state, under which limits.
+/// Per-invocation key-value context: whose state, under which limits, and (for an event
+/// handler) the event its writes are keyed by.
 pub struct KvCtx {
     store: Arc<StateStore>,
     function: String,
     limits: KvLimits,
+    /// The triggering event's id and the number of writes made so far.
+    cause: Option<(String, u32)>,
 }
 
 impl KvCtx {
-    /// The context for `function`.
-    pub fn new(store: Arc<StateStore>, function: &str, limits: KvLimits) -> Self {
+    /// The context for `function`; `cause` is the id of the event being handled, if any.
+    pub fn new(
+        store: Arc<StateStore>,
+        function: &str,
+        limits: KvLimits,
+        cause: Option<&str>,
+    ) -> Self {
         KvCtx {
             store,
             function: function.to_string(),
             limits,
+            cause: cause.map(|c| (c.to_string(), 0)),
         }
+    }
+
+    /// The idempotency key of the next write: (function, event, position, the op
+    /// itself). A redelivered handler making the same write at the same position gets
+    /// the first result back; a different write applies normally.
+    fn next_key(&mut self, op: &Op) -> Option<String> {
+        let (cause, n) = self.cause.as_mut()?;
+        let digest = serde_json::to_vec(op)
+            .map(|b| crate::registry::sha256_hex(&b))
+            .unwrap_or_default();
+        let key = format!(
+            "{}/{cause}/{n}/{}",
+            self.function,
+            &digest[..16.min(digest.len())]
+        );
+        *n += 1;
+        Some(key)
     }
 }
 
 /// The view the generated host traits are implemented on.
 pub struct KvView<'a> {
-    ctx: &'a KvCtx,
+    ctx: &'a mut KvCtx,
     table: &'a mut ResourceTable,
 }
 
@@ -89,7 +101,7 @@ impl HasData for HasKv {
 
 fn view(s: &mut InstanceState) -> KvView<'_> {
     KvView {
-        ctx: &s.kv,
+        ctx: &mut s.kv,
         table: &mut s.table,
     }
 }
@@ -109,7 +121,9 @@ impl KvView<'_> {
     }
 
     async fn write(&mut self, op: Op) -> Result<OpResult, KvError> {
-        Ok(self.ctx.store.write(op, self.ctx.limits).await?)
+        let key = self.ctx.next_key(&op);
+        let store = self.ctx.store.clone();
+        Ok(store.write_once(op, self.ctx.limits, key).await?)
     }
 }
 

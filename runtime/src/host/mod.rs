@@ -5,6 +5,8 @@
 //! [`InstanceState`] is the store data of one invocation; [`SandboxSpec`] is everything
 //! about a deployed version that does not change per request, built once at deploy.
 
+pub mod bindings;
+pub mod events;
 pub mod http;
 pub mod kv;
 pub mod limiter;
@@ -43,6 +45,8 @@ pub struct InstanceState {
     table: ResourceTable,
     outbound: http::OutboundHooks,
     kv: kv::KvCtx,
+    /// Events published by this invocation, held until it succeeds.
+    pub events: events::EventCtx,
     /// Enforces the memory limit and remembers whether it was hit.
     pub limiter: limiter::GuestLimiter,
     /// The guest's captured output.
@@ -52,8 +56,9 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    /// A fresh sandbox for one invocation of `spec`.
-    pub fn new(spec: &SandboxSpec, started: Instant) -> InstanceState {
+    /// A fresh sandbox for one invocation of `spec`; `cause` is the id of the event it
+    /// handles, if it is an event invocation.
+    pub fn new(spec: &SandboxSpec, started: Instant, cause: Option<&str>) -> InstanceState {
         let logs = logging::CapturedOutput::new();
         let wasi = wasi::context(spec, &logs);
         InstanceState {
@@ -61,7 +66,8 @@ impl InstanceState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: http::OutboundHooks::new(spec.outbound.clone()),
-            kv: kv::KvCtx::new(spec.state.clone(), &spec.function, spec.limits.kv),
+            kv: kv::KvCtx::new(spec.state.clone(), &spec.function, spec.limits.kv, cause),
+            events: events::EventCtx::new(&spec.function, cause),
             limiter: limiter::GuestLimiter::new(spec.limits.memory),
             logs,
             deadline: started + spec.limits.timeout,
@@ -94,5 +100,6 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<InstanceStat
     wasi::add_to_linker(&mut linker)?;
     http::add_to_linker(&mut linker)?;
     kv::add_to_linker(&mut linker)?;
+    events::add_to_linker(&mut linker)?;
     Ok(linker)
 }

@@ -4,10 +4,12 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use tokio::sync::oneshot;
 use wasmtime_wasi_http::Error;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
@@ -63,6 +65,88 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A function's response body whose end waits for the invocation to be settled (guest
+/// finished, its events published). With a Content-Length the last data frame is held
+/// back; otherwise the end of the stream is. If settling fails, the body ends in an
+/// error, so the client never sees a complete answer whose effects were lost.
+pub struct GatedBody {
+    inner: HyperOutgoingBody,
+    remaining: Option<u64>,
+    held: Option<Frame<Bytes>>,
+    inner_done: bool,
+    gate: Option<oneshot::Receiver<Result<(), String>>>,
+}
+
+impl GatedBody {
+    /// Wraps `inner`, which declares `length` bytes if known.
+    pub fn new(
+        inner: HyperOutgoingBody,
+        length: Option<u64>,
+        gate: oneshot::Receiver<Result<(), String>>,
+    ) -> Self {
+        GatedBody {
+            inner,
+            remaining: length,
+            held: None,
+            inner_done: false,
+            gate: Some(gate),
+        }
+    }
+}
+
+impl Body for GatedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        loop {
+            if (this.held.is_some() || this.inner_done)
+                && let Some(gate) = this.gate.as_mut()
+            {
+                let settled = ready!(Pin::new(gate).poll(cx));
+                this.gate = None;
+                match settled {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Poll::Ready(Some(Err(Error::InternalError(Some(format!(
+                            "the invocation did not complete: {e}"
+                        ))))));
+                    }
+                    Err(_) => {
+                        return Poll::Ready(Some(Err(Error::InternalError(Some(
+                            "the invocation was lost".into(),
+                        )))));
+                    }
+                }
+            }
+            if let Some(frame) = this.held.take() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.inner_done {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let (Some(rem), Some(data)) = (this.remaining.as_mut(), frame.data_ref()) {
+                        *rem = rem.saturating_sub(data.len() as u64);
+                        if *rem == 0 && this.gate.is_some() {
+                            this.held = Some(frame);
+                            continue;
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.inner_done = true,
+            }
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 
 use super::{Deployment, Node, Snapshot};
 use crate::engine::{CodeSource, CompileError};
+use crate::events::ConsumerSpec;
 use crate::host::SandboxSpec;
+use crate::host::bindings::GuestPre;
 use crate::host::http::{OriginError, OutboundPolicy};
 use crate::limits::{FunctionLimits, LimitError};
 use crate::manifest::{FunctionName, Manifest, ManifestError, NameError};
@@ -64,6 +66,16 @@ pub enum DeployError {
         /// wasmtime's description of the missing import.
         detail: String,
     },
+    /// The manifest has triggers but the component cannot handle events.
+    #[error(
+        "cannot deploy `{name}`: skiff.toml has [[events]] triggers but the component does not export skiff:function/event-handler ({detail}); export one (with skiff-sdk, use `skiff_sdk::event_handler!`) or remove the triggers"
+    )]
+    NoEventHandler {
+        /// The function.
+        name: String,
+        /// wasmtime's description.
+        detail: String,
+    },
     /// The component has no HTTP handler.
     #[error(
         "cannot deploy `{name}`: the component does not export wasi:http/incoming-handler@0.2.x ({detail}); HTTP functions must target the wasi:http/proxy world (with skiff-sdk, use `skiff_sdk::http_handler!`)"
@@ -77,6 +89,9 @@ pub enum DeployError {
     /// The control store failed.
     #[error(transparent)]
     Store(#[from] RegistryError),
+    /// The event bus refused the function's consumers.
+    #[error(transparent)]
+    Bus(#[from] crate::events::BusError),
     /// A background task died.
     #[error("internal error while deploying `{name}`: {detail}")]
     Internal {
@@ -92,7 +107,7 @@ impl DeployError {
     pub fn is_client_error(&self) -> bool {
         match self {
             DeployError::Store(RegistryError::MissingArtifact(_)) => true,
-            DeployError::Store(_) | DeployError::Internal { .. } => false,
+            DeployError::Store(_) | DeployError::Bus(_) | DeployError::Internal { .. } => false,
             DeployError::Compile { source, .. } => !matches!(source, CompileError::Store(_)),
             _ => true,
         }
@@ -108,11 +123,17 @@ impl DeployError {
 struct Prepared {
     name: FunctionName,
     manifest: Manifest,
-    route: Route,
+    route: Option<Route>,
     limits: FunctionLimits,
     outbound: Arc<OutboundPolicy>,
-    pre: ProxyPre<crate::host::InstanceState>,
+    http: Option<ProxyPre<crate::host::InstanceState>>,
+    handler: Option<GuestPre<crate::host::InstanceState>>,
     code: CodeSource,
+}
+
+/// How long a delivery may stay unacknowledged: the handler's timeout plus a margin.
+fn ack_wait(limits: &FunctionLimits) -> std::time::Duration {
+    limits.timeout + std::time::Duration::from_secs(5)
 }
 
 impl Node {
@@ -135,7 +156,6 @@ impl Node {
         let limits = self.limits.resolve(&manifest.limits)?;
         let outbound = Arc::new(OutboundPolicy::new(&manifest.allowed_outbound_hosts)?);
         let route = manifest.route()?;
-        snapshot.routes.check(&route, &name)?;
         if !self.registry.has_artifact(artifact) {
             return Err(RegistryError::MissingArtifact(artifact.to_string()).into());
         }
@@ -160,22 +180,56 @@ impl Node {
                     name: name.to_string(),
                     detail: format!("{e:#}"),
                 })?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| DeployError::NoHandler {
-            name: name.to_string(),
-            detail: format!("{e:#}"),
-        })?;
+        // A function handles HTTP, events, or both: whichever it exports.
+        let http = ProxyPre::new(instance_pre.clone());
+        let handler = GuestPre::new(instance_pre);
+        if !manifest.events.is_empty()
+            && let Err(e) = &handler
+        {
+            return Err(DeployError::NoEventHandler {
+                name: name.to_string(),
+                detail: format!("{e:#}"),
+            });
+        }
+        let http = match http {
+            Ok(pre) => Some(pre),
+            Err(e) if manifest.events.is_empty() || manifest.http.route.is_some() => {
+                return Err(DeployError::NoHandler {
+                    name: name.to_string(),
+                    detail: format!("{e:#}"),
+                });
+            }
+            Err(_) => None,
+        };
+        let route = match http {
+            Some(_) => {
+                snapshot.routes.check(&route, &name)?;
+                Some(route)
+            }
+            None => None,
+        };
         Ok(Prepared {
             name,
             manifest,
             route,
             limits,
             outbound,
-            pre,
+            http,
+            handler: handler.ok(),
             code,
         })
     }
 
     fn install(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
+        let triggers = p
+            .manifest
+            .events
+            .iter()
+            .map(|t| {
+                let spec = ConsumerSpec::new(&record.name, &t.topic, ack_wait(&p.limits));
+                (t.clone(), spec)
+            })
+            .collect();
         let deployment = Arc::new(Deployment {
             spec: SandboxSpec {
                 function: record.name.clone(),
@@ -188,7 +242,9 @@ impl Node {
             slots: Arc::new(Semaphore::new(p.limits.concurrency as usize)),
             record,
             route: p.route,
-            pre: p.pre,
+            http: p.http,
+            handler: p.handler,
+            triggers,
             code: p.code,
         });
         let d = deployment.clone();
@@ -197,7 +253,9 @@ impl Node {
             let mut routes = old.routes.clone();
             routes.remove_owner(&name);
             // Checked under the same lock in `prepare`; an error here would be a bug.
-            if let Err(e) = routes.insert(&d.route, name.clone()) {
+            if let Some(route) = &d.route
+                && let Err(e) = routes.insert(route, name.clone())
+            {
                 tracing::error!(error = %e, "route conflict after check");
             }
             let mut functions = old.functions.clone();
@@ -209,7 +267,7 @@ impl Node {
 
     /// Deploys a new version of `name`; returns it once it serves.
     pub async fn deploy(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         manifest_text: &str,
         artifact: &str,
@@ -221,13 +279,14 @@ impl Node {
             .await?;
         let record = self.registry.put_function(name, manifest_text, artifact)?;
         let d = self.install(prepared, record);
-        tracing::info!(function = name, version = d.record.version, route = %d.route, code = ?d.code, "deployed");
+        self.start_triggers(&d).await?;
+        tracing::info!(function = name, version = d.record.version, route = ?d.route.as_ref().map(ToString::to_string), code = ?d.code, "deployed");
         Ok(d)
     }
 
     /// Brings back every recorded deployment (at start). A version that no longer loads
     /// is logged and skipped so that one broken function does not keep the node down.
-    pub async fn restore(&self) -> Result<usize, RegistryError> {
+    pub async fn restore(self: &Arc<Self>) -> Result<usize, RegistryError> {
         let _guard = self.changes.lock().await;
         let mut restored = 0;
         for record in self.registry.functions()? {
@@ -241,6 +300,9 @@ impl Node {
             match prepared {
                 Ok(p) => {
                     let d = self.install(p, record);
+                    if let Err(e) = self.start_triggers(&d).await {
+                        tracing::error!(function = %d.record.name, error = %e, "cannot start event triggers; redeploy the function");
+                    }
                     tracing::info!(function = %d.record.name, version = d.record.version, code = ?d.code, "restored");
                     restored += 1;
                 }
@@ -254,7 +316,7 @@ impl Node {
 
     /// Removes `name`: new requests stop at once, running ones finish. Returns whether
     /// it was deployed.
-    pub async fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<bool, RegistryError> {
         let Ok(name) = FunctionName::new(name) else {
             return Ok(false);
         };
@@ -267,6 +329,7 @@ impl Node {
             functions.remove(&name);
             Snapshot { routes, functions }
         });
+        self.stop_triggers(name.as_str(), true).await;
         if existed {
             tracing::info!(function = %name, "removed");
         }

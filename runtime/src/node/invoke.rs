@@ -1,11 +1,15 @@
-//! One invocation: listener → route → limits → instantiate → call → response.
+//! One invocation: listener → route → limits → instantiate → call → response; and the
+//! same sandbox for an event delivery.
 
-use super::body::{LimitedBody, reply};
+use super::body::{GatedBody, LimitedBody, reply};
 use super::{Deployment, Node};
+use crate::events::Event;
 use crate::host::InstanceState;
+use crate::host::bindings::skiff::function::events as wit_events;
 use crate::host::limiter::MemoryLimitExceeded;
 use crate::manifest::{Size, Timeout};
 use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,13 +23,61 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 /// The response type of the function listener.
 pub type Response = http::Response<HyperOutgoingBody>;
 
-/// How an invocation ended when the guest produced no response.
+/// How an invocation failed.
 #[derive(Debug)]
 enum Failure {
     MemoryLimit,
     Timeout,
     Trap(String),
+    /// An event handler returned `err`.
+    Handler(String),
     NoResponse,
+}
+
+impl Failure {
+    fn describe(&self, dep: &Deployment) -> String {
+        let name = &dep.record.name;
+        let limits = &dep.spec.limits;
+        match self {
+            Failure::MemoryLimit => format!(
+                "function `{name}` exceeded its memory limit of {}; use less memory or raise [limits] memory",
+                Size(limits.memory)
+            ),
+            Failure::Timeout => format!(
+                "function `{name}` did not finish within its timeout of {}; make it faster or raise [limits] timeout",
+                Timeout(limits.timeout)
+            ),
+            Failure::Trap(detail) => {
+                format!("function `{name}` failed: {detail}; its output is in the node's log")
+            }
+            Failure::Handler(msg) => format!("function `{name}`'s event handler failed: {msg}"),
+            Failure::NoResponse => {
+                format!("function `{name}` returned without setting a response")
+            }
+        }
+    }
+}
+
+/// A fresh store for one invocation, with its memory limit and deadline armed.
+fn new_store(
+    engine: &wasmtime::Engine,
+    dep: &Deployment,
+    started: Instant,
+    cause: Option<&str>,
+) -> Store<InstanceState> {
+    let mut store = Store::new(engine, InstanceState::new(&dep.spec, started, cause));
+    store.limiter(|s| &mut s.limiter);
+    // Every epoch tick the guest yields to the executor (so a busy guest cannot starve
+    // others on its thread) and is interrupted once past its deadline.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
 }
 
 impl Node {
@@ -63,13 +115,7 @@ impl Node {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than function `{name}` accepts ({}); send less or raise [limits] body",
-                    Size(limit)
-                ),
-            );
+            return too_large(&dep);
         }
         let Ok(node_permit) = self.slots.clone().try_acquire_owned() else {
             return busy(format!(
@@ -83,14 +129,186 @@ impl Node {
                 dep.spec.limits.concurrency
             ));
         };
-        invoke(
-            self.engine.engine(),
-            dep,
-            req,
-            [node_permit, fn_permit],
-            started,
-        )
-        .await
+        self.invoke_http(dep, req, [node_permit, fn_permit], started)
+            .await
+    }
+
+    /// Invocations the node could start now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    async fn invoke_http(
+        &self,
+        dep: Arc<Deployment>,
+        req: http::Request<Incoming>,
+        permits: [OwnedSemaphorePermit; 2],
+        started: Instant,
+    ) -> Response {
+        let Some(pre) = dep.http.clone() else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                format!("function `{}` does not handle HTTP", dep.record.name),
+            );
+        };
+        let mut store = new_store(self.engine.engine(), &dep, started, None);
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let limit = dep.spec.limits.body;
+        let req = req.map(|b| LimitedBody::new(b, limit, exceeded.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .and_then(|r| {
+                let out = store.data_mut().http().new_response_outparam(tx)?;
+                Ok((r, out))
+            });
+        let (request, outparam) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot pass the request to the function: {e}"),
+                );
+            }
+        };
+
+        let deadline = tokio::time::Instant::from_std(store.data().deadline);
+        let task_dep = dep.clone();
+        // The guest runs in its own task so that it can keep streaming the body after the
+        // response head has been handed back; the permits live exactly as long as it runs.
+        let task = tokio::spawn(async move {
+            let _permits = permits;
+            let dep = task_dep;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, outparam)
+                    .await
+            };
+            let outcome = match tokio::time::timeout_at(deadline, run).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(classify(&e, store.data())),
+                Err(_) => Err(Failure::Timeout),
+            };
+            store.data().logs.emit(&dep.spec.function, dep.spec.version);
+            if let Err(f) = &outcome {
+                tracing::warn!(function = %dep.spec.function, version = dep.spec.version, failure = ?f, "invocation failed");
+            }
+            let outbox = std::mem::take(&mut store.data_mut().events.outbox);
+            (outcome, outbox)
+        });
+
+        match rx.await {
+            Ok(Ok(resp)) => {
+                if exceeded.load(Ordering::Relaxed) {
+                    return too_large(&dep);
+                }
+                let (mut parts, body) = resp.into_parts();
+                parts
+                    .headers
+                    .insert("x-skiff-version", HeaderValue::from(dep.record.version));
+                // The answer completes only once the invocation has: its events are
+                // published if it succeeded (and answered below 500), and the end of the
+                // body is held back until then, so that a client never sees a complete
+                // success whose events were lost.
+                let bus = self.bus.clone();
+                let publish = !parts.status.is_server_error();
+                let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let result = match task.await {
+                        Ok((Ok(()), outbox)) if publish && !outbox.is_empty() => {
+                            bus.publish(outbox).await.map_err(|e| e.to_string())
+                        }
+                        Ok((Ok(()), _)) => Ok(()),
+                        Ok((Err(f), _)) => Err(format!("{f:?}")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = gate_tx.send(result);
+                });
+                let length = parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let body = GatedBody::new(body, length, gate_rx).boxed_unsync();
+                http::Response::from_parts(parts, body)
+            }
+            Ok(Err(code)) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "function `{}` answered with an error: {code:?}",
+                    dep.record.name
+                ),
+            ),
+            Err(_) => {
+                if exceeded.load(Ordering::Relaxed) {
+                    return too_large(&dep);
+                }
+                let failure = match task.await {
+                    Ok((Ok(()), _)) => Failure::NoResponse,
+                    Ok((Err(f), _)) => f,
+                    Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
+                };
+                let status = match failure {
+                    Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                reply(status, failure.describe(&dep))
+            }
+        }
+    }
+
+    /// Runs `dep`'s event handler on one delivery; returns the events it published, or
+    /// why it failed.
+    pub async fn invoke_event(
+        &self,
+        dep: &Arc<Deployment>,
+        event: &Event,
+        attempt: u32,
+    ) -> Result<Vec<Event>, String> {
+        let Some(pre) = dep.handler.clone() else {
+            return Err(format!(
+                "function `{}` no longer handles events",
+                dep.record.name
+            ));
+        };
+        let _permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "the node is stopping".to_string())?;
+        let started = Instant::now();
+        let mut store = new_store(self.engine.engine(), dep, started, Some(&event.id));
+        let deadline = tokio::time::Instant::from_std(store.data().deadline);
+        let wit_event = wit_events::Event {
+            id: event.id.clone(),
+            topic: event.topic.clone(),
+            data: event.data.clone(),
+            headers: event.headers.clone(),
+            attempt,
+        };
+        let run = async {
+            let guest = pre.instantiate_async(&mut store).await?;
+            guest
+                .skiff_function_event_handler()
+                .call_handle(&mut store, &wit_event)
+                .await
+        };
+        let outcome = match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(msg))) => Err(Failure::Handler(msg)),
+            Ok(Err(e)) => Err(classify(&e, store.data())),
+            Err(_) => Err(Failure::Timeout),
+        };
+        store.data().logs.emit(&dep.spec.function, dep.spec.version);
+        match outcome {
+            Ok(()) => Ok(std::mem::take(&mut store.data_mut().events.outbox)),
+            Err(f) => Err(f.describe(dep)),
+        }
     }
 }
 
@@ -101,133 +319,15 @@ fn busy(message: String) -> Response {
     r
 }
 
-async fn invoke(
-    engine: &wasmtime::Engine,
-    dep: Arc<Deployment>,
-    req: http::Request<Incoming>,
-    permits: [OwnedSemaphorePermit; 2],
-    started: Instant,
-) -> Response {
-    let mut store = Store::new(engine, InstanceState::new(&dep.spec, started));
-    store.limiter(|s| &mut s.limiter);
-    // Every epoch tick the guest yields to the executor (so a busy guest cannot starve
-    // others on its thread) and is interrupted once past its deadline.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| {
-        if Instant::now() >= ctx.data().deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let limit = dep.spec.limits.body;
-    let req = req.map(|b| LimitedBody::new(b, limit, exceeded.clone()));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let prepared = store
-        .data_mut()
-        .http()
-        .new_incoming_request(Scheme::Http, req)
-        .and_then(|r| {
-            let out = store.data_mut().http().new_response_outparam(tx)?;
-            Ok((r, out))
-        });
-    let (request, outparam) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                format!("cannot pass the request to the function: {e}"),
-            );
-        }
-    };
-
-    let deadline = tokio::time::Instant::from_std(store.data().deadline);
-    let task_dep = dep.clone();
-    // The guest runs in its own task so that it can keep streaming the body after the
-    // response head has been handed back; the permits live exactly as long as it runs.
-    let task = tokio::spawn(async move {
-        let _permits = permits;
-        let dep = task_dep;
-        let run = async {
-            let proxy = dep.pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, outparam)
-                .await
-        };
-        let outcome = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e, store.data())),
-            Err(_) => Err(Failure::Timeout),
-        };
-        store.data().logs.emit(&dep.spec.function, dep.spec.version);
-        if let Err(f) = &outcome {
-            tracing::warn!(function = %dep.spec.function, version = dep.spec.version, failure = ?f, "invocation failed");
-        }
-        outcome
-    });
-
-    let name = &dep.record.name;
-    let limits = &dep.spec.limits;
-    let too_large = || {
-        reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body is larger than function `{name}` accepts ({}); send less or raise [limits] body",
-                Size(limits.body)
-            ),
-        )
-    };
-    match rx.await {
-        Ok(Ok(mut resp)) => {
-            if exceeded.load(Ordering::Relaxed) {
-                return too_large();
-            }
-            resp.headers_mut()
-                .insert("x-skiff-version", HeaderValue::from(dep.record.version));
-            resp
-        }
-        Ok(Err(code)) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("function `{name}` answered with an error: {code:?}"),
+fn too_large(dep: &Deployment) -> Response {
+    reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "request body is larger than function `{}` accepts ({}); send less or raise [limits] body",
+            dep.record.name,
+            Size(dep.spec.limits.body)
         ),
-        Err(_) => {
-            if exceeded.load(Ordering::Relaxed) {
-                return too_large();
-            }
-            let failure = match task.await {
-                Ok(Ok(())) => Failure::NoResponse,
-                Ok(Err(f)) => f,
-                Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
-            };
-            match failure {
-                Failure::MemoryLimit => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "function `{name}` exceeded its memory limit of {}; use less memory or raise [limits] memory",
-                        Size(limits.memory)
-                    ),
-                ),
-                Failure::Timeout => reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "function `{name}` did not finish within its timeout of {}; make it faster or raise [limits] timeout",
-                        Timeout(limits.timeout)
-                    ),
-                ),
-                Failure::Trap(detail) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("function `{name}` failed: {detail}; its output is in the node's log"),
-                ),
-                Failure::NoResponse => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("function `{name}` returned without setting a response"),
-                ),
-            }
-        }
-    }
+    )
 }
 
 fn classify(e: &wasmtime::Error, state: &InstanceState) -> Failure {

@@ -13,8 +13,11 @@ pub mod invoke;
 
 use crate::api::{FunctionInfo, NodeStatus};
 use crate::engine::{CodeSource, NodeEngine};
+use crate::events::{Bus, ConsumerSpec};
+use crate::host::bindings::GuestPre;
 use crate::host::{InstanceState, SandboxSpec};
 use crate::limits::NodeLimits;
+use crate::manifest::EventTrigger;
 use crate::manifest::FunctionName;
 use crate::registry::{FunctionRecord, Registry};
 use crate::state::StateStore;
@@ -32,12 +35,16 @@ pub use deploy::DeployError;
 pub struct Deployment {
     /// The stored record (name, version, manifest, artifact).
     pub record: FunctionRecord,
-    /// The route it serves.
-    pub route: Route,
+    /// The route it serves, when the component handles HTTP.
+    pub route: Option<Route>,
     /// Per-invocation sandbox facts.
     pub spec: SandboxSpec,
-    /// Pre-linked component.
-    pub pre: ProxyPre<InstanceState>,
+    /// Pre-linked component, as an HTTP handler.
+    pub http: Option<ProxyPre<InstanceState>>,
+    /// Pre-linked component, as an event handler.
+    pub handler: Option<GuestPre<InstanceState>>,
+    /// Its event triggers and their durable consumers.
+    pub triggers: Vec<(EventTrigger, ConsumerSpec)>,
     /// Bounds this version's concurrent invocations.
     pub slots: Arc<Semaphore>,
     /// Where its code came from.
@@ -97,11 +104,14 @@ pub struct Node {
     linker: Linker<InstanceState>,
     registry: Arc<Registry>,
     state: Arc<StateStore>,
+    bus: Arc<dyn Bus>,
     limits: NodeLimits,
     slots: Arc<Semaphore>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises deploys and removals so that route checks and swaps do not interleave.
     changes: tokio::sync::Mutex<()>,
+    /// Running trigger loops, by function.
+    pub(crate) triggers: std::sync::Mutex<BTreeMap<String, crate::events::runner::TriggerLoops>>,
 }
 
 /// What a node is built from.
@@ -123,6 +133,7 @@ impl Node {
         engine: NodeEngine,
         registry: Arc<Registry>,
         state: Arc<StateStore>,
+        bus: Arc<dyn Bus>,
     ) -> wasmtime::Result<Node> {
         let linker = crate::host::linker(engine.engine())?;
         Ok(Node {
@@ -136,6 +147,8 @@ impl Node {
             linker,
             registry,
             state,
+            bus,
+            triggers: std::sync::Mutex::new(BTreeMap::new()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             changes: tokio::sync::Mutex::new(()),
         })
@@ -169,6 +182,11 @@ impl Node {
         &self.state
     }
 
+    /// The event bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
     /// Invocations running now on the node.
     pub fn in_flight(&self) -> u32 {
         self.limits.node_concurrency - self.slots.available_permits() as u32
@@ -179,8 +197,17 @@ impl Node {
         FunctionInfo {
             name: d.record.name.clone(),
             version: d.record.version,
-            route: d.route.to_string(),
-            url: format!("{}{}", self.url, d.route.base_path()),
+            route: d
+                .route
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            url: d
+                .route
+                .as_ref()
+                .map(|r| format!("{}{}", self.url, r.base_path()))
+                .unwrap_or_default(),
+            triggers: d.triggers.iter().map(|(t, _)| t.topic.clone()).collect(),
             artifact: d.record.artifact.clone(),
             limits: d.spec.limits,
             in_flight: d.in_flight(),

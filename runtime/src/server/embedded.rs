@@ -5,6 +5,7 @@
 use super::admin::Admin;
 use super::{listen, shutdown_signal};
 use crate::engine::NodeEngine;
+use crate::events::embedded::EmbeddedBus;
 use crate::limits::NodeLimits;
 use crate::node::{Node, NodeConfig};
 use crate::registry::Registry;
@@ -81,7 +82,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             },
             engine,
             registry,
-            state,
+            state.clone(),
+            Arc::new(EmbeddedBus::open(state).await?),
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interfaces: {e:#}"))?,
     );

@@ -13,7 +13,7 @@ pub mod ops;
 pub use keys::Namespace;
 pub use ops::{KvLimits, Op, OpError, OpResult};
 
-use ops::{APPLIED, DATA, Tables, USAGE, apply};
+use ops::{APPLIED, DATA, JOURNAL, Tables, USAGE, apply};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,17 +45,30 @@ pub enum StateError {
     Closed,
 }
 
-struct WriteRequest {
-    op: Op,
-    limits: KvLimits,
-    reply: oneshot::Sender<Result<OpResult, StateError>>,
+/// A unit of work for the writer thread, run inside the shared transaction. It must check
+/// before it writes: an `Err` must leave the transaction untouched.
+pub type Job = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<JobOutput, String> + Send>;
+/// What a [`Job`] answers.
+pub type JobOutput = Box<dyn std::any::Any + Send>;
+
+enum Work {
+    Op {
+        op: Op,
+        limits: KvLimits,
+        idem: Option<String>,
+        reply: oneshot::Sender<Result<OpResult, StateError>>,
+    },
+    Job {
+        job: Option<Job>,
+        reply: oneshot::Sender<Result<JobOutput, StateError>>,
+    },
 }
 
 /// A node's state store.
 pub struct StateStore {
     db: Arc<Database>,
     path: PathBuf,
-    writer: mpsc::UnboundedSender<WriteRequest>,
+    writer: mpsc::UnboundedSender<Work>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -78,6 +91,7 @@ impl StateStore {
         let applied = {
             wtx.open_table(DATA).map_err(|e| storage(&e))?;
             wtx.open_table(USAGE).map_err(|e| storage(&e))?;
+            wtx.open_table(JOURNAL).map_err(|e| storage(&e))?;
             let t = wtx.open_table(APPLIED).map_err(|e| storage(&e))?;
             t.get(LOCAL_LOG)
                 .map_err(|e| storage(&e))?
@@ -109,11 +123,47 @@ impl StateStore {
 
     /// Applies `op` durably; returns once it is committed to disk.
     pub async fn write(&self, op: Op, limits: KvLimits) -> Result<OpResult, StateError> {
+        self.write_once(op, limits, None).await
+    }
+
+    /// Like [`StateStore::write`], but applied at most once per `idem` key: a repeat
+    /// returns the result recorded by the first application and changes nothing. Event
+    /// handlers key their n-th write by (function, event id, n), which is what makes a
+    /// redelivered event's effects apply once.
+    pub async fn write_once(
+        &self,
+        op: Op,
+        limits: KvLimits,
+        idem: Option<String>,
+    ) -> Result<OpResult, StateError> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(WriteRequest { op, limits, reply })
+            .send(Work::Op {
+                op,
+                limits,
+                idem,
+                reply,
+            })
             .map_err(|_| StateError::Closed)?;
         rx.await.map_err(|_| StateError::Closed)?
+    }
+
+    /// Runs `job` in the writer's next group-committed transaction; returns once durable.
+    /// Other subsystems on the same database (the embedded event bus) write through this.
+    pub async fn transact(&self, job: Job) -> Result<JobOutput, StateError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Work::Job {
+                job: Some(job),
+                reply,
+            })
+            .map_err(|_| StateError::Closed)?;
+        rx.await.map_err(|_| StateError::Closed)?
+    }
+
+    /// The database, for readers of other subsystems' tables.
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// The value of `key`.
@@ -174,14 +224,17 @@ impl StateStore {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The writer thread: drain what is waiting, apply it in one transaction, fsync once,
 /// answer everyone.
-fn writer(
-    db: Arc<Database>,
-    path: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<WriteRequest>,
-    mut seq: u64,
-) {
+fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Work>, mut seq: u64) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -190,33 +243,53 @@ fn writer(
                 Err(_) => break,
             }
         }
-        match commit_batch(&db, &batch, seq) {
+        match commit_batch(&db, &mut batch, seq) {
             Ok((results, next_seq)) => {
                 seq = next_seq;
                 for (req, result) in batch.into_iter().zip(results) {
-                    let _ = req.reply.send(result.map_err(StateError::from));
+                    match (req, result) {
+                        (Work::Op { reply, .. }, Outcome::Op(r)) => {
+                            let _ = reply.send(r.map_err(StateError::from));
+                        }
+                        (Work::Job { reply, .. }, Outcome::Job(r)) => {
+                            let _ = reply.send(r.map_err(|detail| StateError::Storage {
+                                path: path.clone(),
+                                detail,
+                            }));
+                        }
+                        _ => tracing::error!("writer results out of step with requests"),
+                    }
                 }
             }
             Err(detail) => {
                 tracing::error!(path = %path.display(), error = %detail, "state commit failed; writes refused");
+                let err = || StateError::Storage {
+                    path: path.clone(),
+                    detail: detail.clone(),
+                };
                 for req in batch {
-                    let _ = req.reply.send(Err(StateError::Storage {
-                        path: path.clone(),
-                        detail: detail.clone(),
-                    }));
+                    match req {
+                        Work::Op { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Work::Job { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-type BatchResults = (Vec<Result<OpResult, OpError>>, u64);
+enum Outcome {
+    Op(Result<OpResult, OpError>),
+    Job(Result<JobOutput, String>),
+}
 
-fn commit_batch(
-    db: &Database,
-    batch: &[WriteRequest],
-    mut seq: u64,
-) -> Result<BatchResults, String> {
+type BatchResults = (Vec<Outcome>, u64);
+
+fn commit_batch(db: &Database, batch: &mut [Work], mut seq: u64) -> Result<BatchResults, String> {
     let mut wtx = db.begin_write().map_err(|e| e.to_string())?;
     wtx.set_durability(Durability::Immediate)
         .map_err(|e| e.to_string())?;
@@ -226,16 +299,47 @@ fn commit_batch(
             data: wtx.open_table(DATA).map_err(|e| e.to_string())?,
             usage: wtx.open_table(USAGE).map_err(|e| e.to_string())?,
         };
-        for req in batch {
-            let r = apply(&mut tables, &req.op, &req.limits);
-            if let Err(OpError::Storage(detail)) = &r {
-                // A storage failure may leave this op half-written: abort the transaction.
-                return Err(detail.clone());
+        let mut journal = wtx.open_table(JOURNAL).map_err(|e| e.to_string())?;
+        for req in batch.iter_mut() {
+            match req {
+                Work::Op {
+                    op, limits, idem, ..
+                } => {
+                    if let Some(key) = idem.as_deref()
+                        && let Some(recorded) = journal
+                            .get(key)
+                            .map_err(|e| e.to_string())?
+                            .and_then(|v| serde_json::from_slice::<(u64, OpResult)>(v.value()).ok())
+                    {
+                        results.push(Outcome::Op(Ok(recorded.1)));
+                        continue;
+                    }
+                    let r = apply(&mut tables, op, limits);
+                    if let (Some(key), Ok(result)) = (idem.as_deref(), &r) {
+                        let entry =
+                            serde_json::to_vec(&(now_ms(), result)).map_err(|e| e.to_string())?;
+                        journal
+                            .insert(key, entry.as_slice())
+                            .map_err(|e| e.to_string())?;
+                    }
+                    if let Err(OpError::Storage(detail)) = &r {
+                        // A storage failure may leave this op half-written: abort the transaction.
+                        return Err(detail.clone());
+                    }
+                    if r.is_ok() {
+                        seq += 1;
+                    }
+                    results.push(Outcome::Op(r));
+                }
+                Work::Job { job, .. } => {
+                    // Jobs open their own tables (never the state tables held open here).
+                    let r = match job.take() {
+                        Some(job) => job(&wtx),
+                        None => Err("job already run".to_string()),
+                    };
+                    results.push(Outcome::Job(r));
+                }
             }
-            if r.is_ok() {
-                seq += 1;
-            }
-            results.push(r);
         }
         wtx.open_table(APPLIED)
             .map_err(|e| e.to_string())?

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 /// Function → (number of keys, bytes of keys + values).
 pub const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("kv_usage");
+/// Idempotency key → (when, result) of the write first applied under it.
+pub const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_journal");
 /// Log name → last applied sequence.
 pub const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
 

@@ -1,0 +1,167 @@
+//! Events: functions publish them; triggers (`[[events]]` in skiff.toml) deliver them to
+//! other functions.
+//!
+//! The [`Bus`] trait is the seam between the node and the engine that carries events:
+//! [`embedded::EmbeddedBus`] (redb, `skiff up`'s default) and, in cluster mode, NATS
+//! JetStream. Delivery is at least once: a delivery is acked after its handler succeeds,
+//! retried with backoff when it fails, and dead-lettered after the trigger's last
+//! attempt. Effects apply once because a handler's writes and publications are keyed by
+//! the event's id (see [`runner`]).
+
+pub mod embedded;
+pub mod runner;
+pub mod topic;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// An event on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique; stable across redeliveries; used to de-duplicate publication.
+    pub id: String,
+    /// The topic, e.g. `orders.created`.
+    pub topic: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// Headers given at publication.
+    pub headers: Vec<(String, String)>,
+    /// Milliseconds since the Unix epoch.
+    pub published_at_ms: u64,
+}
+
+/// A durable consumer: one per function and trigger, shared by every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerSpec {
+    /// Durable name.
+    pub name: String,
+    /// The function it delivers to.
+    pub function: String,
+    /// Topic pattern.
+    pub pattern: String,
+    /// How long a delivery may stay unacknowledged before it is delivered again.
+    pub ack_wait_ms: u64,
+}
+
+impl ConsumerSpec {
+    /// The consumer of `function` for trigger `pattern`; its name is stable across
+    /// redeploys that keep the pattern.
+    pub fn new(function: &str, pattern: &str, ack_wait: Duration) -> Self {
+        let digest = crate::registry::sha256_hex(pattern.as_bytes());
+        ConsumerSpec {
+            name: format!("fn-{function}-{}", &digest[..12]),
+            function: function.to_string(),
+            pattern: pattern.to_string(),
+            ack_wait_ms: ack_wait.as_millis() as u64,
+        }
+    }
+}
+
+/// One delivery of an event to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event.
+    pub event: Event,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    /// The consumer it came through.
+    pub consumer: String,
+    /// Backend bookkeeping.
+    pub token: DeliveryToken,
+}
+
+/// What a backend needs to settle a delivery.
+#[derive(Debug)]
+pub enum DeliveryToken {
+    /// Embedded: the event's sequence in the log.
+    Embedded(u64),
+}
+
+/// An event that ran out of attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The function whose handler failed.
+    pub function: String,
+    /// The consumer it came through (replay goes back through it).
+    pub consumer: String,
+    /// The event.
+    pub event: Event,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure.
+    pub error: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A failure of the bus.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The backend failed; nothing was acknowledged.
+    #[error("event bus: {0}")]
+    Backend(String),
+    /// No such consumer.
+    #[error("event bus: no consumer `{0}`")]
+    NoConsumer(String),
+}
+
+/// The engine that carries events. Every method's success is durable.
+pub trait Bus: Send + Sync {
+    /// Publishes events (an id already published is dropped as a duplicate).
+    fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>>;
+    /// Creates the consumer if it does not exist; it receives events published from now on.
+    fn ensure_consumer<'a>(&'a self, spec: &'a ConsumerSpec)
+    -> BoxFuture<'a, Result<(), BusError>>;
+    /// Deletes a consumer and its pending deliveries.
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BusError>>;
+    /// Up to `max` deliveries, waiting up to `wait` for the first.
+    fn fetch<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, BusError>>;
+    /// The delivery succeeded.
+    fn ack<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), BusError>>;
+    /// The delivery failed; deliver it again after `delay`.
+    fn nak<'a>(&'a self, d: &'a Delivery, delay: Duration) -> BoxFuture<'a, Result<(), BusError>>;
+    /// The delivery failed for the last time: move it to the function's dead letters.
+    fn dead_letter<'a>(
+        &'a self,
+        d: &'a Delivery,
+        function: &'a str,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+    /// A function's dead letters, oldest first.
+    fn dead_letters<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>>;
+    /// Delivers a dead letter to its function again (and removes it); false if unknown.
+    fn replay<'a>(
+        &'a self,
+        function: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BusError>>;
+}
+
+/// A fresh random event id (for events not published by an event handler).
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // getrandom failing means the OS has no entropy source; fall back to time + counter.
+    if getrandom::fill(&mut bytes).is_err() {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&crate::state::now_ms().to_le_bytes());
+        bytes[8..].copy_from_slice(&n.to_le_bytes());
+    }
+    hex::encode(bytes)
+}
+
+/// The id of the `n`-th event that a handler publishes while handling `cause`: the same
+/// on every redelivery, so a retried handler's publications de-duplicate.
+pub fn derived_id(cause: &str, function: &str, n: u32) -> String {
+    let digest = crate::registry::sha256_hex(format!("{cause}/{function}/{n}").as_bytes());
+    digest[..32].to_string()
+}

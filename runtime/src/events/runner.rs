@@ -1,0 +1,209 @@
+//! Runs event triggers: one loop per deployed trigger pulls deliveries only while the
+//! trigger and the node have free capacity, invokes the function's event handler, and
+//! settles each delivery: ack on success (after publishing what the handler published),
+//! nak with exponential backoff on failure, dead letter after `max_attempts`.
+
+use super::{ConsumerSpec, Delivery};
+use crate::manifest::EventTrigger;
+use crate::node::{DeployError, Deployment, Node};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+
+/// Longest wait between retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long one fetch waits for work before checking for a stop.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+
+/// The running loops of one function's triggers.
+pub struct TriggerLoops {
+    stop: watch::Sender<bool>,
+    consumers: Vec<String>,
+}
+
+/// The delay before retry number `attempt` (1 = after the first failure).
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+    base.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+impl Node {
+    /// Starts (or restarts, after a redeploy) the trigger loops of `d`, creating its
+    /// consumers; consumers of triggers the new version dropped are deleted.
+    pub(crate) async fn start_triggers(
+        self: &Arc<Self>,
+        d: &Arc<Deployment>,
+    ) -> Result<(), DeployError> {
+        let name = d.record.name.clone();
+        let old = self.take_loops(&name);
+        let wanted: Vec<String> = d.triggers.iter().map(|(_, c)| c.name.clone()).collect();
+        if let Some(old) = old {
+            let _ = old.stop.send(true);
+            for c in old.consumers.iter().filter(|c| !wanted.contains(c)) {
+                self.bus().delete_consumer(c).await?;
+            }
+        }
+        if d.triggers.is_empty() {
+            return Ok(());
+        }
+        for (_, spec) in &d.triggers {
+            self.bus().ensure_consumer(spec).await?;
+        }
+        let (stop, rx) = watch::channel(false);
+        for (trigger, spec) in &d.triggers {
+            let concurrency = trigger
+                .concurrency
+                .unwrap_or(d.spec.limits.concurrency)
+                .max(1) as usize;
+            tokio::spawn(run_trigger(
+                self.clone(),
+                name.clone(),
+                trigger.clone(),
+                spec.clone(),
+                concurrency,
+                rx.clone(),
+            ));
+        }
+        if let Ok(mut loops) = self.triggers.lock() {
+            loops.insert(
+                name,
+                TriggerLoops {
+                    stop,
+                    consumers: wanted,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops `name`'s trigger loops; with `delete`, also deletes its consumers and their
+    /// pending deliveries (the function was removed).
+    pub(crate) async fn stop_triggers(&self, name: &str, delete: bool) {
+        let Some(old) = self.take_loops(name) else {
+            return;
+        };
+        let _ = old.stop.send(true);
+        if delete {
+            for c in &old.consumers {
+                if let Err(e) = self.bus().delete_consumer(c).await {
+                    tracing::warn!(function = name, consumer = %c, error = %e, "cannot delete consumer");
+                }
+            }
+        }
+    }
+
+    fn take_loops(&self, name: &str) -> Option<TriggerLoops> {
+        match self.triggers.lock() {
+            Ok(mut loops) => loops.remove(name),
+            Err(poisoned) => poisoned.into_inner().remove(name),
+        }
+    }
+}
+
+async fn run_trigger(
+    node: Arc<Node>,
+    function: String,
+    trigger: EventTrigger,
+    consumer: ConsumerSpec,
+    concurrency: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        // Pull only while this trigger has a free slot...
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        // ...and the node has room for more invocations.
+        let free = node.free_slots();
+        if free == 0 {
+            drop(permits);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        permits.truncate(free);
+        let fetched = tokio::select! {
+            r = node.bus().fetch(&consumer.name, permits.len(), FETCH_WAIT) => r,
+            _ = stop.changed() => return,
+        };
+        let deliveries = match fetched {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(function = %function, consumer = %consumer.name, error = %e, "fetch failed; retrying");
+                tokio::time::sleep(FETCH_WAIT).await;
+                continue;
+            }
+        };
+        for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
+            let (node, function, trigger) = (node.clone(), function.clone(), trigger.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                handle(&node, &function, &trigger, delivery).await;
+            });
+        }
+    }
+}
+
+async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Delivery) {
+    let dep = node.snapshot().get(function).cloned();
+    let result = match dep {
+        Some(dep) => node.invoke_event(&dep, &d.event, d.attempt).await,
+        None => Err(format!("function `{function}` was removed")),
+    };
+    let bus = node.bus();
+    let settled = match result {
+        Ok(outbox) => {
+            // Publish before the ack: a crash in between redelivers the event, and the
+            // re-published ids are dropped as duplicates.
+            match if outbox.is_empty() {
+                Ok(())
+            } else {
+                bus.publish(outbox).await
+            } {
+                Ok(()) => bus.ack(&d).await,
+                Err(e) => {
+                    tracing::warn!(function, event = %d.event.id, error = %e, "cannot publish the handler's events; will retry");
+                    bus.nak(&d, backoff(trigger.backoff.0, d.attempt)).await
+                }
+            }
+        }
+        Err(error) if d.attempt >= trigger.max_attempts => {
+            tracing::warn!(function, event = %d.event.id, attempts = d.attempt, %error, "event dead-lettered");
+            bus.dead_letter(&d, function, &error).await
+        }
+        Err(error) => {
+            let delay = backoff(trigger.backoff.0, d.attempt);
+            tracing::info!(function, event = %d.event.id, attempt = d.attempt, %error, retry_in = ?delay, "event handler failed");
+            bus.nak(&d, delay).await
+        }
+    };
+    if let Err(e) = settled {
+        // The lease runs out and the event comes again; effects stay once.
+        tracing::warn!(function, event = %d.event.id, error = %e, "cannot settle a delivery");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_millis(100);
+        assert_eq!(backoff(b, 1), Duration::from_millis(100));
+        assert_eq!(backoff(b, 2), Duration::from_millis(200));
+        assert_eq!(backoff(b, 4), Duration::from_millis(800));
+        assert_eq!(backoff(b, 60), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,125 @@
+//! `skiff:function/events`: publishing. Events a guest publishes wait in the invocation's
+//! outbox and reach the bus only if the invocation succeeds; an event handler's events get
+//! ids derived from the event it handles, so a redelivery re-publishes the same ids and
+//! the bus drops them as duplicates.
+
+use super::InstanceState;
+use super::bindings::skiff::function::events;
+use crate::events::topic::check_topic;
+use crate::events::{Event, derived_id, random_id};
+use crate::state::now_ms;
+use wasmtime::component::{HasData, Linker};
+
+/// Largest event (data + headers), in bytes.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Most events one invocation may publish.
+pub const MAX_EVENTS_PER_INVOCATION: usize = 1000;
+
+/// The events an invocation has published so far.
+pub struct EventCtx {
+    function: String,
+    cause: Option<String>,
+    /// Waiting for the invocation to succeed.
+    pub outbox: Vec<Event>,
+}
+
+impl EventCtx {
+    /// The outbox of one invocation of `function`, handling event `cause` if any.
+    pub fn new(function: &str, cause: Option<&str>) -> Self {
+        EventCtx {
+            function: function.to_string(),
+            cause: cause.map(String::from),
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Queues an event; the error is the guest's to read.
+    pub fn publish(
+        &mut self,
+        topic: String,
+        data: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<String, String> {
+        check_topic(&topic).map_err(|e| e.to_string())?;
+        let size = data.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > MAX_EVENT_BYTES {
+            return Err(format!(
+                "event is {size} bytes; the limit is {MAX_EVENT_BYTES}"
+            ));
+        }
+        if self.outbox.len() >= MAX_EVENTS_PER_INVOCATION {
+            return Err(format!(
+                "an invocation may publish at most {MAX_EVENTS_PER_INVOCATION} events"
+            ));
+        }
+        let n = self.outbox.len() as u32;
+        let id = match &self.cause {
+            Some(cause) => derived_id(cause, &self.function, n),
+            None => random_id(),
+        };
+        self.outbox.push(Event {
+            id: id.clone(),
+            topic,
+            data,
+            headers,
+            published_at_ms: now_ms(),
+        });
+        Ok(id)
+    }
+}
+
+struct HasEvents;
+
+impl HasData for HasEvents {
+    type Data<'a> = &'a mut EventCtx;
+}
+
+/// Links `skiff:function/events`.
+pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    events::add_to_linker::<_, HasEvents>(linker, |s| &mut s.events)
+}
+
+impl events::Host for &mut EventCtx {
+    async fn publish(
+        &mut self,
+        topic: String,
+        data: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        Ok(EventCtx::publish(self, topic, data, headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_derive_from_the_cause_and_limits_hold() {
+        let mut a = EventCtx::new("pay", Some("evt-1"));
+        let mut b = EventCtx::new("pay", Some("evt-1"));
+        let id_a = a.publish("x.y".into(), vec![1], vec![]).unwrap();
+        let id_b = b.publish("x.y".into(), vec![2], vec![]).unwrap();
+        assert_eq!(id_a, id_b, "a redelivery must re-publish the same id");
+        let mut c = EventCtx::new("pay", None);
+        let mut d = EventCtx::new("pay", None);
+        assert_ne!(
+            c.publish("x".into(), vec![], vec![]).unwrap(),
+            d.publish("x".into(), vec![], vec![]).unwrap()
+        );
+        assert!(
+            a.publish("x.*".into(), vec![], vec![])
+                .unwrap_err()
+                .contains("wildcards")
+        );
+        let err = a
+            .publish("x".into(), vec![0; MAX_EVENT_BYTES + 1], vec![])
+            .unwrap_err();
+        assert!(err.contains("the limit is"), "{err}");
+        assert_eq!(a.outbox.len(), 1);
+    }
+}
