@@ -15,16 +15,8 @@
 //! decimal text. Each function sees only its own keys; buckets (`Store::open("name")`)
 //! divide them further.
 
-mod bindings {
-    wit_bindgen::generate!({
-        path: "wit",
-        world: "skiff:function/imports",
-        generate_all,
-    });
-}
-
-use bindings::skiff::function::kv as ext;
-use bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::bindings::skiff::function::kv as ext;
+use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use std::fmt;
 
 /// A failed key-value call: a limit, a counter that is not a number, a storage failure.

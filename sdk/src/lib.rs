@@ -20,8 +20,34 @@
 //! error becomes a 500. Build with `cargo build --release --target wasm32-wasip2`.
 //!
 //! State: [`kv::Store`] gives the function durable key-value storage of its own.
+//!
+//! Events: [`events::publish`] publishes (once the invocation succeeds), and
+//! [`event_handler!`] exports a handler for the function's `[[events]]` triggers:
+//!
+//! ```text
+//! fn on_event(event: skiff_sdk::events::Event) -> Result<(), String> {
+//!     let order: Order = event.json().map_err(|e| e.to_string())?;
+//!     skiff_sdk::events::publish_json("payments.completed", &order)?;
+//!     Ok(())
+//! }
+//! skiff_sdk::event_handler!(on_event);
+//! ```
 
+pub mod events;
 pub mod kv;
+
+#[doc(hidden)]
+pub mod bindings {
+    //! Generated from `sdk/wit` (world `skiff:function/guest`).
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "skiff:function/guest",
+        generate_all,
+        pub_export_macro: true,
+        export_macro_name: "__export_skiff_guest",
+        default_bindings_module: "skiff_sdk::bindings",
+    });
+}
 
 pub use http;
 use http::{HeaderValue, StatusCode};

@@ -2,6 +2,7 @@
 //! wasm components built from functions/ and tests/guests/.
 
 mod bad_input;
+mod events;
 mod harness;
 mod lifecycle;
 mod serving;

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod deploy;
+mod events;
 mod kv;
 
 use crate::api::{FunctionInfo, NodeStatus};
@@ -67,6 +68,16 @@ enum Command {
     /// Inspect and repair a function's key-value state.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Publish an event.
+    Publish {
+        /// The topic, e.g. orders.created.
+        topic: String,
+        /// The payload, or @FILE to read it from a file.
+        data: String,
+    },
+    /// Inspect and replay events that ran out of attempts.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(events::DeadLetterCommand),
     /// Call a function over HTTP and print its answer.
     Invoke(InvokeArgs),
     /// Show the server's node, load and functions.
@@ -217,6 +228,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Kv(cmd) => return kv::run(&client()?, cmd).await,
+        Command::Publish { topic, data } => {
+            return events::publish(&client()?, &topic, &data).await;
+        }
+        Command::DeadLetters(cmd) => return events::dead_letters(&client()?, cmd).await,
         Command::Status => {
             let s: NodeStatus = client()?.get("/v1/status").await?;
             println!(

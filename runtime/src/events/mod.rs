@@ -8,6 +8,8 @@
 //! attempt. Effects apply once because a handler's writes and publications are keyed by
 //! the event's id (see [`runner`]).
 
+#[cfg(test)]
+mod conformance;
 pub mod embedded;
 pub mod runner;
 pub mod topic;

@@ -33,9 +33,11 @@ impl EventCtx {
         }
     }
 
-    /// Queues an event; the error is the guest's to read.
+    /// Queues an event; the error is the guest's to read. With `key`, the id derives from
+    /// (function, key); else from the handled event, or is random.
     pub fn publish(
         &mut self,
+        key: Option<&str>,
         topic: String,
         data: Vec<u8>,
         headers: Vec<(String, String)>,
@@ -57,9 +59,10 @@ impl EventCtx {
             ));
         }
         let n = self.outbox.len() as u32;
-        let id = match &self.cause {
-            Some(cause) => derived_id(cause, &self.function, n),
-            None => random_id(),
+        let id = match (key, &self.cause) {
+            (Some(key), _) => derived_id(&format!("key:{key}"), &self.function, 0),
+            (None, Some(cause)) => derived_id(cause, &self.function, n),
+            (None, None) => random_id(),
         };
         self.outbox.push(Event {
             id: id.clone(),
@@ -90,7 +93,17 @@ impl events::Host for &mut EventCtx {
         data: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<String, String>> {
-        Ok(EventCtx::publish(self, topic, data, headers))
+        Ok(EventCtx::publish(self, None, topic, data, headers))
+    }
+
+    async fn publish_keyed(
+        &mut self,
+        key: String,
+        topic: String,
+        data: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        Ok(EventCtx::publish(self, Some(&key), topic, data, headers))
     }
 }
 
@@ -102,24 +115,32 @@ mod tests {
     fn ids_derive_from_the_cause_and_limits_hold() {
         let mut a = EventCtx::new("pay", Some("evt-1"));
         let mut b = EventCtx::new("pay", Some("evt-1"));
-        let id_a = a.publish("x.y".into(), vec![1], vec![]).unwrap();
-        let id_b = b.publish("x.y".into(), vec![2], vec![]).unwrap();
+        let id_a = a.publish(None, "x.y".into(), vec![1], vec![]).unwrap();
+        let id_b = b.publish(None, "x.y".into(), vec![2], vec![]).unwrap();
         assert_eq!(id_a, id_b, "a redelivery must re-publish the same id");
         let mut c = EventCtx::new("pay", None);
         let mut d = EventCtx::new("pay", None);
         assert_ne!(
-            c.publish("x".into(), vec![], vec![]).unwrap(),
-            d.publish("x".into(), vec![], vec![]).unwrap()
+            c.publish(None, "x".into(), vec![], vec![]).unwrap(),
+            d.publish(None, "x".into(), vec![], vec![]).unwrap()
         );
         assert!(
-            a.publish("x.*".into(), vec![], vec![])
+            a.publish(None, "x.*".into(), vec![], vec![])
                 .unwrap_err()
                 .contains("wildcards")
         );
         let err = a
-            .publish("x".into(), vec![0; MAX_EVENT_BYTES + 1], vec![])
+            .publish(None, "x".into(), vec![0; MAX_EVENT_BYTES + 1], vec![])
             .unwrap_err();
         assert!(err.contains("the limit is"), "{err}");
         assert_eq!(a.outbox.len(), 1);
+        // Keyed ids depend on the function and the key only.
+        let k1 = c.publish(Some("o-1"), "x".into(), vec![], vec![]).unwrap();
+        let k2 = d.publish(Some("o-1"), "x".into(), vec![], vec![]).unwrap();
+        let other = EventCtx::new("other", None)
+            .publish(Some("o-1"), "x".into(), vec![], vec![])
+            .unwrap();
+        assert_eq!(k1, k2);
+        assert_ne!(k1, other);
     }
 }

@@ -2,6 +2,7 @@
 //! status and key-value state ([`kv`]), behind an optional bearer token. `/healthz` is
 //! always open.
 
+pub mod events;
 pub mod kv;
 
 use crate::api::{DeployRequest, ErrorBody};
@@ -112,6 +113,13 @@ impl Admin {
                         .any(|(k, v)| k == "purge_state" && v == "true")
                 });
                 self.remove(name, purge).await
+            }
+            (Method::POST, ["v1", "events", topic]) => {
+                let topic = topic.to_string();
+                events::publish(&self.node, &topic, req).await
+            }
+            (_, ["v1", "functions", name, "dead-letters", rest @ ..]) => {
+                events::dead_letters(&self.node, name, rest, req.method()).await
             }
             (_, ["v1", "functions", name, "kv", rest @ ..]) => {
                 let name = name.to_string();

@@ -4,8 +4,15 @@
 //! `/sleep/<ms>` sleeps, `/size` answers the body's length, `/version` answers `[env] VERSION`,
 //! `/kv/set/<key>` stores the body, `/kv/get/<key>` answers it,
 //! `/kv/bucket/<bucket>/get/<key>` reads from a bucket of any name,
-//! `/kvbench/<n>` times n sets and n gets from inside the guest.
+//! `/kvbench/<n>` times n sets and n gets from inside the guest,
+//! `/publish/<topic>` publishes the body and answers 200, `/publish-then-trap/<topic>`
+//! publishes and then traps.
+//!
+//! Its event handler logs every run (`event-run topic=… id=… attempt=…`) and, by topic:
+//! `*.fail-twice` fails on attempts 1 and 2, `*.always` always fails, `*.trap` traps,
+//! anything else succeeds.
 
+use skiff_sdk::events::{self, Event};
 use skiff_sdk::kv::Store;
 use skiff_sdk::{Request, Response, http::StatusCode, text};
 use std::time::Instant;
@@ -53,6 +60,16 @@ fn handle(req: Request) -> Response {
                 };
                 let bucket = decode(bucket);
                 return get(Store::open(&bucket), key);
+            }
+            if let Some(topic) = rest.strip_prefix("/publish/") {
+                return match events::publish(topic, req.body()) {
+                    Ok(id) => text(StatusCode::OK, id),
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                };
+            }
+            if let Some(topic) = rest.strip_prefix("/publish-then-trap/") {
+                let _ = events::publish(topic, req.body());
+                panic!("misbehave: published to {topic}, then trapped");
             }
             if let Some(n) = rest.strip_prefix("/kvbench/") {
                 return kvbench(n.parse().unwrap_or(1000));
@@ -135,4 +152,16 @@ fn kvbench(n: usize) -> Response {
     )
 }
 
+fn on_event(e: Event) -> Result<(), String> {
+    println!("event-run topic={} id={} attempt={}", e.topic, e.id, e.attempt);
+    let last = e.topic.rsplit('.').next().unwrap_or("");
+    match last {
+        "fail-twice" if e.attempt < 3 => Err(format!("attempt {} fails on purpose", e.attempt)),
+        "always" => Err("this handler always fails".to_string()),
+        "trap" => panic!("misbehave: event handler trapped"),
+        _ => Ok(()),
+    }
+}
+
 skiff_sdk::http_handler!(handle);
+skiff_sdk::event_handler!(on_event);

@@ -1,0 +1,106 @@
+//! Admin endpoints for events:
+//!
+//! * `POST /v1/events/{topic}` — publish the request body (headers `x-skiff-header-NAME`
+//!   become event headers) → `{"id": ...}`
+//! * `GET  /v1/functions/{name}/dead-letters` — the function's dead letters
+//! * `GET  /v1/functions/{name}/dead-letters/{id}` — one, with its payload
+//! * `POST /v1/functions/{name}/dead-letters/{id}/replay` — deliver it again
+//! * `POST /v1/functions/{name}/dead-letters/replay` — replay them all
+
+use super::{Response, error, json, read_body};
+use crate::events::topic::check_topic;
+use crate::events::{Event, random_id};
+use crate::host::events::MAX_EVENT_BYTES;
+use crate::node::Node;
+use crate::state::now_ms;
+use http::StatusCode;
+use hyper::body::Incoming;
+
+/// `POST /v1/events/{topic}`.
+pub async fn publish(node: &Node, topic: &str, req: http::Request<Incoming>) -> Response {
+    if let Err(e) = check_topic(topic) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-skiff-header-")?;
+            Some((name.to_string(), v.to_str().ok()?.to_string()))
+        })
+        .collect();
+    let data = match read_body(req, MAX_EVENT_BYTES).await {
+        Ok(b) => b.to_vec(),
+        Err(resp) => return resp,
+    };
+    let id = random_id();
+    let event = Event {
+        id: id.clone(),
+        topic: topic.to_string(),
+        data,
+        headers,
+        published_at_ms: now_ms(),
+    };
+    match node.bus().publish(vec![event]).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "id": id, "topic": topic }),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `.../dead-letters[/{id}[/replay]]`.
+pub async fn dead_letters(
+    node: &Node,
+    function: &str,
+    rest: &[&str],
+    method: &http::Method,
+) -> Response {
+    let bus = node.bus();
+    match (method.clone(), rest) {
+        (http::Method::GET, []) => match bus.dead_letters(function).await {
+            Ok(list) => json(StatusCode::OK, &list),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        (http::Method::GET, [id]) => match bus.dead_letters(function).await {
+            Ok(list) => match list.into_iter().find(|d| d.event.id == *id) {
+                Some(d) => json(StatusCode::OK, &d),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "function `{function}` has no dead letter `{id}`; list them with `skiff dead-letters ls {function}`"
+                    ),
+                ),
+            },
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        (http::Method::POST, ["replay"]) => {
+            let list = match bus.dead_letters(function).await {
+                Ok(l) => l,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+            let mut replayed = 0;
+            for d in list {
+                match bus.replay(function, &d.event.id).await {
+                    Ok(true) => replayed += 1,
+                    Ok(false) => {}
+                    Err(e) => return error(StatusCode::CONFLICT, e.to_string()),
+                }
+            }
+            json(StatusCode::OK, &serde_json::json!({ "replayed": replayed }))
+        }
+        (http::Method::POST, [id, "replay"]) => match bus.replay(function, id).await {
+            Ok(true) => json(StatusCode::OK, &serde_json::json!({ "replayed": 1 })),
+            Ok(false) => error(
+                StatusCode::NOT_FOUND,
+                format!("function `{function}` has no dead letter `{id}`"),
+            ),
+            Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+        },
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "dead letters: GET .../dead-letters[/ID], POST .../dead-letters[/ID]/replay".into(),
+        ),
+    }
+}

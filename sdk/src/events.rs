@@ -1,0 +1,143 @@
+//! Publishing events and handling them.
+//!
+//! [`publish`] queues an event that is published when the current invocation succeeds
+//! (and dropped if it fails or times out). A handler exported with
+//! [`crate::event_handler!`] receives each delivery of the function's `[[events]]`
+//! triggers; returning `Err` (or panicking) retries the event with backoff, then moves it
+//! to the function's dead letters after `max_attempts`.
+//!
+//! Effects happen once per event even when a delivery is retried: while handling an
+//! event, the n-th key-value write is applied at most once (a retry making the same write
+//! gets the first result back), and the n-th event published gets the same id every time
+//! (so it is published once). Keep a handler's writes and publications in an order that
+//! depends only on the event and on what those writes return.
+
+use crate::bindings::skiff::function::events as wit;
+use std::fmt;
+
+/// A delivered event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Stable across redeliveries.
+    pub id: String,
+    /// The topic it was published to.
+    pub topic: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// Headers given at publication.
+    pub headers: Vec<(String, String)>,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+}
+
+impl Event {
+    /// The payload decoded as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.data).map_err(|e| Error(format!("event {}: {e}", self.id)))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A refused publication (invalid topic, too large) or an undecodable event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.0
+    }
+}
+
+/// Publishes `data` to `topic` once this invocation succeeds; returns the event's id.
+pub fn publish(topic: &str, data: impl AsRef<[u8]>) -> Result<String, Error> {
+    publish_with_headers(topic, data, &[])
+}
+
+/// Publishes with headers.
+pub fn publish_with_headers(
+    topic: &str,
+    data: impl AsRef<[u8]>,
+    headers: &[(&str, &str)],
+) -> Result<String, Error> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    wit::publish(topic, data.as_ref(), &headers).map_err(Error)
+}
+
+/// Publishes with an idempotency key: the event's id derives from this function and
+/// `key`, so publishing again with the same key — a retried request, say — is dropped if
+/// the first went out and goes out if it did not. Ids are remembered for 24 hours.
+pub fn publish_keyed(key: &str, topic: &str, data: impl AsRef<[u8]>) -> Result<String, Error> {
+    wit::publish_keyed(key, topic, data.as_ref(), &[]).map_err(Error)
+}
+
+/// [`publish_keyed`] with `value` as JSON.
+pub fn publish_json_keyed<T: serde::Serialize>(
+    key: &str,
+    topic: &str,
+    value: &T,
+) -> Result<String, Error> {
+    let data = serde_json::to_vec(value).map_err(|e| Error(format!("JSON: {e}")))?;
+    publish_keyed(key, topic, data)
+}
+
+/// Publishes `value` as JSON.
+pub fn publish_json<T: serde::Serialize>(topic: &str, value: &T) -> Result<String, Error> {
+    let data = serde_json::to_vec(value).map_err(|e| Error(format!("JSON: {e}")))?;
+    publish(topic, data)
+}
+
+/// Exports `handler` (a `fn(Event) -> Result<(), E>` with `E: Display`) as the
+/// component's event handler. Use it once per component, beside `http_handler!` if the
+/// function also serves HTTP.
+#[macro_export]
+macro_rules! event_handler {
+    ($handler:path) => {
+        struct __SkiffEventHandler;
+
+        impl $crate::bindings::exports::skiff::function::event_handler::Guest
+            for __SkiffEventHandler
+        {
+            fn handle(
+                event: $crate::bindings::skiff::function::events::Event,
+            ) -> ::core::result::Result<(), ::std::string::String> {
+                $handler($crate::events::__private::convert(event)).map_err(|e| e.to_string())
+            }
+        }
+
+        $crate::bindings::__export_skiff_guest!(__SkiffEventHandler with_types_in $crate::bindings);
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::{Event, wit};
+
+    /// The generated record as the SDK's event.
+    pub fn convert(e: wit::Event) -> Event {
+        Event {
+            id: e.id,
+            topic: e.topic,
+            data: e.data,
+            headers: e.headers,
+            attempt: e.attempt,
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Event triggers and workflows on the embedded bus: the order workflow end to end,
+//! retries, dead letters and replay, publish-on-success, bad input, and a SIGKILL in the
+//! middle of a thousand orders.
+
+use crate::harness::*;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn deploy_orders(skiff: &Skiff) {
+    let dir = repo().join("functions/orders");
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+}
+
+/// Deploys the misbehave guest as `name` with a trigger on `pattern`.
+fn deploy_flaky(skiff: &Skiff, tmp: &std::path::Path, name: &str, pattern: &str) {
+    let dir = function_dir(
+        tmp,
+        name,
+        &format!(
+            "name = \"{name}\"\ncomponent = \"{}\"\n[[events]]\ntopic = \"{pattern}\"\nmax_attempts = 3\nbackoff = \"50ms\"\n",
+            guest("tests/guests", "misbehave.wasm").display()
+        ),
+    );
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+}
+
+fn runs(skiff: &Skiff, needle: &str) -> usize {
+    skiff.log().matches(needle).count()
+}
+
+/// POSTs `n` orders (ids `{prefix}{i}`) with `conns` concurrent clients; returns how
+/// many were acknowledged (201).
+async fn post_orders(listen: &str, prefix: &str, n: usize, conns: usize) -> usize {
+    let c = Arc::new(client());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (c, next, acked) = (c.clone(), next.clone(), acked.clone());
+        let (url, prefix) = (format!("{listen}/orders"), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let body = format!("{{\"id\": \"{prefix}{i}\", \"amount\": {i}}}");
+                let req = http::Request::post(&url)
+                    .body(crate::harness::body(body))
+                    .unwrap();
+                if let Ok(r) = send(&c, req).await
+                    && r.status == 201
+                {
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    acked.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until every order `{prefix}0..n` is `notified`; returns the ones that are not,
+/// with what they show.
+async fn unfinished(listen: &str, prefix: &str, n: usize, max: Duration) -> Vec<String> {
+    let c = client();
+    let start = std::time::Instant::now();
+    let mut pending: Vec<usize> = (0..n).collect();
+    let mut last = Vec::new();
+    while !pending.is_empty() && start.elapsed() < max {
+        last.clear();
+        let mut still = Vec::new();
+        for i in pending {
+            let req = http::Request::get(format!("{listen}/orders/{prefix}{i}"))
+                .body(crate::harness::body(Bytes::new()))
+                .unwrap();
+            let ok = match send(&c, req).await {
+                Ok(r) if r.status == 200 => {
+                    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                    if v["status"] == "notified" && v["charges"] == 1 {
+                        true
+                    } else {
+                        last.push(format!("{prefix}{i}: {v}"));
+                        v["status"] == "notified"
+                    }
+                }
+                Ok(r) => {
+                    last.push(format!("{prefix}{i}: HTTP {}", r.status));
+                    false
+                }
+                Err(e) => {
+                    last.push(format!("{prefix}{i}: {e}"));
+                    false
+                }
+            };
+            if !ok {
+                still.push(i);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_orders_all_reach_notified_with_one_charge() {
+    let skiff = Skiff::start(&[]);
+    deploy_orders(&skiff);
+    assert_eq!(post_orders(&skiff.listen, "o", 1000, 32).await, 1000);
+    let bad = unfinished(&skiff.listen, "o", 1000, Duration::from_secs(60)).await;
+    assert!(
+        bad.is_empty(),
+        "{} orders unfinished or charged twice, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    // A repeated POST neither resets the order nor publishes again.
+    let r = request(
+        "POST",
+        &format!("{}/orders", skiff.listen),
+        &[],
+        Bytes::from_static(b"{\"id\": \"o7\", \"amount\": 7}"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("notified"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_dead_letters_and_replay() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    deploy_flaky(&skiff, tmp.path(), "flaky", "flaky.>");
+
+    // Fails twice, then succeeds: exactly three runs, and no dead letter.
+    let out = skiff.cli_ok(&["publish", "flaky.fail-twice", "payload"]);
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let needle = format!("topic=flaky.fail-twice id={id}");
+    assert!(
+        wait_until(Duration::from_secs(10), async || runs(
+            &skiff,
+            &format!("{needle} attempt=3")
+        ) == 1)
+        .await,
+        "third attempt never ran:\n{}",
+        skiff.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(runs(&skiff, &needle), 3, "{}", skiff.log());
+
+    // Always fails: dead-lettered after max_attempts (3), listed, shown, replayed.
+    let out = skiff.cli_ok(&["publish", "flaky.always", "{\"n\": 1}"]);
+    let dead_id = out.split_whitespace().nth(1).unwrap().to_string();
+    let listed = wait_until(Duration::from_secs(10), async || {
+        skiff
+            .cli_ok(&["dead-letters", "ls", "flaky"])
+            .contains(&dead_id)
+    })
+    .await;
+    assert!(listed, "never dead-lettered:\n{}", skiff.log());
+    let needle = format!("topic=flaky.always id={dead_id}");
+    assert_eq!(runs(&skiff, &needle), 3);
+    let show = skiff.cli_ok(&["dead-letters", "show", "flaky", &dead_id]);
+    assert!(
+        show.contains("attempts: 3")
+            && show.contains("always fails")
+            && show.contains("{\"n\": 1}"),
+        "{show}"
+    );
+    let out = skiff.cli_ok(&["dead-letters", "replay", "flaky", &dead_id]);
+    assert!(out.contains("replayed 1"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), async || runs(&skiff, &needle) >= 6).await,
+        "replay did not run the handler again:\n{}",
+        skiff.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), async || skiff
+            .cli_ok(&["dead-letters", "ls", "flaky"])
+            .contains(&dead_id))
+        .await
+    );
+    let err = skiff.cli_err(&["dead-letters", "replay", "flaky", "no-such-event"]);
+    assert!(err.contains("no dead letter `no-such-event`"), "{err}");
+
+    // A trapping handler is retried like a failing one, and the node keeps serving.
+    let out = skiff.cli_ok(&["publish", "flaky.trap", "x"]);
+    let trap_id = out.split_whitespace().nth(1).unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), async || skiff
+            .cli_ok(&["dead-letters", "ls", "flaky"])
+            .contains(&trap_id))
+        .await
+    );
+    let r = get(&format!("{}/flaky/size", skiff.listen)).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_published_only_by_invocations_that_succeed() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    deploy_flaky(&skiff, tmp.path(), "listener", "outcome.*");
+    let r = request(
+        "POST",
+        &format!("{}/listener/publish-then-trap/outcome.lost", skiff.listen),
+        &[],
+        Bytes::from_static(b"x"),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    let r = request(
+        "POST",
+        &format!("{}/listener/publish/outcome.kept", skiff.listen),
+        &[],
+        Bytes::from_static(b"x"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        wait_until(Duration::from_secs(10), async || runs(
+            &skiff,
+            "topic=outcome.kept"
+        ) == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        runs(&skiff, "topic=outcome.lost"),
+        0,
+        "an event of a failed invocation was delivered"
+    );
+
+    // Bad publications get clear errors.
+    let r = request(
+        "POST",
+        &format!("{}/listener/publish/bad..topic", skiff.listen),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("invalid topic `bad..topic`"),
+        "{}",
+        r.text()
+    );
+    let err = skiff.cli_err(&["publish", "orders.*", "x"]);
+    assert!(err.contains("wildcards"), "{err}");
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).unwrap();
+    let err = skiff.cli_err(&["publish", "outcome.big", &format!("@{}", big.display())]);
+    assert!(err.contains("exceeds"), "{err}");
+    let r = request(
+        "POST",
+        &format!("{}/listener/publish/outcome.big", skiff.listen),
+        &[],
+        Bytes::from(vec![b'x'; (1 << 20) + 1]),
+    )
+    .await;
+    assert!(r.text().contains("the limit is"), "{}", r.text());
+
+    // A function whose manifest has triggers must export an event handler.
+    let dir = function_dir(
+        tmp.path(),
+        "no-events",
+        &format!(
+            "name = \"no-events\"\ncomponent = \"{}\"\n[[events]]\ntopic = \"a.b\"\n",
+            guest("functions", "hello.wasm").display()
+        ),
+    );
+    let err = skiff.cli_err(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    assert!(
+        err.contains("does not export skiff:function/event-handler"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_the_middle_of_a_thousand_orders_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut skiff = Skiff::start_in(&data, &[]);
+    deploy_orders(&skiff);
+    let listen = skiff.listen.clone();
+    let posting = tokio::spawn(async move { post_orders(&listen, "k", 1000, 16).await });
+    // Kill while orders are still arriving and the workflow is mid-flight.
+    let admin = skiff.admin.clone();
+    assert!(
+        wait_until(Duration::from_secs(30), async || {
+            get(&format!("{admin}/v1/status"))
+                .await
+                .text()
+                .contains("\"in_flight\"")
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    skiff.kill();
+    let acked = posting.await.unwrap();
+    assert!(
+        acked > 0 && acked < 1000,
+        "the kill should land mid-run (acked {acked})"
+    );
+
+    let skiff = Skiff::start_in(&data, &[]);
+    // Orders the client never got an answer for may or may not exist; post them again.
+    let c = client();
+    for i in 0..1000 {
+        let body = format!("{{\"id\": \"k{i}\", \"amount\": {i}}}");
+        let req = http::Request::post(format!("{}/orders", skiff.listen))
+            .body(crate::harness::body(body))
+            .unwrap();
+        let r = send(&c, req).await.expect("post after restart");
+        assert!(r.status == 200 || r.status == 201, "{}", r.text());
+    }
+    let bad = unfinished(&skiff.listen, "k", 1000, Duration::from_secs(90)).await;
+    assert!(
+        bad.is_empty(),
+        "{} orders unfinished or charged twice, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
