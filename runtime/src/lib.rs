@@ -19,3 +19,4 @@ pub mod node;
 pub mod registry;
 pub mod server;
 pub mod state;
+pub mod testkit;

@@ -1,11 +1,78 @@
-//! Event triggers and workflows on the embedded bus: the order workflow end to end,
-//! retries, dead letters and replay, publish-on-success, bad input, and a SIGKILL in the
-//! middle of a thousand orders.
+//! Event triggers and workflows, each test on both backends (the embedded bus and a real
+//! nats-server with JetStream): the order workflow end to end, retries, dead letters and
+//! replay, publish-on-success, bad input, a SIGKILL in the middle of a thousand orders,
+//! and NATS unreachable at start or lost while running.
 
 use crate::harness::*;
 use bytes::Bytes;
+use skiff_runtime::testkit::NatsServer;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Which event bus a test runs on.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Embedded,
+    Nats,
+}
+
+/// The services a test's `skiff up` talks to.
+struct Env {
+    nats: Option<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(b: Backend) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = match b {
+            Backend::Embedded => None,
+            Backend::Nats => {
+                Some(NatsServer::start(&dir.path().join("nats")).expect("nats-server"))
+            }
+        };
+        Env { nats, _dir: dir }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match &self.nats {
+            Some(n) => vec!["--nats".into(), n.url()],
+            None => Vec::new(),
+        }
+    }
+
+    fn start(&self) -> Skiff {
+        let args = self.args();
+        Skiff::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn start_in(&self, data: &std::path::Path) -> Skiff {
+        let args = self.args();
+        Skiff::start_in(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+/// Runs `$name(Backend)` as two tests, `$name::embedded` and `$name::nats`.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn embedded() {
+                super::$name(super::Backend::Embedded).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn nats() {
+                super::$name(super::Backend::Nats).await
+            }
+        }
+    };
+}
+
+on_both_backends!(a_thousand_orders_all_reach_notified_with_one_charge);
+on_both_backends!(retries_dead_letters_and_replay);
+on_both_backends!(events_are_published_only_by_invocations_that_succeed);
+on_both_backends!(sigkill_in_the_middle_of_a_thousand_orders_loses_nothing);
 
 fn deploy_orders(skiff: &Skiff) {
     let dir = repo().join("functions/orders");
@@ -108,9 +175,9 @@ async fn unfinished(listen: &str, prefix: &str, n: usize, max: Duration) -> Vec<
     last
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_thousand_orders_all_reach_notified_with_one_charge() {
-    let skiff = Skiff::start(&[]);
+async fn a_thousand_orders_all_reach_notified_with_one_charge(b: Backend) {
+    let env = Env::new(b);
+    let skiff = env.start();
     deploy_orders(&skiff);
     assert_eq!(post_orders(&skiff.listen, "o", 1000, 32).await, 1000);
     let bad = unfinished(&skiff.listen, "o", 1000, Duration::from_secs(60)).await;
@@ -132,9 +199,9 @@ async fn a_thousand_orders_all_reach_notified_with_one_charge() {
     assert!(r.text().contains("notified"), "{}", r.text());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn retries_dead_letters_and_replay() {
-    let skiff = Skiff::start(&[]);
+async fn retries_dead_letters_and_replay(b: Backend) {
+    let env = Env::new(b);
+    let skiff = env.start();
     let tmp = tempfile::tempdir().unwrap();
     deploy_flaky(&skiff, tmp.path(), "flaky", "flaky.>");
 
@@ -202,9 +269,9 @@ async fn retries_dead_letters_and_replay() {
     assert_eq!(r.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn events_are_published_only_by_invocations_that_succeed() {
-    let skiff = Skiff::start(&[]);
+async fn events_are_published_only_by_invocations_that_succeed(b: Backend) {
+    let env = Env::new(b);
+    let skiff = env.start();
     let tmp = tempfile::tempdir().unwrap();
     deploy_flaky(&skiff, tmp.path(), "listener", "outcome.*");
     let r = request(
@@ -282,11 +349,11 @@ async fn events_are_published_only_by_invocations_that_succeed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_in_the_middle_of_a_thousand_orders_loses_nothing() {
+async fn sigkill_in_the_middle_of_a_thousand_orders_loses_nothing(b: Backend) {
+    let env = Env::new(b);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut skiff = Skiff::start_in(&data, &[]);
+    let mut skiff = env.start_in(&data);
     deploy_orders(&skiff);
     let listen = skiff.listen.clone();
     let posting = tokio::spawn(async move { post_orders(&listen, "k", 1000, 16).await });
@@ -309,7 +376,7 @@ async fn sigkill_in_the_middle_of_a_thousand_orders_loses_nothing() {
         "the kill should land mid-run (acked {acked})"
     );
 
-    let skiff = Skiff::start_in(&data, &[]);
+    let skiff = env.start_in(&data);
     // Orders the client never got an answer for may or may not exist; post them again.
     let c = client();
     for i in 0..1000 {
@@ -324,6 +391,59 @@ async fn sigkill_in_the_middle_of_a_thousand_orders_loses_nothing() {
     assert!(
         bad.is_empty(),
         "{} orders unfinished or charged twice, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_unreachable_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(skiff_bin())
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--nats",
+            "nats://127.0.0.1:1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_lost_while_running_keeps_serving_and_delivers_once_back() {
+    let mut env = Env::new(Backend::Nats);
+    let skiff = env.start();
+    deploy_orders(&skiff);
+    assert_eq!(post_orders(&skiff.listen, "before", 20, 4).await, 20);
+    assert!(
+        unfinished(&skiff.listen, "before", 20, Duration::from_secs(30))
+            .await
+            .is_empty()
+    );
+
+    env.nats.as_mut().unwrap().kill();
+    // HTTP keeps working, and orders are acknowledged: their events wait locally.
+    assert_eq!(post_orders(&skiff.listen, "during", 50, 4).await, 50);
+    let r = get(&format!("{}/orders/during7", skiff.listen)).await;
+    assert!(r.text().contains("created"), "{}", r.text());
+
+    env.nats.as_mut().unwrap().restart().unwrap();
+    let bad = unfinished(&skiff.listen, "during", 50, Duration::from_secs(60)).await;
+    assert!(
+        bad.is_empty(),
+        "{} orders stuck after NATS came back, e.g. {:?}",
         bad.len(),
         &bad[..bad.len().min(5)]
     );

@@ -98,6 +98,10 @@ struct UpArgs {
     /// The node's name.
     #[arg(long, default_value = "local")]
     name: String,
+    /// Carry events on NATS JetStream at this URL (or comma-separated URLs) instead of
+    /// the embedded bus.
+    #[arg(long, env = "SKIFF_NATS")]
+    nats: Option<String>,
     /// Build and deploy this function folder once up (repeatable).
     #[arg(long = "deploy", value_name = "DIR")]
     deploy: Vec<PathBuf>,
@@ -200,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 token: cli.token.clone(),
                 limits,
                 name: args.name,
+                nats: args.nats,
                 deploy: args.deploy,
             })
             .await?;

@@ -207,3 +207,64 @@ async fn embedded_bus_redelivers_what_was_in_flight_at_a_crash() {
     let again = bus.fetch(&c.name, 1, WAIT).await.unwrap().pop().unwrap();
     assert_eq!((again.event.id.as_str(), again.attempt), ("c1", 2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_bus_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = crate::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
+    let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
+        .await
+        .expect("connect");
+    run(bus.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_bus_keeps_publications_while_nats_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats =
+        crate::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
+    let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
+        .await
+        .expect("connect");
+    let c = spec("outage", "o.x", WAIT);
+    bus.ensure_consumer(&c).await.unwrap();
+    nats.kill();
+    // Accepted while NATS is gone: it waits in the local outbox.
+    bus.publish(vec![event("during-outage", "o.x")])
+        .await
+        .unwrap();
+    nats.restart().unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        match bus.fetch(&c.name, 1, WAIT).await {
+            Ok(d) if !d.is_empty() => {
+                got = d;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "the event published during the outage never arrived"
+    );
+    assert_eq!(got[0].event, event("during-outage", "o.x"));
+    bus.ack(&got[0]).await.unwrap();
+}
+
+#[tokio::test]
+async fn nats_unreachable_names_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
+    let err = match super::nats::NatsBus::connect("nats://127.0.0.1:1", store, 1).await {
+        Ok(_) => panic!("connected to nothing"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        "{err}"
+    );
+}

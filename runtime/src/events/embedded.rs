@@ -171,6 +171,13 @@ fn sweep_dedup(tx: &WriteTransaction, now: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn embedded_seq(d: &Delivery) -> Result<u64, BusError> {
+    match d.token {
+        DeliveryToken::Embedded(seq) => Ok(seq),
+        _ => Err(BusError::Backend("delivery of another bus".into())),
+    }
+}
+
 impl Bus for EmbeddedBus {
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
@@ -351,13 +358,19 @@ impl Bus for EmbeddedBus {
     }
 
     fn ack<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), BusError>> {
-        let DeliveryToken::Embedded(seq) = d.token;
+        let seq = match embedded_seq(d) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let consumer = d.consumer.clone();
         Box::pin(async move { self.job(move |tx| settle(tx, &consumer, seq)).await })
     }
 
     fn nak<'a>(&'a self, d: &'a Delivery, delay: Duration) -> BoxFuture<'a, Result<(), BusError>> {
-        let DeliveryToken::Embedded(seq) = d.token;
+        let seq = match embedded_seq(d) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let consumer = d.consumer.clone();
         Box::pin(async move {
             self.job(move |tx| {
@@ -386,7 +399,10 @@ impl Bus for EmbeddedBus {
         function: &'a str,
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), BusError>> {
-        let DeliveryToken::Embedded(seq) = d.token;
+        let seq = match embedded_seq(d) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
         let letter = DeadLetter {
             function: function.to_string(),
             consumer: d.consumer.clone(),

@@ -11,6 +11,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod embedded;
+pub mod nats;
 pub mod runner;
 pub mod topic;
 
@@ -78,6 +79,8 @@ pub struct Delivery {
 pub enum DeliveryToken {
     /// Embedded: the event's sequence in the log.
     Embedded(u64),
+    /// JetStream: the message, which carries its own ack subject.
+    Nats(Box<async_nats::jetstream::Message>),
 }
 
 /// An event that ran out of attempts.

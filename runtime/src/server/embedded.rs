@@ -5,7 +5,9 @@
 use super::admin::Admin;
 use super::{listen, shutdown_signal};
 use crate::engine::NodeEngine;
+use crate::events::Bus;
 use crate::events::embedded::EmbeddedBus;
+use crate::events::nats::NatsBus;
 use crate::limits::NodeLimits;
 use crate::node::{Node, NodeConfig};
 use crate::registry::Registry;
@@ -33,6 +35,8 @@ pub struct UpOptions {
     pub limits: NodeLimits,
     /// The node's name.
     pub name: String,
+    /// NATS URL(s) for the event bus; the embedded bus when absent.
+    pub nats: Option<String>,
     /// Function folders to build and deploy once up.
     pub deploy: Vec<PathBuf>,
 }
@@ -55,6 +59,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir `{}`", opts.data_dir.display()))?;
     let registry = Arc::new(Registry::open(&opts.data_dir)?);
     let state = StateStore::open(&opts.data_dir.join("state.redb"))?;
+    let bus: Arc<dyn Bus> = match &opts.nats {
+        Some(url) => NatsBus::connect(url, state.clone(), 1).await?,
+        None => Arc::new(EmbeddedBus::open(state.clone()).await?),
+    };
     let engine = NodeEngine::new(&opts.limits, &opts.data_dir.join("compiled"))?;
     let listener = TcpListener::bind(opts.listen).await.with_context(|| {
         format!(
@@ -83,7 +91,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             engine,
             registry,
             state.clone(),
-            Arc::new(EmbeddedBus::open(state).await?),
+            bus,
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interfaces: {e:#}"))?,
     );

@@ -1,0 +1,468 @@
+//! The NATS JetStream event bus (`--nats URL`), shared by every node of a cluster.
+//!
+//! * One stream, `SKIFF_EVENTS`, on subjects `events.<topic>` and `replay.<consumer>`,
+//!   with interest retention (an event is kept until every consumer that wants it has
+//!   settled it) and de-duplication by `Nats-Msg-Id` = the event id.
+//! * One durable pull consumer per function and trigger, filtered on `events.<pattern>`
+//!   and its own `replay.<consumer>` subject, so that replaying a dead letter reaches only
+//!   the function it failed in. Explicit acks; redelivery after the ack wait; attempts are
+//!   JetStream's delivery count.
+//! * Dead letters in the KV bucket `skiff_dead_letters`, keyed `<function>.<event id>`.
+//! * Publishing is local first: events go to a durable outbox in the node's redb and a
+//!   forwarder moves them to JetStream, so a node keeps accepting work while NATS is
+//!   unreachable and delivers it once NATS is back. Nothing acknowledged is lost.
+
+use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
+use crate::state::{JobOutput, StateStore, now_ms};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::pull, kv, stream};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The stream that carries events.
+pub const STREAM: &str = "SKIFF_EVENTS";
+/// The KV bucket of dead letters.
+pub const DEAD_BUCKET: &str = "skiff_dead_letters";
+/// How long JetStream remembers message ids for de-duplication.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
+
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("nats_outbox");
+const OUTBOX_META: TableDefinition<&str, u64> = TableDefinition::new("nats_outbox_meta");
+
+const H_ID: &str = "Skiff-Event-Id";
+const H_TOPIC: &str = "Skiff-Topic";
+const H_AT: &str = "Skiff-Published-At";
+const H_USER: &str = "Skiff-H-";
+
+/// The JetStream bus.
+pub struct NatsBus {
+    js: jetstream::Context,
+    dead: kv::Store,
+    store: Arc<StateStore>,
+    consumers: Mutex<HashMap<String, jetstream::consumer::PullConsumer>>,
+    forward: Arc<Notify>,
+}
+
+fn backend(e: impl std::fmt::Display) -> BusError {
+    BusError::Backend(e.to_string())
+}
+
+fn headers_of(ev: &Event, msg_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    h.insert(H_ID, ev.id.as_str());
+    h.insert(H_TOPIC, ev.topic.as_str());
+    h.insert(H_AT, ev.published_at_ms.to_string().as_str());
+    for (k, v) in &ev.headers {
+        h.insert(format!("{H_USER}{k}").as_str(), v.as_str());
+    }
+    h
+}
+
+fn event_of(msg: &async_nats::Message) -> Result<Event, BusError> {
+    let headers = msg
+        .headers
+        .as_ref()
+        .ok_or_else(|| backend("message without Skiff headers"))?;
+    let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
+    let mut user = Vec::new();
+    for (k, values) in headers.iter() {
+        if let Some(name) = k.to_string().strip_prefix(H_USER).map(str::to_string)
+            && let Some(v) = values.first()
+        {
+            user.push((name, v.as_str().to_string()));
+        }
+    }
+    Ok(Event {
+        id: get(H_ID).ok_or_else(|| backend("message without an event id"))?,
+        topic: get(H_TOPIC).unwrap_or_default(),
+        data: msg.payload.to_vec(),
+        headers: user,
+        published_at_ms: get(H_AT).and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
+}
+
+impl NatsBus {
+    /// Connects to `urls` (comma-separated), creates the stream and bucket if needed,
+    /// and starts the outbox forwarder. `replicas` is the stream's replication factor.
+    pub async fn connect(
+        urls: &str,
+        store: Arc<StateStore>,
+        replicas: usize,
+    ) -> Result<Arc<NatsBus>, BusError> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            BusError::Backend(format!(
+                "cannot connect to NATS at {urls}: {e}; start nats-server with JetStream (-js) or fix --nats"
+            ))
+        };
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            async_nats::ConnectOptions::new()
+                .name("skiff")
+                .connection_timeout(Duration::from_secs(5))
+                .connect(urls),
+        )
+        .await
+        .map_err(|e| unreachable(&e))?
+        .map_err(|e| unreachable(&e))?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(stream::Config {
+            name: STREAM.to_string(),
+            subjects: vec!["events.>".into(), "replay.>".into()],
+            retention: stream::RetentionPolicy::Interest,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DEDUP_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| backend(format!("cannot create stream {STREAM}: {e}")))?;
+        let dead = match js.get_key_value(DEAD_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: DEAD_BUCKET.to_string(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| backend(format!("cannot create bucket {DEAD_BUCKET}: {e}")))?,
+        };
+        store
+            .transact(Box::new(|tx| {
+                tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
+                tx.open_table(OUTBOX_META).map_err(|e| e.to_string())?;
+                Ok(Box::new(()) as JobOutput)
+            }))
+            .await
+            .map_err(backend)?;
+        let bus = Arc::new(NatsBus {
+            js,
+            dead,
+            store,
+            consumers: Mutex::new(HashMap::new()),
+            forward: Arc::new(Notify::new()),
+        });
+        tokio::spawn(forwarder(Arc::downgrade(&bus)));
+        Ok(bus)
+    }
+
+    async fn consumer(&self, name: &str) -> Result<jetstream::consumer::PullConsumer, BusError> {
+        if let Ok(map) = self.consumers.lock()
+            && let Some(c) = map.get(name)
+        {
+            return Ok(c.clone());
+        }
+        let stream = self.js.get_stream(STREAM).await.map_err(backend)?;
+        let c: jetstream::consumer::PullConsumer = stream
+            .get_consumer(name)
+            .await
+            .map_err(|_| BusError::NoConsumer(name.to_string()))?;
+        if let Ok(mut map) = self.consumers.lock() {
+            map.insert(name.to_string(), c.clone());
+        }
+        Ok(c)
+    }
+
+    /// The outbox entries waiting to go out, oldest first.
+    fn pending_outbox(&self, max: usize) -> Result<Vec<(u64, Event)>, BusError> {
+        let rtx = self.store.database().begin_read().map_err(backend)?;
+        let t = rtx.open_table(OUTBOX).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(backend)?.take(max) {
+            let (k, v) = entry.map_err(backend)?;
+            let ev: Event = serde_json::from_slice(v.value()).map_err(backend)?;
+            out.push((k.value(), ev));
+        }
+        Ok(out)
+    }
+
+    /// Sends what waits in the outbox; returns how many went out.
+    async fn forward_once(&self) -> Result<usize, BusError> {
+        let batch = self.pending_outbox(256)?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        for (seq, ev) in &batch {
+            let ack = self
+                .js
+                .publish_with_headers(
+                    format!("events.{}", ev.topic),
+                    headers_of(ev, &ev.id),
+                    ev.data.clone().into(),
+                )
+                .await
+                .map_err(backend)?;
+            acks.push((*seq, ack));
+        }
+        let mut sent = Vec::new();
+        for (seq, ack) in acks {
+            ack.await.map_err(backend)?;
+            sent.push(seq);
+        }
+        let n = sent.len();
+        self.store
+            .transact(Box::new(move |tx| {
+                let mut t = tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
+                for seq in sent {
+                    t.remove(seq).map_err(|e| e.to_string())?;
+                }
+                Ok(Box::new(()) as JobOutput)
+            }))
+            .await
+            .map_err(backend)?;
+        Ok(n)
+    }
+}
+
+/// Moves outbox entries to JetStream, retrying while NATS is unreachable.
+async fn forwarder(bus: std::sync::Weak<NatsBus>) {
+    let mut failing = false;
+    loop {
+        let Some(b) = bus.upgrade() else {
+            return;
+        };
+        let woken = b.forward.clone();
+        let notified = woken.notified();
+        match b.forward_once().await {
+            Ok(0) => {
+                drop(b);
+                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            }
+            Ok(_) => {
+                if failing {
+                    tracing::info!("NATS reachable again; outbox forwarding resumed");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot forward events to NATS; they wait in the local outbox");
+                    failing = true;
+                }
+                drop(b);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn token(d: &Delivery) -> Result<&jetstream::Message, BusError> {
+    match &d.token {
+        DeliveryToken::Nats(m) => Ok(m),
+        DeliveryToken::Embedded(_) => Err(backend("delivery of another bus")),
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.store
+                .transact(Box::new(move |tx| {
+                    let e = |x: &dyn std::fmt::Display| x.to_string();
+                    let mut meta = tx.open_table(OUTBOX_META).map_err(|x| e(&x))?;
+                    let mut seq = meta
+                        .get("seq")
+                        .map_err(|x| e(&x))?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
+                    let mut t = tx.open_table(OUTBOX).map_err(|x| e(&x))?;
+                    for ev in &events {
+                        seq += 1;
+                        let bytes = serde_json::to_vec(ev).map_err(|x| e(&x))?;
+                        t.insert(seq, bytes.as_slice()).map_err(|x| e(&x))?;
+                    }
+                    meta.insert("seq", seq).map_err(|x| e(&x))?;
+                    Ok(Box::new(()) as JobOutput)
+                }))
+                .await
+                .map_err(backend)?;
+            self.forward.notify_one();
+            Ok(())
+        })
+    }
+
+    fn ensure_consumer<'a>(
+        &'a self,
+        spec: &'a ConsumerSpec,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let stream = self.js.get_stream(STREAM).await.map_err(backend)?;
+            let c: jetstream::consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &spec.name,
+                    pull::Config {
+                        durable_name: Some(spec.name.clone()),
+                        filter_subjects: vec![
+                            format!("events.{}", spec.pattern),
+                            format!("replay.{}", spec.name),
+                        ],
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_millis(spec.ack_wait_ms),
+                        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                        // Attempts are counted and dead-lettered by Skiff.
+                        max_deliver: -1,
+                        max_ack_pending: 10_000,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| backend(format!("cannot create consumer {}: {e}", spec.name)))?;
+            if let Ok(mut map) = self.consumers.lock() {
+                map.insert(spec.name.clone(), c);
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if let Ok(mut map) = self.consumers.lock() {
+                map.remove(name);
+            }
+            let stream = self.js.get_stream(STREAM).await.map_err(backend)?;
+            match stream.delete_consumer(name).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("not found") => Ok(()),
+                Err(e) => Err(backend(e)),
+            }
+        })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, BusError>> {
+        Box::pin(async move {
+            let c = self.consumer(consumer).await?;
+            let mut batch = c
+                .fetch()
+                .max_messages(max)
+                .expires(wait.max(Duration::from_millis(100)))
+                .messages()
+                .await
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(backend)?;
+                let attempt = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
+                match event_of(&msg) {
+                    Ok(event) => out.push(Delivery {
+                        event,
+                        attempt,
+                        consumer: consumer.to_string(),
+                        token: DeliveryToken::Nats(Box::new(msg)),
+                    }),
+                    Err(e) => {
+                        // Not ours to handle: terminate it rather than loop on it.
+                        tracing::warn!(error = %e, "dropping a malformed message");
+                        let _ = msg.ack_with(AckKind::Term).await;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn ack<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move { token(d)?.ack().await.map_err(backend) })
+    }
+
+    fn nak<'a>(&'a self, d: &'a Delivery, delay: Duration) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            token(d)?
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        d: &'a Delivery,
+        function: &'a str,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let letter = DeadLetter {
+                function: function.to_string(),
+                consumer: d.consumer.clone(),
+                event: d.event.clone(),
+                attempts: d.attempt,
+                error: error.to_string(),
+                at_ms: now_ms(),
+            };
+            let bytes = serde_json::to_vec(&letter).map_err(backend)?;
+            self.dead
+                .put(format!("{function}.{}", d.event.id), bytes.into())
+                .await
+                .map_err(backend)?;
+            token(d)?.ack_with(AckKind::Term).await.map_err(backend)
+        })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        function: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
+        Box::pin(async move {
+            let prefix = format!("{function}.");
+            let mut keys = self.dead.keys().await.map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(backend)?;
+                if !key.starts_with(&prefix) {
+                    continue;
+                }
+                if let Some(v) = self.dead.get(&key).await.map_err(backend)? {
+                    out.push(serde_json::from_slice::<DeadLetter>(&v).map_err(backend)?);
+                }
+            }
+            out.sort_by_key(|d| d.at_ms);
+            Ok(out)
+        })
+    }
+
+    fn replay<'a>(
+        &'a self,
+        function: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BusError>> {
+        Box::pin(async move {
+            let key = format!("{function}.{event_id}");
+            let Some(v) = self.dead.get(&key).await.map_err(backend)? else {
+                return Ok(false);
+            };
+            let letter: DeadLetter = serde_json::from_slice(&v).map_err(backend)?;
+            if self.consumer(&letter.consumer).await.is_err() {
+                return Err(BusError::Backend(format!(
+                    "function `{function}` no longer has the trigger this event came through; redeploy it first"
+                )));
+            }
+            // A fresh message id: the original is still in the de-duplication window.
+            let msg_id = format!("{}:replay:{}", letter.event.id, now_ms());
+            self.js
+                .publish_with_headers(
+                    format!("replay.{}", letter.consumer),
+                    headers_of(&letter.event, &msg_id),
+                    letter.event.data.clone().into(),
+                )
+                .await
+                .map_err(backend)?
+                .await
+                .map_err(backend)?;
+            self.dead.delete(&key).await.map_err(backend)?;
+            Ok(true)
+        })
+    }
+}
