@@ -8,7 +8,9 @@
 //! 1 s warm-up followed by three runs, and the table shows the median run.
 //!
 //! Sections: `hello` (requests/s and latency of a hello-world function), `kv` (guest-side
-//! key-value latency, and increments/s through HTTP). Default: all.
+//! key-value latency, and increments/s through HTTP), `events` (events/s through a
+//! one-step trigger and publish → handler latency, on the embedded bus and on a real
+//! nats-server). Default: all.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -59,9 +61,14 @@ struct Skiff {
 
 impl Skiff {
     fn start() -> Skiff {
+        Skiff::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Skiff {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.path())
             .env("RUST_LOG", "warn")
@@ -332,6 +339,165 @@ async fn kv(skiff: &Skiff, native: &str) {
     }
 }
 
+/// Deploys the probe guest as `name` with the given extra manifest text.
+fn deploy_probe(skiff: &Skiff, dir: &Path, name: &str, extra: &str) {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(
+        folder.join("skiff.toml"),
+        format!(
+            "name = \"{name}\"\ncomponent = \"{}\"\n{extra}",
+            repo()
+                .join("tests/guests/target/wasm32-wasip2/release/misbehave.wasm")
+                .display()
+        ),
+    )
+    .expect("manifest");
+    skiff.deploy(&folder);
+}
+
+fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// Publishes `n` events through the admin API with `conns` publishers, waits until the
+/// probe's one-step trigger has handled them all, and reads back each latency.
+async fn event_run(skiff: &Skiff, topic: &str, n: usize, conns: usize) -> (f64, u64, u64) {
+    let admin = skiff.admin.trim_start_matches("http://").to_string();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (admin, next, topic) = (admin.clone(), next.clone(), topic.to_string());
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&admin).await.expect("admin");
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(conn);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let req = http::Request::post(format!("/v1/events/{topic}"))
+                    .header("host", &admin)
+                    .body(Full::new(Bytes::from(now_us().to_string())))
+                    .expect("request");
+                let resp = sender.send_request(req).await.expect("publish");
+                assert!(
+                    resp.status().is_success(),
+                    "publish answered {}",
+                    resp.status()
+                );
+                let _ = resp.into_body().collect().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    // Wait until every event was handled (each leaves one `lat:` key).
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let list = |cursor: u64| {
+        format!(
+            "{}/v1/functions/probe/kv?prefix=lat:&cursor={cursor}",
+            skiff.admin
+        )
+    };
+    let mut keys: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while keys.len() < n && Instant::now() < deadline {
+        keys.clear();
+        let mut cursor = 0;
+        loop {
+            let resp = client
+                .get(list(cursor).parse().expect("url"))
+                .await
+                .expect("list");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            keys.extend(
+                page["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| k.as_str().map(String::from)),
+            );
+            match page["cursor"].as_u64() {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        if keys.len() < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(
+        keys.len() >= n,
+        "only {} of {n} events were handled",
+        keys.len()
+    );
+    let mut lat = Vec::with_capacity(keys.len());
+    for k in &keys {
+        let url = format!(
+            "{}/v1/functions/probe/kv/{}",
+            skiff.admin,
+            k.replace(':', "%3A")
+        );
+        let resp = client.get(url.parse().expect("url")).await.expect("get");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        lat.push(String::from_utf8_lossy(&body).parse::<u64>().unwrap_or(0));
+    }
+    // Clear them for the next run.
+    let _ = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["rm", "probe", "--purge-state", "--server", &skiff.admin])
+        .output();
+    lat.sort_unstable();
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    (n as f64 / elapsed, q(0.5), q(0.99))
+}
+
+async fn events(dir: &Path) {
+    println!("\n### events through a one-step trigger (handler stores one key per event)\n");
+    println!("Saturated: 2000 events from 32 concurrent publishers (latency includes queueing).");
+    println!(
+        "Unloaded: 300 events from one publisher, each sent when the previous was accepted.\n"
+    );
+    println!(
+        "| bus                  | events/s (saturated) | p50 µs | p99 µs | unloaded p50 µs | p99 µs |"
+    );
+    println!(
+        "|----------------------|----------------------|--------|--------|-----------------|--------|"
+    );
+    let nats = skiff_runtime::testkit::NatsServer::start(&dir.join("nats")).expect("nats-server");
+    for (label, extra) in [
+        ("embedded (redb)", None),
+        ("NATS JetStream", Some(nats.url())),
+    ] {
+        let args: Vec<String> = extra
+            .map(|u| vec!["--nats".to_string(), u])
+            .unwrap_or_default();
+        let skiff = Skiff::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let manifest = "[limits]\nconcurrency = 64\n[[events]]\ntopic = \"bench.>\"\n";
+        let mut saturated = Vec::new();
+        let mut unloaded = Vec::new();
+        for _ in 0..RUNS {
+            deploy_probe(&skiff, dir, "probe", manifest);
+            saturated.push(event_run(&skiff, "bench.tick", 2000, 32).await);
+            deploy_probe(&skiff, dir, "probe", manifest);
+            unloaded.push(event_run(&skiff, "bench.tick", 300, 1).await);
+        }
+        saturated.sort_by(|a, b| a.0.total_cmp(&b.0));
+        unloaded.sort_by_key(|r| r.1);
+        let (rate, p50, p99) = saturated[RUNS / 2];
+        let (_, u50, u99) = unloaded[RUNS / 2];
+        println!("| {label:<20} | {rate:>20.0} | {p50:>6} | {p99:>6} | {u50:>15} | {u99:>6} |");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -383,5 +549,8 @@ fn main() {
     }
     if want("kv") {
         client_rt.block_on(kv(&skiff, &native));
+    }
+    if want("events") {
+        client_rt.block_on(events(tmp.path()));
     }
 }

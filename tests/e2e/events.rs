@@ -204,6 +204,8 @@ async fn retries_dead_letters_and_replay(b: Backend) {
     let skiff = env.start();
     let tmp = tempfile::tempdir().unwrap();
     deploy_flaky(&skiff, tmp.path(), "flaky", "flaky.>");
+    // Dead letters are also announced as events; a second function listens for them.
+    deploy_flaky(&skiff, tmp.path(), "watcher", "deadletters.flaky");
 
     // Fails twice, then succeeds: exactly three runs, and no dead letter.
     let out = skiff.cli_ok(&["publish", "flaky.fail-twice", "payload"]);
@@ -233,6 +235,14 @@ async fn retries_dead_letters_and_replay(b: Backend) {
     assert!(listed, "never dead-lettered:\n{}", skiff.log());
     let needle = format!("topic=flaky.always id={dead_id}");
     assert_eq!(runs(&skiff, &needle), 3);
+    assert!(
+        wait_until(Duration::from_secs(10), async || runs(
+            &skiff,
+            "topic=deadletters.flaky"
+        ) >= 1)
+        .await,
+        "the dead letter was not announced on deadletters.flaky"
+    );
     let show = skiff.cli_ok(&["dead-letters", "show", "flaky", &dead_id]);
     assert!(
         show.contains("attempts: 3")

@@ -180,7 +180,15 @@ async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Del
         }
         Err(error) if d.attempt >= trigger.max_attempts => {
             tracing::warn!(function, event = %d.event.id, attempts = d.attempt, %error, "event dead-lettered");
-            bus.dead_letter(&d, function, &error).await
+            match bus.dead_letter(&d, function, &error).await {
+                // Also announce it on `deadletters.<function>`, for functions that alert or
+                // compensate. Its id derives from the event, so a repeat is dropped.
+                Ok(()) => {
+                    bus.publish(vec![dead_letter_event(function, &d, &error)])
+                        .await
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(error) => {
             let delay = backoff(trigger.backoff.0, d.attempt);
@@ -191,6 +199,24 @@ async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Del
     if let Err(e) = settled {
         // The lease runs out and the event comes again; effects stay once.
         tracing::warn!(function, event = %d.event.id, error = %e, "cannot settle a delivery");
+    }
+}
+
+/// The event that announces a dead letter on `deadletters.<function>`.
+fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> super::Event {
+    let data = serde_json::json!({
+        "function": function,
+        "event": d.event.id,
+        "topic": d.event.topic,
+        "attempts": d.attempt,
+        "error": error,
+    });
+    super::Event {
+        id: super::derived_id(&d.event.id, &format!("{function}/dead-letter"), 0),
+        topic: format!("deadletters.{function}"),
+        data: data.to_string().into_bytes(),
+        headers: Vec::new(),
+        published_at_ms: crate::state::now_ms(),
     }
 }
 

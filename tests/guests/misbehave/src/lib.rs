@@ -10,7 +10,8 @@
 //!
 //! Its event handler logs every run (`event-run topic=… id=… attempt=…`) and, by topic:
 //! `*.fail-twice` fails on attempts 1 and 2, `*.always` always fails, `*.trap` traps,
-//! anything else succeeds.
+//! `bench.*` stores its publish-to-handler latency (the payload is the publication time in
+//! µs since the Unix epoch) under `lat:<event id>`, anything else succeeds.
 
 use skiff_sdk::events::{self, Event};
 use skiff_sdk::kv::Store;
@@ -153,6 +154,17 @@ fn kvbench(n: usize) -> Response {
 }
 
 fn on_event(e: Event) -> Result<(), String> {
+    if e.topic.starts_with("bench.") {
+        let sent: u128 = String::from_utf8_lossy(&e.data).trim().parse().unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let store = Store::open_default().map_err(|e| e.to_string())?;
+        return store
+            .set(&format!("lat:{}", e.id), now.saturating_sub(sent).to_string())
+            .map_err(|e| e.to_string());
+    }
     println!("event-run topic={} id={} attempt={}", e.topic, e.id, e.attempt);
     let last = e.topic.rsplit('.').next().unwrap_or("");
     match last {
