@@ -262,23 +262,7 @@ async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serv
     );
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     let slow_base = format!("{}/slowpoke", skiff.listen);
-    let slow = tokio::spawn({
-        let url = format!("{slow_base}/sleep/1500");
-        async move { get(&url).await }
-    });
-    let admin = skiff.admin.clone();
-    let busy = wait_until(Duration::from_secs(5), async || {
-        let r = request(
-            "GET",
-            &format!("{admin}/v1/functions/slowpoke"),
-            &[("authorization", "Bearer s3cret")],
-            Bytes::new(),
-        )
-        .await;
-        r.text().contains("\"in_flight\": 1")
-    })
-    .await;
-    assert!(busy, "the slow invocation never showed as in flight");
+    let slow = start_slow_request(&skiff, "slowpoke", 1500).await;
     let r = get(&format!("{slow_base}/sleep/1")).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.headers["retry-after"], "1");

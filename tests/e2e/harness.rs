@@ -308,6 +308,35 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], b: Bytes
         .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
 }
 
+/// Starts `GET /<function>/sleep/<ms>` (the misbehave guest holds the invocation that
+/// long) and returns once the node counts it in flight.
+pub async fn start_slow_request(
+    skiff: &Skiff,
+    function: &str,
+    ms: u64,
+) -> tokio::task::JoinHandle<Resp> {
+    let url = format!("{}/{function}/sleep/{ms}", skiff.listen);
+    let slow = tokio::spawn(async move { get(&url).await });
+    let info = format!("{}/v1/functions/{function}", skiff.admin);
+    let auth = skiff.token.as_ref().map(|t| format!("Bearer {t}"));
+    let busy = wait_until(Duration::from_secs(5), async || {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        request("GET", &info, &headers, Bytes::new())
+            .await
+            .text()
+            .contains("\"in_flight\": 1")
+    })
+    .await;
+    assert!(
+        busy,
+        "the slow invocation of `{function}` never showed as in flight"
+    );
+    slow
+}
+
 /// Polls `f` until it returns true or `max` passes.
 pub async fn wait_until(max: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let start = Instant::now();

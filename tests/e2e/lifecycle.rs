@@ -152,20 +152,7 @@ async fn rm_stops_new_requests_and_lets_running_ones_finish() {
     let wasm = guest("tests/guests", "misbehave.wasm");
     let dir = function_dir(tmp.path(), "misbehave", &manifest("misbehave", &wasm, ""));
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
-    let slow = tokio::spawn({
-        let url = format!("{}/misbehave/sleep/1500", skiff.listen);
-        async move { get(&url).await }
-    });
-    let admin = skiff.admin.clone();
-    assert!(
-        wait_until(Duration::from_secs(5), async || get(&format!(
-            "{admin}/v1/functions/misbehave"
-        ))
-        .await
-        .text()
-        .contains("\"in_flight\": 1"))
-        .await
-    );
+    let slow = start_slow_request(&skiff, "misbehave", 1500).await;
     let out = skiff.cli_ok(&["rm", "misbehave"]);
     assert!(out.contains("removed misbehave"), "{out}");
     let r = get(&format!("{}/misbehave/sleep/1", skiff.listen)).await;
@@ -189,20 +176,7 @@ async fn sigterm_drains_running_invocations_before_exit() {
     let wasm = guest("tests/guests", "misbehave.wasm");
     let dir = function_dir(tmp.path(), "misbehave", &manifest("misbehave", &wasm, ""));
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
-    let slow = tokio::spawn({
-        let url = format!("{}/misbehave/sleep/1000", skiff.listen);
-        async move { get(&url).await }
-    });
-    let admin = skiff.admin.clone();
-    assert!(
-        wait_until(Duration::from_secs(5), async || get(&format!(
-            "{admin}/v1/functions/misbehave"
-        ))
-        .await
-        .text()
-        .contains("\"in_flight\": 1"))
-        .await
-    );
+    let slow = start_slow_request(&skiff, "misbehave", 1000).await;
     let status = tokio::task::spawn_blocking(move || {
         let s = skiff.terminate(Duration::from_secs(10));
         (s, skiff)
