@@ -15,6 +15,7 @@ pub mod events;
 pub mod host;
 pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod server;

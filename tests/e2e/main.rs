@@ -5,5 +5,6 @@ mod bad_input;
 mod events;
 mod harness;
 mod lifecycle;
+mod metrics;
 mod serving;
 mod state;

@@ -43,11 +43,22 @@ async fn delivers_matching_events_once_acked(bus: &dyn Bus) {
     ])
     .await
     .unwrap();
+    // Lag is eventually consistent (JetStream: the local outbox forwards first).
+    let mut lag = 0;
+    for _ in 0..40 {
+        lag = bus.pending(&orders.name).await.unwrap();
+        if lag == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lag, 1, "pending after one matching publish");
     let got = bus.fetch(&orders.name, 10, WAIT).await.unwrap();
     assert_eq!(got.len(), 1, "only the matching event");
     assert_eq!(got[0].event, event("e1", "orders.created"));
     assert_eq!(got[0].attempt, 1);
     bus.ack(&got[0]).await.unwrap();
+    assert_eq!(bus.pending(&orders.name).await.unwrap(), 0);
     let mut ids: Vec<String> = Vec::new();
     while ids.len() < 2 {
         let batch = bus.fetch(&all.name, 10, WAIT).await.unwrap();

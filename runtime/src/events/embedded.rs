@@ -179,6 +179,18 @@ fn embedded_seq(d: &Delivery) -> Result<u64, BusError> {
 }
 
 impl Bus for EmbeddedBus {
+    fn pending<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<u64, BusError>> {
+        Box::pin(async move {
+            let b = |err: &dyn std::fmt::Display| BusError::Backend(err.to_string());
+            let rtx = self.store.database().begin_read().map_err(|x| b(&x))?;
+            let pending = rtx.open_table(PENDING).map_err(|x| b(&x))?;
+            let range = pending
+                .range((consumer, 0)..=(consumer, u64::MAX))
+                .map_err(|x| b(&x))?;
+            Ok(range.count() as u64)
+        })
+    }
+
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             self.job(move |tx| {

@@ -143,6 +143,8 @@ pub trait Bus: Send + Sync {
         &'a self,
         function: &'a str,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>>;
+    /// Events waiting for `consumer`: not yet settled, whether or not delivered.
+    fn pending<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<u64, BusError>>;
     /// Delivers a dead letter to its function again (and removes it); false if unknown.
     fn replay<'a>(
         &'a self,

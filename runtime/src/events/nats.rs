@@ -5,8 +5,8 @@
 //!   settled it) and de-duplication by `Nats-Msg-Id` = the event id.
 //! * One durable pull consumer per function and trigger, filtered on `events.<pattern>`
 //!   and its own `replay.<consumer>` subject, so that replaying a dead letter reaches only
-//!   the function it failed in. Explicit acks; redelivery after the ack wait; attempts are
-//!   JetStream's delivery count.
+//!   the function it failed in. Explicit acks, confirmed by the server (double ack);
+//!   redelivery after the ack wait; attempts are JetStream's delivery count.
 //! * Dead letters in the KV bucket `skiff_dead_letters`, keyed `<function>.<event id>`.
 //! * Publishing is local first: events go to a durable outbox in the node's redb and a
 //!   forwarder moves them to JetStream, so a node keeps accepting work while NATS is
@@ -263,6 +263,14 @@ fn token(d: &Delivery) -> Result<&jetstream::Message, BusError> {
 }
 
 impl Bus for NatsBus {
+    fn pending<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<u64, BusError>> {
+        Box::pin(async move {
+            let mut c = self.consumer(consumer).await?;
+            let info = c.info().await.map_err(backend)?;
+            Ok(info.num_pending + info.num_ack_pending as u64)
+        })
+    }
+
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             self.store
@@ -375,7 +383,8 @@ impl Bus for NatsBus {
     }
 
     fn ack<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), BusError>> {
-        Box::pin(async move { token(d)?.ack().await.map_err(backend) })
+        // Confirmed by the server, so a settled delivery is not redelivered after a crash.
+        Box::pin(async move { token(d)?.double_ack().await.map_err(backend) })
     }
 
     fn nak<'a>(&'a self, d: &'a Delivery, delay: Duration) -> BoxFuture<'a, Result<(), BusError>> {
@@ -407,7 +416,10 @@ impl Bus for NatsBus {
                 .put(format!("{function}.{}", d.event.id), bytes.into())
                 .await
                 .map_err(backend)?;
-            token(d)?.ack_with(AckKind::Term).await.map_err(backend)
+            token(d)?
+                .double_ack_with(AckKind::Term)
+                .await
+                .map_err(backend)
         })
     }
 

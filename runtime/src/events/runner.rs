@@ -5,6 +5,7 @@
 
 use super::{ConsumerSpec, Delivery};
 use crate::manifest::EventTrigger;
+use crate::metrics::Metrics;
 use crate::node::{DeployError, Deployment, Node};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,8 +163,10 @@ async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Del
         None => Err(format!("function `{function}` was removed")),
     };
     let bus = node.bus();
+    let m = node.metrics();
     let settled = match result {
         Ok(outbox) => {
+            let n = outbox.len() as u64;
             // Publish before the ack: a crash in between redelivers the event, and the
             // re-published ids are dropped as duplicates.
             match if outbox.is_empty() {
@@ -171,7 +174,11 @@ async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Del
             } else {
                 bus.publish(outbox).await
             } {
-                Ok(()) => bus.ack(&d).await,
+                Ok(()) => {
+                    Metrics::count(&m.published, function, n);
+                    Metrics::count(&m.acked, function, 1);
+                    bus.ack(&d).await
+                }
                 Err(e) => {
                     tracing::warn!(function, event = %d.event.id, error = %e, "cannot publish the handler's events; will retry");
                     bus.nak(&d, backoff(trigger.backoff.0, d.attempt)).await
@@ -180,6 +187,7 @@ async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Del
         }
         Err(error) if d.attempt >= trigger.max_attempts => {
             tracing::warn!(function, event = %d.event.id, attempts = d.attempt, %error, "event dead-lettered");
+            Metrics::count(&m.dead_lettered, function, 1);
             match bus.dead_letter(&d, function, &error).await {
                 // Also announce it on `deadletters.<function>`, for functions that alert or
                 // compensate. Its id derives from the event, so a repeat is dropped.
@@ -193,6 +201,7 @@ async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Del
         Err(error) => {
             let delay = backoff(trigger.backoff.0, d.attempt);
             tracing::info!(function, event = %d.event.id, attempt = d.attempt, %error, retry_in = ?delay, "event handler failed");
+            Metrics::count(&m.retried, function, 1);
             bus.nak(&d, delay).await
         }
     };

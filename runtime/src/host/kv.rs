@@ -47,6 +47,7 @@ impl From<StateError> for KvError {
 /// handler) the event its writes are keyed by.
 pub struct KvCtx {
     store: Arc<StateStore>,
+    metrics: Arc<crate::metrics::Metrics>,
     function: String,
     limits: KvLimits,
     /// The triggering event's id and the number of writes made so far.
@@ -54,19 +55,20 @@ pub struct KvCtx {
 }
 
 impl KvCtx {
-    /// The context for `function`; `cause` is the id of the event being handled, if any.
-    pub fn new(
-        store: Arc<StateStore>,
-        function: &str,
-        limits: KvLimits,
-        cause: Option<&str>,
-    ) -> Self {
+    /// The context of one invocation of `spec`; `cause` is the id of the event being
+    /// handled, if any.
+    pub fn new(spec: &super::SandboxSpec, cause: Option<&str>) -> Self {
         KvCtx {
-            store,
-            function: function.to_string(),
-            limits,
+            store: spec.state.clone(),
+            metrics: spec.metrics.clone(),
+            function: spec.function.clone(),
+            limits: spec.limits.kv,
             cause: cause.map(|c| (c.to_string(), 0)),
         }
+    }
+
+    fn observe(&self, op: &str, started: std::time::Instant) {
+        self.metrics.kv(&self.function, op, started.elapsed());
     }
 
     /// The idempotency key of the next write: (function, event, position, the op
@@ -121,9 +123,28 @@ impl KvView<'_> {
     }
 
     async fn write(&mut self, op: Op) -> Result<OpResult, KvError> {
+        let started = std::time::Instant::now();
+        let name = match &op {
+            Op::Set { .. } => "set",
+            Op::Delete { .. } => "delete",
+            Op::Increment { .. } => "increment",
+            Op::CompareAndSwap { .. } => "cas",
+            Op::SetMany { .. } => "set_many",
+            Op::DeleteMany { .. } => "delete_many",
+            Op::Purge { .. } => "purge",
+        };
         let key = self.ctx.next_key(&op);
         let store = self.ctx.store.clone();
-        Ok(store.write_once(op, self.ctx.limits, key).await?)
+        let r = store.write_once(op, self.ctx.limits, key).await;
+        self.ctx.observe(name, started);
+        Ok(r?)
+    }
+
+    fn read(&self, op: &str, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let started = std::time::Instant::now();
+        let r = self.ctx.store.get(ns, key);
+        self.ctx.observe(op, started);
+        Ok(r?)
     }
 }
 
@@ -156,7 +177,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
     ) -> Result<Option<Vec<u8>>, KvError> {
         let ns = self.ns(&bucket)?;
-        Ok(self.ctx.store.get(&ns, &key)?)
+        self.read("get", &ns, &key)
     }
 
     async fn set(
@@ -178,7 +199,7 @@ impl store::HostBucket for KvView<'_> {
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         let ns = self.ns(&bucket)?;
-        Ok(self.ctx.store.get(&ns, &key)?.is_some())
+        Ok(self.read("exists", &ns, &key)?.is_some())
     }
 
     async fn list_keys(
@@ -220,7 +241,7 @@ impl batch::Host for KvView<'_> {
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
         let ns = self.ns(&bucket)?;
         keys.into_iter()
-            .map(|k| Ok(self.ctx.store.get(&ns, &k)?.map(|v| (k, v))))
+            .map(|k| Ok(self.read("get", &ns, &k)?.map(|v| (k, v))))
             .collect()
     }
 

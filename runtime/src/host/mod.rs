@@ -36,6 +36,8 @@ pub struct SandboxSpec {
     pub outbound: Arc<http::OutboundPolicy>,
     /// The node's state store (the function sees only its own namespace).
     pub state: Arc<StateStore>,
+    /// The node's metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The store data of one invocation.
@@ -66,7 +68,7 @@ impl InstanceState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: http::OutboundHooks::new(spec.outbound.clone()),
-            kv: kv::KvCtx::new(spec.state.clone(), &spec.function, spec.limits.kv, cause),
+            kv: kv::KvCtx::new(spec, cause),
             events: events::EventCtx::new(&spec.function, cause),
             limiter: limiter::GuestLimiter::new(spec.limits.memory),
             logs,

@@ -238,6 +238,7 @@ impl Node {
                 env: p.manifest.env.into_iter().collect(),
                 outbound: p.outbound,
                 state: self.state.clone(),
+                metrics: self.metrics.clone(),
             },
             slots: Arc::new(Semaphore::new(p.limits.concurrency as usize)),
             record,

@@ -8,6 +8,7 @@ use crate::host::InstanceState;
 use crate::host::bindings::skiff::function::events as wit_events;
 use crate::host::limiter::MemoryLimitExceeded;
 use crate::manifest::{Size, Timeout};
+use crate::metrics::{self, InFlight, Metrics};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -35,6 +36,16 @@ enum Failure {
 }
 
 impl Failure {
+    /// The `outcome` label of the invocation counter.
+    fn label(&self) -> &'static str {
+        match self {
+            Failure::MemoryLimit => "memory",
+            Failure::Timeout => "timeout",
+            Failure::Trap(_) => "trap",
+            Failure::Handler(_) | Failure::NoResponse => "error",
+        }
+    }
+
     fn describe(&self, dep: &Deployment) -> String {
         let name = &dep.record.name;
         let limits = &dep.spec.limits;
@@ -87,6 +98,7 @@ impl Node {
         // hyper bounds the head only while it is still arriving; a head read in one go can
         // exceed its buffer, so measure it exactly here.
         if head_size(&req) > self.limits.max_header_bytes {
+            self.metrics.rejected("", "headers");
             return reply(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!(
@@ -115,15 +127,18 @@ impl Node {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
+            self.metrics.rejected(name, "body");
             return too_large(&dep);
         }
         let Ok(node_permit) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.rejected(name, "capacity");
             return busy(format!(
                 "node is at capacity ({} invocations running); retry shortly",
                 self.limits.node_concurrency
             ));
         };
         let Ok(fn_permit) = dep.slots.clone().try_acquire_owned() else {
+            self.metrics.rejected(name, "concurrency");
             return busy(format!(
                 "function `{name}` is at its concurrency limit ({}); retry shortly",
                 dep.spec.limits.concurrency
@@ -176,13 +191,17 @@ impl Node {
 
         let deadline = tokio::time::Instant::from_std(store.data().deadline);
         let task_dep = dep.clone();
+        let task_metrics = self.metrics.clone();
         // The guest runs in its own task so that it can keep streaming the body after the
         // response head has been handed back; the permits live exactly as long as it runs.
         let task = tokio::spawn(async move {
             let _permits = permits;
             let dep = task_dep;
+            let _in_flight = InFlight::start(&task_metrics, &dep.record.name);
             let run = async {
+                let t = Instant::now();
                 let proxy = pre.instantiate_async(&mut store).await?;
+                observe_instantiation(&task_metrics, &dep.record.name, t);
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)
@@ -201,9 +220,15 @@ impl Node {
             (outcome, outbox)
         });
 
+        let name = dep.record.name.clone();
+        let record = |outcome: &str| {
+            self.metrics
+                .invocation(&name, metrics::HTTP, outcome, started.elapsed())
+        };
         match rx.await {
             Ok(Ok(resp)) => {
                 if exceeded.load(Ordering::Relaxed) {
+                    self.metrics.rejected(&name, "body");
                     return too_large(&dep);
                 }
                 let (mut parts, body) = resp.into_parts();
@@ -217,15 +242,23 @@ impl Node {
                 let bus = self.bus.clone();
                 let publish = !parts.status.is_server_error();
                 let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+                let metrics = self.metrics.clone();
+                let function = name.clone();
                 tokio::spawn(async move {
-                    let result = match task.await {
+                    let (result, outcome) = match task.await {
                         Ok((Ok(()), outbox)) if publish && !outbox.is_empty() => {
-                            bus.publish(outbox).await.map_err(|e| e.to_string())
+                            let n = outbox.len() as u64;
+                            let r = bus.publish(outbox).await.map_err(|e| e.to_string());
+                            if r.is_ok() {
+                                Metrics::count(&metrics.published, &function, n);
+                            }
+                            (r, "ok")
                         }
-                        Ok((Ok(()), _)) => Ok(()),
-                        Ok((Err(f), _)) => Err(format!("{f:?}")),
-                        Err(e) => Err(e.to_string()),
+                        Ok((Ok(()), _)) => (Ok(()), if publish { "ok" } else { "error" }),
+                        Ok((Err(f), _)) => (Err(format!("{f:?}")), f.label()),
+                        Err(e) => (Err(e.to_string()), "trap"),
                     };
+                    metrics.invocation(&function, metrics::HTTP, outcome, started.elapsed());
                     let _ = gate_tx.send(result);
                 });
                 let length = parts
@@ -236,15 +269,19 @@ impl Node {
                 let body = GatedBody::new(body, length, gate_rx).boxed_unsync();
                 http::Response::from_parts(parts, body)
             }
-            Ok(Err(code)) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "function `{}` answered with an error: {code:?}",
-                    dep.record.name
-                ),
-            ),
+            Ok(Err(code)) => {
+                record("error");
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "function `{}` answered with an error: {code:?}",
+                        dep.record.name
+                    ),
+                )
+            }
             Err(_) => {
                 if exceeded.load(Ordering::Relaxed) {
+                    self.metrics.rejected(&name, "body");
                     return too_large(&dep);
                 }
                 let failure = match task.await {
@@ -252,6 +289,7 @@ impl Node {
                     Ok((Err(f), _)) => f,
                     Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
                 };
+                record(failure.label());
                 let status = match failure {
                     Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -282,6 +320,7 @@ impl Node {
             .await
             .map_err(|_| "the node is stopping".to_string())?;
         let started = Instant::now();
+        let _in_flight = InFlight::start(&self.metrics, &dep.record.name);
         let mut store = new_store(self.engine.engine(), dep, started, Some(&event.id));
         let deadline = tokio::time::Instant::from_std(store.data().deadline);
         let wit_event = wit_events::Event {
@@ -292,7 +331,9 @@ impl Node {
             attempt,
         };
         let run = async {
+            let t = Instant::now();
             let guest = pre.instantiate_async(&mut store).await?;
+            observe_instantiation(&self.metrics, &dep.record.name, t);
             guest
                 .skiff_function_event_handler()
                 .call_handle(&mut store, &wit_event)
@@ -305,11 +346,22 @@ impl Node {
             Err(_) => Err(Failure::Timeout),
         };
         store.data().logs.emit(&dep.spec.function, dep.spec.version);
+        let label = outcome.as_ref().err().map_or("ok", Failure::label);
+        self.metrics
+            .invocation(&dep.record.name, metrics::EVENT, label, started.elapsed());
         match outcome {
             Ok(()) => Ok(std::mem::take(&mut store.data_mut().events.outbox)),
             Err(f) => Err(f.describe(dep)),
         }
     }
+}
+
+fn observe_instantiation(m: &Metrics, function: &str, started: Instant) {
+    m.instantiation
+        .get_or_create(&metrics::Function {
+            function: function.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 fn busy(message: String) -> Response {

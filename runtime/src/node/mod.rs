@@ -105,6 +105,7 @@ pub struct Node {
     registry: Arc<Registry>,
     state: Arc<StateStore>,
     bus: Arc<dyn Bus>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     limits: NodeLimits,
     slots: Arc<Semaphore>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -148,6 +149,7 @@ impl Node {
             registry,
             state,
             bus,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             triggers: std::sync::Mutex::new(BTreeMap::new()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             changes: tokio::sync::Mutex::new(()),
@@ -185,6 +187,34 @@ impl Node {
     /// The event bus.
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition, with consumer lag read from the bus now.
+    pub async fn metrics_text(&self) -> String {
+        let deployments: Vec<Arc<Deployment>> =
+            self.snapshot().functions.values().cloned().collect();
+        for d in deployments {
+            for (_, consumer) in &d.triggers {
+                match self.bus.pending(&consumer.name).await {
+                    Ok(n) => {
+                        self.metrics
+                            .lag
+                            .get_or_create(&crate::metrics::Consumer {
+                                function: d.record.name.clone(),
+                                consumer: consumer.name.clone(),
+                            })
+                            .set(n as i64);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read consumer lag"),
+                }
+            }
+        }
+        self.metrics.encode()
     }
 
     /// Invocations running now on the node.

@@ -101,6 +101,15 @@ impl Admin {
         let method = req.method().clone();
         match (method, segments.as_slice()) {
             (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.node.status()),
+            (Method::GET, ["metrics"]) => {
+                let mut r =
+                    http::Response::new(Full::new(Bytes::from(self.node.metrics_text().await)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
             (Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.node.list()),
             (Method::GET, ["v1", "functions", name]) => self.get_function(name),
             (Method::PUT, ["v1", "functions", name]) => {

@@ -1,0 +1,377 @@
+//! Prometheus metrics of a node, served at `/metrics` on the admin port in the text
+//! format (prometheus-client). Names follow Prometheus conventions: `_total` counters,
+//! `_seconds` histograms, one `skiff_` prefix.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::time::Duration;
+
+/// What triggered an invocation.
+pub const HTTP: &str = "http";
+/// What triggered an invocation.
+pub const EVENT: &str = "event";
+
+/// `function`, `trigger`, `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// The function.
+    pub function: String,
+    /// `http` or `event`.
+    pub trigger: String,
+    /// `ok`, `error` (5xx answer or handler error), `trap`, `timeout`, `memory`.
+    pub outcome: String,
+}
+
+/// `function`, `trigger`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FnTrigger {
+    /// The function.
+    pub function: String,
+    /// `http` or `event`.
+    pub trigger: String,
+}
+
+/// `function`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Function {
+    /// The function.
+    pub function: String,
+}
+
+/// `function`, `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rejection {
+    /// The function (empty when none was found).
+    pub function: String,
+    /// `body`, `headers`, `concurrency`, `capacity`.
+    pub kind: String,
+}
+
+/// `function`, `op`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvOp {
+    /// The function.
+    pub function: String,
+    /// `get`, `set`, `delete`, `exists`, `list`, `increment`, `cas`, `get_many`, ...
+    pub op: String,
+}
+
+/// `function`, `consumer`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Consumer {
+    /// The function.
+    pub function: String,
+    /// The durable consumer.
+    pub consumer: String,
+}
+
+/// `version`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Build {
+    /// Skiff's version.
+    pub version: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    /// `skiff_invocations_total`.
+    pub invocations: Family<Outcome, Counter>,
+    /// `skiff_invocation_duration_seconds`.
+    pub duration: HistogramFamily<FnTrigger>,
+    /// `skiff_instantiation_duration_seconds`.
+    pub instantiation: HistogramFamily<Function>,
+    /// `skiff_in_flight_invocations`.
+    pub in_flight: Family<Function, Gauge>,
+    /// `skiff_limit_rejections_total`.
+    pub rejections: Family<Rejection, Counter>,
+    /// `skiff_events_published_total`.
+    pub published: Family<Function, Counter>,
+    /// `skiff_events_acked_total`.
+    pub acked: Family<Function, Counter>,
+    /// `skiff_events_retried_total`.
+    pub retried: Family<Function, Counter>,
+    /// `skiff_events_dead_lettered_total`.
+    pub dead_lettered: Family<Function, Counter>,
+    /// `skiff_event_consumer_lag` (set at scrape time).
+    pub lag: Family<Consumer, Gauge>,
+    /// `skiff_kv_operations_total`.
+    pub kv_ops: Family<KvOp, Counter>,
+    /// `skiff_kv_operation_duration_seconds`.
+    pub kv_duration: HistogramFamily<KvOp>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            invocations: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            instantiation: Family::new_with_constructor(latency_histogram),
+            in_flight: Family::default(),
+            rejections: Family::default(),
+            published: Family::default(),
+            acked: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            lag: Family::default(),
+            kv_ops: Family::default(),
+            kv_duration: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "skiff_invocations",
+            "Invocations by function, trigger and outcome",
+            m.invocations.clone(),
+        );
+        registry.register_with_unit(
+            "skiff_invocation_duration",
+            "Wall-clock time of an invocation",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        registry.register_with_unit(
+            "skiff_instantiation_duration",
+            "Time to instantiate a function's sandbox",
+            Unit::Seconds,
+            m.instantiation.clone(),
+        );
+        registry.register(
+            "skiff_in_flight_invocations",
+            "Invocations running now",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "skiff_limit_rejections",
+            "Requests refused by a limit before running, by kind",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "skiff_events_published",
+            "Events published by a function's successful invocations",
+            m.published.clone(),
+        );
+        registry.register(
+            "skiff_events_acked",
+            "Event deliveries handled successfully",
+            m.acked.clone(),
+        );
+        registry.register(
+            "skiff_events_retried",
+            "Event deliveries that failed and will be retried",
+            m.retried.clone(),
+        );
+        registry.register(
+            "skiff_events_dead_lettered",
+            "Events that ran out of attempts",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "skiff_event_consumer_lag",
+            "Events waiting for a consumer (not yet settled)",
+            m.lag.clone(),
+        );
+        registry.register(
+            "skiff_kv_operations",
+            "Key-value operations by function and op",
+            m.kv_ops.clone(),
+        );
+        registry.register_with_unit(
+            "skiff_kv_operation_duration",
+            "Time of a key-value operation as the guest sees it",
+            Unit::Seconds,
+            m.kv_duration.clone(),
+        );
+        // A gauge fixed at 1 rather than an OpenMetrics `info`, which Prometheus-format
+        // tools (promtool 2.x) do not parse.
+        let build: Family<Build, Gauge> = Family::default();
+        build
+            .get_or_create(&Build {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("skiff_build_info", "Build information", build);
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one finished invocation.
+    pub fn invocation(&self, function: &str, trigger: &str, outcome: &str, took: Duration) {
+        self.invocations
+            .get_or_create(&Outcome {
+                function: function.into(),
+                trigger: trigger.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&FnTrigger {
+                function: function.into(),
+                trigger: trigger.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request refused by a limit.
+    pub fn rejected(&self, function: &str, kind: &str) {
+        self.rejections
+            .get_or_create(&Rejection {
+                function: function.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one key-value operation.
+    pub fn kv(&self, function: &str, op: &str, took: Duration) {
+        let labels = KvOp {
+            function: function.into(),
+            op: op.into(),
+        };
+        self.kv_ops.get_or_create(&labels).inc();
+        self.kv_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// A per-function counter, by family.
+    pub fn count(family: &Family<Function, Counter>, function: &str, n: u64) {
+        family
+            .get_or_create(&Function {
+                function: function.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        openmetrics_to_prometheus(&out)
+    }
+}
+
+/// prometheus-client writes OpenMetrics; Prometheus' own text format (what promtool and
+/// older scrapers read) names a counter family by its `_total` series and has no
+/// `# UNIT` or `# EOF` lines. Samples are identical in both.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Keeps the in-flight gauge of a function up while alive.
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    /// Counts one more invocation of `function` in flight.
+    pub fn start(m: &Metrics, function: &str) -> InFlight {
+        let g = m
+            .in_flight
+            .get_or_create(&Function {
+                function: function.into(),
+            })
+            .clone();
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_by_their_total_series() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n# HELP d_seconds D.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\nd_seconds_count 1\n# EOF\n";
+        let p = openmetrics_to_prometheus(om);
+        assert_eq!(
+            p,
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n# HELP d_seconds D.\n# TYPE d_seconds histogram\nd_seconds_count 1\n"
+        );
+    }
+
+    #[test]
+    fn counts_and_names_follow_conventions() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.invocation("hello", HTTP, "ok", Duration::from_millis(2));
+        }
+        m.rejected("hello", "body");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "skiff_invocations_total{function=\"hello\",trigger=\"http\",outcome=\"ok\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("skiff_invocation_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.contains("skiff_limit_rejections_total{function=\"hello\",kind=\"body\"} 1"));
+        assert!(text.contains("skiff_build_info{version="), "{text}");
+        {
+            let _a = InFlight::start(&m, "hello");
+            assert!(
+                m.encode()
+                    .contains("skiff_in_flight_invocations{function=\"hello\"} 1")
+            );
+        }
+        assert!(
+            m.encode()
+                .contains("skiff_in_flight_invocations{function=\"hello\"} 0")
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! `/metrics`: valid Prometheus text (checked by promtool), exact counts.
+
+use crate::harness::*;
+use bytes::Bytes;
+use std::io::Write;
+use std::time::Duration;
+
+async fn scrape(skiff: &Skiff) -> String {
+    let r = get(&format!("{}/metrics", skiff.admin)).await;
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
+fn promtool_check(text: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_valid_and_count_exactly() {
+    let skiff = Skiff::start(&[]);
+    for f in ["functions/hello", "functions/orders"] {
+        skiff.cli_ok(&["deploy", repo().join(f).to_str().unwrap(), "--no-build"]);
+    }
+    for i in 0..17 {
+        let r = get(&format!("{}/hello/{i}", skiff.listen)).await;
+        assert_eq!(r.status, 200);
+    }
+    // A body over a (small) limit: small enough that the client finishes sending it.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = function_dir(
+        tmp.path(),
+        "small",
+        &format!(
+            "name = \"small\"\ncomponent = \"{}\"\n[limits]\nbody = \"1KiB\"\n",
+            guest("tests/guests", "misbehave.wasm").display()
+        ),
+    );
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    let r = request(
+        "POST",
+        &format!("{}/small/size", skiff.listen),
+        &[],
+        Bytes::from(vec![0u8; 2000]),
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    for i in 0..5 {
+        let body = format!("{{\"id\": \"m{i}\", \"amount\": 1}}");
+        let r = request(
+            "POST",
+            &format!("{}/orders", skiff.listen),
+            &[],
+            Bytes::from(body),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // Two steps per order: 10 acknowledged deliveries once the workflow is done.
+    let acked = "skiff_events_acked_total{function=\"orders\"}";
+    assert!(
+        wait_until(Duration::from_secs(20), async || value(
+            &scrape(&skiff).await,
+            acked
+        ) == Some(10.0))
+        .await,
+        "{}",
+        scrape(&skiff).await
+    );
+    let text = scrape(&skiff).await;
+    promtool_check(&text);
+    let expect = [
+        (
+            "skiff_invocations_total{function=\"hello\",trigger=\"http\",outcome=\"ok\"}",
+            17.0,
+        ),
+        (
+            "skiff_invocations_total{function=\"orders\",trigger=\"http\",outcome=\"ok\"}",
+            5.0,
+        ),
+        (
+            "skiff_invocations_total{function=\"orders\",trigger=\"event\",outcome=\"ok\"}",
+            10.0,
+        ),
+        (
+            "skiff_limit_rejections_total{function=\"small\",kind=\"body\"}",
+            1.0,
+        ),
+        // 5 orders.created from HTTP + 5 payments.completed from the payment step.
+        ("skiff_events_published_total{function=\"orders\"}", 10.0),
+        ("skiff_in_flight_invocations{function=\"hello\"}", 0.0),
+        (
+            "skiff_invocation_duration_seconds_count{function=\"hello\",trigger=\"http\"}",
+            17.0,
+        ),
+    ];
+    for (series, want) in expect {
+        assert_eq!(value(&text, series), Some(want), "{series} in:\n{text}");
+    }
+    for present in [
+        "skiff_kv_operations_total{function=\"orders\",op=\"cas\"}",
+        "skiff_kv_operation_duration_seconds_bucket",
+        "skiff_instantiation_duration_seconds_bucket",
+        "skiff_event_consumer_lag{function=\"orders\"",
+        "skiff_build_info{version=",
+    ] {
+        assert!(text.contains(present), "{present} missing:\n{text}");
+    }
+}
