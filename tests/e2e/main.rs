@@ -5,6 +5,7 @@ mod bad_input;
 mod events;
 mod harness;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod serving;
 mod state;

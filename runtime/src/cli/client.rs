@@ -162,6 +162,44 @@ impl AdminClient {
         Ok(bytes)
     }
 
+    /// Sends a GET and returns the answer as it arrives (for streamed answers).
+    pub async fn stream(
+        &self,
+        path: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let mut req = http::Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(full(Bytes::new()))
+            .map_err(|_| ClientError::BadUrl(self.base.clone()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                server: self.base.clone(),
+                detail: describe(&e),
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("server answered {status}"));
+        Err(ClientError::Api { status, message })
+    }
+
     /// GET and decode.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, full(Bytes::new())).await

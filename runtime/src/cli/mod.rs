@@ -5,6 +5,7 @@ pub mod client;
 pub mod deploy;
 mod events;
 mod kv;
+mod logs;
 
 use crate::api::{FunctionInfo, NodeStatus};
 use crate::limits::NodeLimits;
@@ -68,6 +69,22 @@ enum Command {
     /// Inspect and repair a function's key-value state.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Show what a function printed (stdout and stderr), newest last.
+    Logs {
+        /// The function.
+        name: String,
+        /// Keep following: print new lines as invocations end.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many recent lines to show first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// Show the chain of invocations of a trace (id from the x-skiff-trace-id header).
+    Trace {
+        /// The trace id.
+        id: String,
+    },
     /// Publish an event.
     Publish {
         /// The topic, e.g. orders.created.
@@ -233,6 +250,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Kv(cmd) => return kv::run(&client()?, cmd).await,
+        Command::Logs { name, follow, tail } => {
+            return logs::run(&client()?, &name, follow, tail).await;
+        }
+        Command::Trace { id } => {
+            let spans: Vec<crate::traces::Span> =
+                client()?.get(&format!("/v1/traces/{id}")).await?;
+            print_trace(&spans);
+        }
         Command::Publish { topic, data } => {
             return events::publish(&client()?, &topic, &data).await;
         }
@@ -248,6 +273,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke(args) => return invoke(&client()?, args).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints spans as a tree by parent, children in start order.
+fn print_trace(spans: &[crate::traces::Span]) {
+    fn walk(spans: &[crate::traces::Span], parent: Option<&str>, depth: usize) {
+        for s in spans.iter().filter(|s| s.parent.as_deref() == parent) {
+            println!(
+                "{}{} {}  {}  {:.1} ms  {}  [{}]",
+                "  ".repeat(depth),
+                s.function,
+                s.trigger,
+                s.outcome,
+                s.duration_us as f64 / 1000.0,
+                s.node,
+                s.span_id
+            );
+            walk(spans, Some(&s.span_id), depth + 1);
+        }
+    }
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    // Roots: no parent, or a parent outside this node's view (an external caller).
+    for root in spans
+        .iter()
+        .filter(|s| s.parent.as_deref().is_none_or(|p| !ids.contains(p)))
+    {
+        println!(
+            "{} {}  {}  {:.1} ms  {}  [{}]",
+            root.function,
+            root.trigger,
+            root.outcome,
+            root.duration_us as f64 / 1000.0,
+            root.node,
+            root.span_id
+        );
+        walk(spans, Some(&root.span_id), 1);
+    }
 }
 
 fn print_functions(list: &[FunctionInfo]) {

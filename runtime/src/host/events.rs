@@ -19,16 +19,19 @@ pub const MAX_EVENTS_PER_INVOCATION: usize = 1000;
 pub struct EventCtx {
     function: String,
     cause: Option<String>,
+    traceparent: String,
     /// Waiting for the invocation to succeed.
     pub outbox: Vec<Event>,
 }
 
 impl EventCtx {
-    /// The outbox of one invocation of `function`, handling event `cause` if any.
-    pub fn new(function: &str, cause: Option<&str>) -> Self {
+    /// The outbox of one invocation of `function`, handling event `cause` if any; its
+    /// events carry `traceparent` unless the guest sets one.
+    pub fn new(function: &str, cause: Option<&str>, traceparent: String) -> Self {
         EventCtx {
             function: function.to_string(),
             cause: cause.map(String::from),
+            traceparent,
             outbox: Vec::new(),
         }
     }
@@ -64,6 +67,13 @@ impl EventCtx {
             (None, Some(cause)) => derived_id(cause, &self.function, n),
             (None, None) => random_id(),
         };
+        let mut headers = headers;
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        {
+            headers.push(("traceparent".to_string(), self.traceparent.clone()));
+        }
         self.outbox.push(Event {
             id: id.clone(),
             topic,
@@ -113,13 +123,13 @@ mod tests {
 
     #[test]
     fn ids_derive_from_the_cause_and_limits_hold() {
-        let mut a = EventCtx::new("pay", Some("evt-1"));
-        let mut b = EventCtx::new("pay", Some("evt-1"));
+        let mut a = EventCtx::new("pay", Some("evt-1"), String::new());
+        let mut b = EventCtx::new("pay", Some("evt-1"), String::new());
         let id_a = a.publish(None, "x.y".into(), vec![1], vec![]).unwrap();
         let id_b = b.publish(None, "x.y".into(), vec![2], vec![]).unwrap();
         assert_eq!(id_a, id_b, "a redelivery must re-publish the same id");
-        let mut c = EventCtx::new("pay", None);
-        let mut d = EventCtx::new("pay", None);
+        let mut c = EventCtx::new("pay", None, String::new());
+        let mut d = EventCtx::new("pay", None, String::new());
         assert_ne!(
             c.publish(None, "x".into(), vec![], vec![]).unwrap(),
             d.publish(None, "x".into(), vec![], vec![]).unwrap()
@@ -137,7 +147,7 @@ mod tests {
         // Keyed ids depend on the function and the key only.
         let k1 = c.publish(Some("o-1"), "x".into(), vec![], vec![]).unwrap();
         let k2 = d.publish(Some("o-1"), "x".into(), vec![], vec![]).unwrap();
-        let other = EventCtx::new("other", None)
+        let other = EventCtx::new("other", None, String::new())
             .publish(Some("o-1"), "x".into(), vec![], vec![])
             .unwrap();
         assert_eq!(k1, k2);

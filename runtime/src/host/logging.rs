@@ -1,5 +1,5 @@
-//! Captures a guest's stdout and stderr per invocation (bounded), and emits the lines
-//! through `tracing` with the function, version and stream once the invocation ends.
+//! Captures a guest's stdout and stderr per invocation (bounded); once the invocation
+//! ends the lines go to the node's log store (`skiff logs`) and to `tracing`.
 
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -38,17 +38,28 @@ impl CapturedOutput {
         self.stderr.clone()
     }
 
-    /// Emits what the guest printed as log lines.
-    pub fn emit(&self, function: &str, version: u64) {
+    /// Hands what the guest printed to `store` and to `tracing`.
+    pub fn emit(
+        &self,
+        store: &crate::logs::LogStore,
+        function: &str,
+        version: u64,
+        invocation: &str,
+    ) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
-            for line in String::from_utf8_lossy(&bytes).lines() {
+            if bytes.is_empty() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            for line in text.lines() {
                 if stream == "stderr" {
-                    tracing::warn!(target: "skiff::guest", function, version, stream, "{line}");
+                    tracing::warn!(target: "skiff::guest", function, version, invocation, stream, "{line}");
                 } else {
-                    tracing::info!(target: "skiff::guest", function, version, stream, "{line}");
+                    tracing::info!(target: "skiff::guest", function, version, invocation, stream, "{line}");
                 }
             }
+            store.record(function, version, invocation, stream, &text);
         }
     }
 }

@@ -59,8 +59,13 @@ pub struct InstanceState {
 
 impl InstanceState {
     /// A fresh sandbox for one invocation of `spec`; `cause` is the id of the event it
-    /// handles, if it is an event invocation.
-    pub fn new(spec: &SandboxSpec, started: Instant, cause: Option<&str>) -> InstanceState {
+    /// handles, if it is an event invocation; `traceparent` goes on the events it publishes.
+    pub fn new(
+        spec: &SandboxSpec,
+        started: Instant,
+        cause: Option<&str>,
+        traceparent: String,
+    ) -> InstanceState {
         let logs = logging::CapturedOutput::new();
         let wasi = wasi::context(spec, &logs);
         InstanceState {
@@ -69,7 +74,7 @@ impl InstanceState {
             table: ResourceTable::new(),
             outbound: http::OutboundHooks::new(spec.outbound.clone()),
             kv: kv::KvCtx::new(spec, cause),
-            events: events::EventCtx::new(&spec.function, cause),
+            events: events::EventCtx::new(&spec.function, cause, traceparent),
             limiter: limiter::GuestLimiter::new(spec.limits.memory),
             logs,
             deadline: started + spec.limits.timeout,

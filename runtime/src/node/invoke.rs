@@ -9,6 +9,7 @@ use crate::host::bindings::skiff::function::events as wit_events;
 use crate::host::limiter::MemoryLimitExceeded;
 use crate::manifest::{Size, Timeout};
 use crate::metrics::{self, InFlight, Metrics};
+use crate::traces::TraceContext;
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,6 +21,9 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// The response header that names the invocation (its lines in `skiff logs` carry it).
+pub const INVOCATION_HEADER: &str = "x-skiff-invocation-id";
 
 /// The response type of the function listener.
 pub type Response = http::Response<HyperOutgoingBody>;
@@ -75,8 +79,12 @@ fn new_store(
     dep: &Deployment,
     started: Instant,
     cause: Option<&str>,
+    trace: &TraceContext,
 ) -> Store<InstanceState> {
-    let mut store = Store::new(engine, InstanceState::new(&dep.spec, started, cause));
+    let mut store = Store::new(
+        engine,
+        InstanceState::new(&dep.spec, started, cause, trace.traceparent()),
+    );
     store.limiter(|s| &mut s.limiter);
     // Every epoch tick the guest yields to the executor (so a busy guest cannot starve
     // others on its thread) and is interrupted once past its deadline.
@@ -166,7 +174,20 @@ impl Node {
                 format!("function `{}` does not handle HTTP", dep.record.name),
             );
         };
-        let mut store = new_store(self.engine.engine(), &dep, started, None);
+        let invocation = crate::events::random_id();
+        let traceparent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        let trace = TraceContext::continue_or_start(traceparent, &invocation);
+        let finish = self.finish(
+            &dep.record.name,
+            metrics::HTTP,
+            req.uri().path(),
+            trace.clone(),
+            started,
+        );
+        let mut store = new_store(self.engine.engine(), &dep, started, None, &trace);
         let exceeded = Arc::new(AtomicBool::new(false));
         let limit = dep.spec.limits.body;
         let req = req.map(|b| LimitedBody::new(b, limit, exceeded.clone()));
@@ -192,6 +213,8 @@ impl Node {
         let deadline = tokio::time::Instant::from_std(store.data().deadline);
         let task_dep = dep.clone();
         let task_metrics = self.metrics.clone();
+        let task_logs = self.logs.clone();
+        let task_invocation = invocation.clone();
         // The guest runs in its own task so that it can keep streaming the body after the
         // response head has been handed back; the permits live exactly as long as it runs.
         let task = tokio::spawn(async move {
@@ -212,7 +235,12 @@ impl Node {
                 Ok(Err(e)) => Err(classify(&e, store.data())),
                 Err(_) => Err(Failure::Timeout),
             };
-            store.data().logs.emit(&dep.spec.function, dep.spec.version);
+            store.data().logs.emit(
+                &task_logs,
+                &dep.spec.function,
+                dep.spec.version,
+                &task_invocation,
+            );
             if let Err(f) = &outcome {
                 tracing::warn!(function = %dep.spec.function, version = dep.spec.version, failure = ?f, "invocation failed");
             }
@@ -221,10 +249,7 @@ impl Node {
         });
 
         let name = dep.record.name.clone();
-        let record = |outcome: &str| {
-            self.metrics
-                .invocation(&name, metrics::HTTP, outcome, started.elapsed())
-        };
+        let record = |outcome: &str| finish.done(outcome);
         match rx.await {
             Ok(Ok(resp)) => {
                 if exceeded.load(Ordering::Relaxed) {
@@ -235,6 +260,12 @@ impl Node {
                 parts
                     .headers
                     .insert("x-skiff-version", HeaderValue::from(dep.record.version));
+                if let Ok(v) = HeaderValue::from_str(&invocation) {
+                    parts.headers.insert(INVOCATION_HEADER, v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&trace.trace_id) {
+                    parts.headers.insert(crate::traces::TRACE_HEADER, v);
+                }
                 // The answer completes only once the invocation has: its events are
                 // published if it succeeded (and answered below 500), and the end of the
                 // body is held back until then, so that a client never sees a complete
@@ -244,6 +275,7 @@ impl Node {
                 let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
                 let metrics = self.metrics.clone();
                 let function = name.clone();
+                let finish = finish.clone();
                 tokio::spawn(async move {
                     let (result, outcome) = match task.await {
                         Ok((Ok(()), outbox)) if publish && !outbox.is_empty() => {
@@ -258,7 +290,7 @@ impl Node {
                         Ok((Err(f), _)) => (Err(format!("{f:?}")), f.label()),
                         Err(e) => (Err(e.to_string()), "trap"),
                     };
-                    metrics.invocation(&function, metrics::HTTP, outcome, started.elapsed());
+                    finish.done(outcome);
                     let _ = gate_tx.send(result);
                 });
                 let length = parts
@@ -320,8 +352,22 @@ impl Node {
             .await
             .map_err(|_| "the node is stopping".to_string())?;
         let started = Instant::now();
+        let invocation = crate::events::random_id();
+        let traceparent = event
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, v)| v.as_str());
+        let trace = TraceContext::continue_or_start(traceparent, &invocation);
+        let finish = self.finish(
+            &dep.record.name,
+            metrics::EVENT,
+            &event.topic,
+            trace.clone(),
+            started,
+        );
         let _in_flight = InFlight::start(&self.metrics, &dep.record.name);
-        let mut store = new_store(self.engine.engine(), dep, started, Some(&event.id));
+        let mut store = new_store(self.engine.engine(), dep, started, Some(&event.id), &trace);
         let deadline = tokio::time::Instant::from_std(store.data().deadline);
         let wit_event = wit_events::Event {
             id: event.id.clone(),
@@ -345,10 +391,14 @@ impl Node {
             Ok(Err(e)) => Err(classify(&e, store.data())),
             Err(_) => Err(Failure::Timeout),
         };
-        store.data().logs.emit(&dep.spec.function, dep.spec.version);
+        store.data().logs.emit(
+            &self.logs,
+            &dep.spec.function,
+            dep.spec.version,
+            &invocation,
+        );
         let label = outcome.as_ref().err().map_or("ok", Failure::label);
-        self.metrics
-            .invocation(&dep.record.name, metrics::EVENT, label, started.elapsed());
+        finish.done(label);
         match outcome {
             Ok(()) => Ok(std::mem::take(&mut store.data_mut().events.outbox)),
             Err(f) => Err(f.describe(dep)),

@@ -106,6 +106,8 @@ pub struct Node {
     state: Arc<StateStore>,
     bus: Arc<dyn Bus>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) logs: Arc<crate::logs::LogStore>,
+    pub(crate) traces: Arc<crate::traces::TraceStore>,
     limits: NodeLimits,
     slots: Arc<Semaphore>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -137,6 +139,7 @@ impl Node {
         bus: Arc<dyn Bus>,
     ) -> wasmtime::Result<Node> {
         let linker = crate::host::linker(engine.engine())?;
+        let logs = Arc::new(crate::logs::LogStore::new(&config.name));
         Ok(Node {
             name: config.name,
             mode: config.mode,
@@ -150,6 +153,8 @@ impl Node {
             state,
             bus,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            logs,
+            traces: Arc::new(crate::traces::TraceStore::default()),
             triggers: std::sync::Mutex::new(BTreeMap::new()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             changes: tokio::sync::Mutex::new(()),
@@ -187,6 +192,38 @@ impl Node {
     /// The event bus.
     pub fn bus(&self) -> &Arc<dyn Bus> {
         &self.bus
+    }
+
+    /// The node's function logs.
+    pub fn logs(&self) -> &Arc<crate::logs::LogStore> {
+        &self.logs
+    }
+
+    /// The node's recent spans.
+    pub fn traces(&self) -> &Arc<crate::traces::TraceStore> {
+        &self.traces
+    }
+
+    /// How a new invocation of `function` will be recorded when it ends.
+    pub(crate) fn finish(
+        &self,
+        function: &str,
+        kind: &'static str,
+        detail: &str,
+        trace: crate::traces::TraceContext,
+        started: Instant,
+    ) -> crate::traces::Finish {
+        crate::traces::Finish {
+            metrics: self.metrics.clone(),
+            traces: self.traces.clone(),
+            node: self.name.clone(),
+            function: function.to_string(),
+            kind,
+            detail: detail.to_string(),
+            trace,
+            started,
+            start_ms: crate::state::now_ms(),
+        }
     }
 
     /// The node's metrics.

@@ -7,7 +7,7 @@
 //! * `PUT    /v1/functions/{name}/kv/{key}?bucket=` — set it to the request body
 //! * `DELETE /v1/functions/{name}/kv/{key}?bucket=` — delete it
 
-use super::{Response, error, json, read_body};
+use super::{Response, error, full, json, read_body};
 use crate::host::kv::DEFAULT_BUCKET;
 use crate::manifest::FunctionName;
 use crate::node::Node;
@@ -15,7 +15,6 @@ use crate::state::keys::MAX_BUCKET_BYTES;
 use crate::state::{Namespace, Op, StateError};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 
 /// A page of keys.
@@ -107,7 +106,7 @@ pub async fn handle(
     match *req.method() {
         Method::GET => match state.get(&ns, &key) {
             Ok(Some(v)) => {
-                let mut r = http::Response::new(Full::new(Bytes::from(v)));
+                let mut r = http::Response::new(full(Bytes::from(v)));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/octet-stream"),

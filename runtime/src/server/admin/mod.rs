@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod kv;
+pub mod logs;
 
 use crate::api::{DeployRequest, ErrorBody};
 use crate::engine::check_component_header;
@@ -28,8 +29,16 @@ pub const MAX_ARTIFACT_BYTES: usize = 50 << 20;
 /// Largest JSON request body.
 const MAX_JSON_BYTES: usize = 1 << 20;
 
+/// The body of an admin API answer: whole, or streamed (`logs -f`).
+pub type AdminBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
 /// An admin API answer.
-pub type Response = http::Response<Full<Bytes>>;
+pub type Response = http::Response<AdminBody>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// The admin API's shared state.
 pub struct Admin {
@@ -102,8 +111,7 @@ impl Admin {
         match (method, segments.as_slice()) {
             (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.node.status()),
             (Method::GET, ["metrics"]) => {
-                let mut r =
-                    http::Response::new(Full::new(Bytes::from(self.node.metrics_text().await)));
+                let mut r = http::Response::new(full(Bytes::from(self.node.metrics_text().await)));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -126,6 +134,24 @@ impl Admin {
             (Method::POST, ["v1", "events", topic]) => {
                 let topic = topic.to_string();
                 events::publish(&self.node, &topic, req).await
+            }
+            (Method::GET, ["v1", "traces", id]) => {
+                let spans = self.node.traces().trace(id);
+                if spans.is_empty() {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "no trace `{id}` on this node (it keeps the newest {} spans); trace ids come back in the x-skiff-trace-id response header",
+                            crate::traces::MAX_SPANS
+                        ),
+                    )
+                } else {
+                    json(StatusCode::OK, &spans)
+                }
+            }
+            (Method::GET, ["v1", "functions", name, "logs"]) => {
+                let name = name.to_string();
+                logs::logs(&self.node, &name, &req)
             }
             (_, ["v1", "functions", name, "dead-letters", rest @ ..]) => {
                 events::dead_letters(&self.node, name, rest, req.method()).await
@@ -284,7 +310,7 @@ async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes, Re
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response {
-    let mut r = http::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut r = http::Response::new(full(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r
 }
@@ -292,7 +318,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
-            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+            let mut r = http::Response::new(full(Bytes::from(body)));
             *r.status_mut() = status;
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -309,7 +335,7 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
 
 fn error(status: StatusCode, message: String) -> Response {
     let body = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default();
-    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    let mut r = http::Response::new(full(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

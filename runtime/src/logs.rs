@@ -1,0 +1,121 @@
+//! Function logs: what guests print, kept per function in a bounded in-memory store
+//! (the newest [`LINES_PER_FUNCTION`] lines) and broadcast to followers
+//! (`skiff logs NAME -f`). Every line names its function, version, invocation, node and
+//! time.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// Lines kept per function.
+pub const LINES_PER_FUNCTION: usize = 2000;
+
+/// One line a guest printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch (when the invocation ended).
+    pub ts_ms: u64,
+    /// The function.
+    pub function: String,
+    /// Its version.
+    pub version: u64,
+    /// The invocation that printed it.
+    pub invocation: String,
+    /// The node it ran on.
+    pub node: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text, without the newline.
+    pub line: String,
+}
+
+/// The node's log store.
+pub struct LogStore {
+    node: String,
+    recent: Mutex<HashMap<String, VecDeque<LogLine>>>,
+    live: broadcast::Sender<LogLine>,
+}
+
+impl LogStore {
+    /// An empty store for `node`.
+    pub fn new(node: &str) -> LogStore {
+        let (live, _) = broadcast::channel(4096);
+        LogStore {
+            node: node.to_string(),
+            recent: Mutex::new(HashMap::new()),
+            live,
+        }
+    }
+
+    /// Records what an invocation printed.
+    pub fn record(&self, function: &str, version: u64, invocation: &str, stream: &str, text: &str) {
+        let ts_ms = crate::state::now_ms();
+        let mut recent = match self.recent.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let lines = recent.entry(function.to_string()).or_default();
+        for line in text.lines() {
+            let entry = LogLine {
+                ts_ms,
+                function: function.to_string(),
+                version,
+                invocation: invocation.to_string(),
+                node: self.node.clone(),
+                stream: stream.to_string(),
+                line: line.to_string(),
+            };
+            if lines.len() == LINES_PER_FUNCTION {
+                lines.pop_front();
+            }
+            lines.push_back(entry.clone());
+            // No follower is fine.
+            let _ = self.live.send(entry);
+        }
+    }
+
+    /// The newest `n` lines of `function`, oldest first.
+    pub fn tail(&self, function: &str, n: usize) -> Vec<LogLine> {
+        let recent = match self.recent.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        recent
+            .get(function)
+            .map(|l| l.iter().skip(l.len().saturating_sub(n)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Lines recorded from now on (every function; filter by name).
+    pub fn follow(&self) -> broadcast::Receiver<LogLine> {
+        self.live.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_lines_and_broadcasts() {
+        let store = LogStore::new("n1");
+        let mut rx = store.follow();
+        for i in 0..(LINES_PER_FUNCTION + 10) {
+            store.record("f", 1, "inv", "stdout", &format!("line {i}"));
+        }
+        let tail = store.tail("f", 3);
+        assert_eq!(
+            tail.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            [
+                format!("line {}", LINES_PER_FUNCTION + 7),
+                format!("line {}", LINES_PER_FUNCTION + 8),
+                format!("line {}", LINES_PER_FUNCTION + 9)
+            ]
+        );
+        assert_eq!(store.tail("f", usize::MAX).len(), LINES_PER_FUNCTION);
+        assert_eq!(rx.try_recv().unwrap().line, "line 0");
+        assert_eq!(tail[0].node, "n1");
+        assert!(store.tail("other", 10).is_empty());
+    }
+}

@@ -1,0 +1,209 @@
+//! Traces through workflows: every invocation is a span of a W3C trace. An HTTP request's
+//! `traceparent` is continued (else a trace starts), events carry the `traceparent` of
+//! the invocation that published them, and the invocations they trigger join that trace.
+//! The node keeps the newest [`MAX_SPANS`] spans; `skiff trace ID` shows one trace's chain.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// Spans kept per node.
+pub const MAX_SPANS: usize = 20_000;
+/// The response header naming the trace.
+pub const TRACE_HEADER: &str = "x-skiff-trace-id";
+
+/// Where an invocation sits in its trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits: this invocation.
+    pub span_id: String,
+    /// The span that caused it, if any.
+    pub parent: Option<String>,
+}
+
+impl TraceContext {
+    /// Continues `traceparent` (`00-<trace>-<span>-<flags>`) if it is valid, else starts a
+    /// new trace. `invocation` (32 hex digits) provides the span id.
+    pub fn continue_or_start(traceparent: Option<&str>, invocation: &str) -> TraceContext {
+        let span_id = invocation[..16.min(invocation.len())].to_string();
+        if let Some((trace_id, parent)) = traceparent.and_then(parse_traceparent) {
+            return TraceContext {
+                trace_id,
+                span_id,
+                parent: Some(parent),
+            };
+        }
+        TraceContext {
+            trace_id: crate::events::random_id(),
+            span_id,
+            parent: None,
+        }
+    }
+
+    /// The `traceparent` value that makes this invocation the parent.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace_id, self.span_id)
+    }
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
+}
+
+/// (trace id, parent span id) of a valid version-00 `traceparent`.
+pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
+    let mut parts = v.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00"
+        || parts.next().is_some()
+        || !is_hex(trace, 32)
+        || !is_hex(span, 16)
+        || flags.len() != 2
+    {
+        return None;
+    }
+    Some((trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
+}
+
+/// One finished invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// The trace.
+    pub trace_id: String,
+    /// This invocation.
+    pub span_id: String,
+    /// What caused it.
+    pub parent: Option<String>,
+    /// The function.
+    pub function: String,
+    /// `http <path>` or `event <topic>`.
+    pub trigger: String,
+    /// `ok`, `error`, `trap`, `timeout`, `memory`.
+    pub outcome: String,
+    /// When it started, ms since the Unix epoch.
+    pub start_ms: u64,
+    /// How long it took, in microseconds.
+    pub duration_us: u64,
+    /// The node it ran on.
+    pub node: String,
+}
+
+/// The node's recent spans.
+pub struct TraceStore {
+    spans: Mutex<VecDeque<Span>>,
+}
+
+impl Default for TraceStore {
+    fn default() -> Self {
+        TraceStore {
+            spans: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl TraceStore {
+    /// Records a finished span.
+    pub fn record(&self, span: Span) {
+        let mut spans = match self.spans.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if spans.len() == MAX_SPANS {
+            spans.pop_front();
+        }
+        spans.push_back(span);
+    }
+
+    /// The spans of `trace_id`, by start time.
+    pub fn trace(&self, trace_id: &str) -> Vec<Span> {
+        let spans = match self.spans.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut out: Vec<Span> = spans
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect();
+        out.sort_by_key(|s| s.start_ms);
+        out
+    }
+}
+
+/// Records how one invocation ended: its metrics and its span.
+#[derive(Clone)]
+pub struct Finish {
+    /// The node's metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The node's spans.
+    pub traces: std::sync::Arc<TraceStore>,
+    /// The node's name.
+    pub node: String,
+    /// The function.
+    pub function: String,
+    /// `http` or `event`.
+    pub kind: &'static str,
+    /// The path or topic.
+    pub detail: String,
+    /// Its place in the trace.
+    pub trace: TraceContext,
+    /// When it started.
+    pub started: std::time::Instant,
+    /// When it started, ms since the Unix epoch.
+    pub start_ms: u64,
+}
+
+impl Finish {
+    /// Counts the invocation and records its span.
+    pub fn done(&self, outcome: &str) {
+        let took = self.started.elapsed();
+        self.metrics
+            .invocation(&self.function, self.kind, outcome, took);
+        self.traces.record(Span {
+            trace_id: self.trace.trace_id.clone(),
+            span_id: self.trace.span_id.clone(),
+            parent: self.trace.parent.clone(),
+            function: self.function.clone(),
+            trigger: format!("{} {}", self.kind, self.detail),
+            outcome: outcome.to_string(),
+            start_ms: self.start_ms,
+            duration_us: took.as_micros() as u64,
+            node: self.node.clone(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_and_bad_ones_start_a_trace() {
+        let inv = "0123456789abcdef0123456789abcdef";
+        let root = TraceContext::continue_or_start(None, inv);
+        assert_eq!(root.trace_id.len(), 32);
+        assert_eq!(root.span_id, "0123456789abcdef");
+        let child = TraceContext::continue_or_start(
+            Some(&root.traceparent()),
+            "fedcba9876543210fedcba9876543210",
+        );
+        assert_eq!(child.trace_id, root.trace_id);
+        assert_eq!(child.parent.as_deref(), Some("0123456789abcdef"));
+        for bad in [
+            "",
+            "01-x-y-01",
+            "00-00000000000000000000000000000000-0123456789abcdef-01",
+            "00-abc-def-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+            assert!(
+                TraceContext::continue_or_start(Some(bad), inv)
+                    .parent
+                    .is_none()
+            );
+        }
+    }
+}

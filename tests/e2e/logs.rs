@@ -1,0 +1,123 @@
+//! `skiff logs`: what a function printed, tagged with its invocation, and `-f` following.
+
+use crate::harness::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_show_what_hello_printed_and_follow_live() {
+    let skiff = Skiff::start(&[]);
+    skiff.cli_ok(&[
+        "deploy",
+        repo().join("functions/hello").to_str().unwrap(),
+        "--no-build",
+    ]);
+    let r = get(&format!("{}/hello/first", skiff.listen)).await;
+    let invocation = r.headers["x-skiff-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(invocation.len(), 32, "{invocation}");
+
+    let out = skiff.cli_ok(&["logs", "hello"]);
+    let line = out
+        .lines()
+        .find(|l| l.contains("hello called on /hello/first"))
+        .unwrap_or_else(|| panic!("line missing:\n{out}"));
+    assert!(line.contains(&invocation[..12]), "{line}");
+    assert!(
+        line.contains("hello v1") && line.contains("stdout:"),
+        "{line}"
+    );
+
+    // Follow: a new invocation's line shows up within a second.
+    let mut follower = Command::new(skiff_bin())
+        .args(["logs", "hello", "-f", "-n", "0", "--server", &skiff.admin])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    // Give the follower time to connect, then invoke.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    let r = get(&format!("{}/hello/live", skiff.listen)).await;
+    assert_eq!(r.status, 200);
+    let (at, line) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("no line reached `skiff logs -f`");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(line.contains("hello called on /hello/live"), "{line}");
+    assert!(
+        at.duration_since(sent) < Duration::from_secs(1),
+        "took {:?}",
+        at.duration_since(sent)
+    );
+
+    let err = skiff.cli_err(&["logs", "nope"]);
+    assert!(err.contains("function `nope` not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_order_workflow_is_one_trace() {
+    let skiff = Skiff::start(&[]);
+    skiff.cli_ok(&[
+        "deploy",
+        repo().join("functions/orders").to_str().unwrap(),
+        "--no-build",
+    ]);
+    let r = request(
+        "POST",
+        &format!("{}/orders", skiff.listen),
+        &[],
+        bytes::Bytes::from_static(b"{\"id\": \"t1\", \"amount\": 3}"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let trace = r.headers["x-skiff-trace-id"].to_str().unwrap().to_string();
+    let done = wait_until(Duration::from_secs(10), async || {
+        skiff.cli(&["trace", &trace]).status.success()
+            && skiff.cli_ok(&["trace", &trace]).lines().count() == 3
+    })
+    .await;
+    let out = skiff.cli_ok(&["trace", &trace]);
+    assert!(
+        done,
+        "the workflow's three steps never showed in one trace:\n{out}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("orders http /orders  ok"), "{out}");
+    assert!(
+        lines[1].starts_with("  orders event orders.created  ok"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("    orders event payments.completed  ok"),
+        "{out}"
+    );
+    // An incoming traceparent is continued.
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = request(
+        "GET",
+        &format!("{}/orders/t1", skiff.listen),
+        &[("traceparent", parent)],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        r.headers["x-skiff-trace-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let err = skiff.cli_err(&["trace", "0123"]);
+    assert!(err.contains("no trace `0123`"), "{err}");
+}
