@@ -106,6 +106,10 @@ pub struct Metrics {
     pub dead_lettered: Family<Function, Counter>,
     /// `skiff_event_consumer_lag` (set at scrape time).
     pub lag: Family<Consumer, Gauge>,
+    /// `skiff_node_capacity` (set at scrape time).
+    pub node_capacity: Gauge,
+    /// `skiff_node_in_flight` (set at scrape time).
+    pub node_in_flight: Gauge,
     /// `skiff_kv_operations_total`.
     pub kv_ops: Family<KvOp, Counter>,
     /// `skiff_kv_operation_duration_seconds`.
@@ -139,6 +143,8 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             lag: Family::default(),
+            node_capacity: Gauge::default(),
+            node_in_flight: Gauge::default(),
             kv_ops: Family::default(),
             kv_duration: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
@@ -196,6 +202,16 @@ impl Metrics {
             m.lag.clone(),
         );
         registry.register(
+            "skiff_node_capacity",
+            "Invocations this node runs at once at most",
+            m.node_capacity.clone(),
+        );
+        registry.register(
+            "skiff_node_in_flight",
+            "Invocations running on this node now",
+            m.node_in_flight.clone(),
+        );
+        registry.register(
             "skiff_kv_operations",
             "Key-value operations by function and op",
             m.kv_ops.clone(),
@@ -216,6 +232,53 @@ impl Metrics {
             .set(1);
         registry.register("skiff_build_info", "Build information", build);
         Metrics { registry, ..m }
+    }
+
+    /// Creates a newly deployed function's series at zero, so that `rate()` and
+    /// dashboards see them before the first invocation, rejection or event.
+    pub fn prepare(&self, function: &str, http: bool, events: bool) {
+        let f = Function {
+            function: function.into(),
+        };
+        // Creating a series is all that is wanted; the guards drop at once.
+        let _ = self.in_flight.get_or_create(&f);
+        let _ = self.instantiation.get_or_create(&f);
+        let _ = self.published.get_or_create(&f);
+        if events {
+            for family in [&self.acked, &self.retried, &self.dead_lettered] {
+                let _ = family.get_or_create(&f);
+            }
+        }
+        for (on, trigger) in [(http, HTTP), (events, EVENT)] {
+            if !on {
+                continue;
+            }
+            let _ = self.invocations.get_or_create(&Outcome {
+                function: function.into(),
+                trigger: trigger.into(),
+                outcome: "ok".into(),
+            });
+            let _ = self.duration.get_or_create(&FnTrigger {
+                function: function.into(),
+                trigger: trigger.into(),
+            });
+        }
+        if http {
+            for kind in ["body", "concurrency", "capacity"] {
+                let _ = self.rejections.get_or_create(&Rejection {
+                    function: function.into(),
+                    kind: kind.into(),
+                });
+            }
+        }
+        for op in ["get", "set"] {
+            let labels = KvOp {
+                function: function.into(),
+                op: op.into(),
+            };
+            let _ = self.kv_ops.get_or_create(&labels);
+            let _ = self.kv_duration.get_or_create(&labels);
+        }
     }
 
     /// Counts one finished invocation.

@@ -132,3 +132,69 @@ async fn metrics_are_valid_and_count_exactly() {
         assert!(text.contains(present), "{present} missing:\n{text}");
     }
 }
+
+/// Metric names a PromQL expression refers to.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("skiff_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        out.push(expr[start..end].to_string());
+        i = end;
+    }
+    out
+}
+
+/// Whether the exposition has `name`, as a sample, or as a family (histograms' samples
+/// are `<family>_bucket` etc.).
+fn exposes(text: &str, name: &str) -> bool {
+    let family = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
+    text.lines().any(|l| {
+        l.starts_with(&format!("# TYPE {name} "))
+            || l.starts_with(&format!("# TYPE {family} histogram"))
+            || l.starts_with(&format!("{name}{{"))
+            || l.starts_with(&format!("{name} "))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_metric_the_dashboard_queries_exists_on_a_live_node() {
+    let skiff = Skiff::start(&[]);
+    for f in ["functions/hello", "functions/orders"] {
+        skiff.cli_ok(&["deploy", repo().join(f).to_str().unwrap(), "--no-build"]);
+    }
+    assert_eq!(get(&format!("{}/hello/x", skiff.listen)).await.status, 200);
+    let text = scrape(&skiff).await;
+    promtool_check(&text);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = metric_names(expr);
+            assert!(
+                !names.is_empty(),
+                "panel query without a skiff metric: {expr}"
+            );
+            for name in names {
+                assert!(
+                    exposes(&text, &name),
+                    "dashboard queries `{name}`, which /metrics lacks:\n{text}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "only {checked} metric references checked");
+}

@@ -248,6 +248,11 @@ impl Node {
             triggers,
             code: p.code,
         });
+        self.metrics.prepare(
+            &deployment.record.name,
+            deployment.http.is_some(),
+            !deployment.triggers.is_empty(),
+        );
         let d = deployment.clone();
         let name = p.name;
         self.swap(move |old| {

@@ -251,6 +251,10 @@ impl Node {
                 }
             }
         }
+        self.metrics
+            .node_capacity
+            .set(i64::from(self.limits.node_concurrency));
+        self.metrics.node_in_flight.set(i64::from(self.in_flight()));
         self.metrics.encode()
     }
 
