@@ -121,6 +121,27 @@ impl AdminClient {
         path: &str,
         body: ClientBody,
     ) -> Result<Bytes, ClientError> {
+        let resp = self.stream(method, path, body).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                server: self.base.clone(),
+                detail: describe(&e),
+            })?
+            .to_bytes();
+        Ok(bytes)
+    }
+
+    /// Sends `body` to `path`; a successful answer as it arrives (its body may be a
+    /// stream), else the server's error.
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: ClientBody,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -139,55 +160,9 @@ impl AdminClient {
                 detail: describe(&e),
             })?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                server: self.base.clone(),
-                detail: describe(&e),
-            })?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| {
-                    format!(
-                        "server answered {status}: {}",
-                        String::from_utf8_lossy(&bytes).trim()
-                    )
-                });
-            return Err(ClientError::Api { status, message });
-        }
-        Ok(bytes)
-    }
-
-    /// Sends a GET and returns the answer as it arrives (for streamed answers).
-    pub async fn stream(
-        &self,
-        path: &str,
-    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
-        let mut req = http::Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
-            .body(full(Bytes::new()))
-            .map_err(|_| ClientError::BadUrl(self.base.clone()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                server: self.base.clone(),
-                detail: describe(&e),
-            })?;
-        if resp.status().is_success() {
+        if status.is_success() {
             return Ok(resp);
         }
-        let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
@@ -196,7 +171,12 @@ impl AdminClient {
             .unwrap_or_default();
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|e| e.error)
-            .unwrap_or_else(|_| format!("server answered {status}"));
+            .unwrap_or_else(|_| {
+                format!(
+                    "server answered {status}: {}",
+                    String::from_utf8_lossy(&bytes).trim()
+                )
+            });
         Err(ClientError::Api { status, message })
     }
 

@@ -26,7 +26,14 @@ pub async fn run(
     tail: usize,
 ) -> anyhow::Result<ExitCode> {
     let path = format!("/v1/functions/{name}/logs?tail={tail}&follow={follow}");
-    let mut body = client.stream(&path).await?.into_body();
+    let mut body = client
+        .stream(
+            http::Method::GET,
+            &path,
+            super::client::full(bytes::Bytes::new()),
+        )
+        .await?
+        .into_body();
     let mut pending = Vec::new();
     let mut out = std::io::stdout();
     while let Some(frame) = body.frame().await {
