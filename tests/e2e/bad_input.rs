@@ -177,26 +177,20 @@ async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serv
     let skiff = Skiff::start(&["--token", "s3cret", "--header-read-timeout", "1s"]);
     deploy_hello(&skiff);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = function_dir(
+    deploy_misbehave(
+        &skiff,
         tmp.path(),
         "misbehave",
-        &format!(
-            "name = \"misbehave\"\ncomponent = \"{}\"\n[limits]\nmemory = \"32MiB\"\ntimeout = \"30s\"\nconcurrency = 1\nbody = \"1KiB\"\n",
-            guest("tests/guests", "misbehave.wasm").display()
-        ),
+        "[limits]\nmemory = \"32MiB\"\ntimeout = \"30s\"\nconcurrency = 1\nbody = \"1KiB\"\n",
     );
-    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     // The timeout case has a function of its own, so that a loaded machine cannot push the
     // other cases past a short timeout.
-    let dir = function_dir(
+    deploy_misbehave(
+        &skiff,
         tmp.path(),
         "spinner",
-        &format!(
-            "name = \"spinner\"\ncomponent = \"{}\"\n[limits]\ntimeout = \"1s\"\n",
-            guest("tests/guests", "misbehave.wasm").display()
-        ),
+        "[limits]\ntimeout = \"1s\"\n",
     );
-    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     let base = format!("{}/misbehave", skiff.listen);
 
     // A guest that traps.
@@ -252,15 +246,12 @@ async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serv
     skiff.assert_hello_serves().await;
 
     // Concurrency: with one invocation running, the next is refused with Retry-After.
-    let dir = function_dir(
+    deploy_misbehave(
+        &skiff,
         tmp.path(),
         "slowpoke",
-        &format!(
-            "name = \"slowpoke\"\ncomponent = \"{}\"\n[limits]\nconcurrency = 1\n",
-            guest("tests/guests", "misbehave.wasm").display()
-        ),
+        "[limits]\nconcurrency = 1\n",
     );
-    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     let slow_base = format!("{}/slowpoke", skiff.listen);
     let slow = start_slow_request(&skiff, "slowpoke", 1500).await;
     let r = get(&format!("{slow_base}/sleep/1")).await;

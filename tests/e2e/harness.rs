@@ -241,6 +241,17 @@ pub fn function_dir(parent: &Path, name: &str, manifest: &str) -> PathBuf {
     dir
 }
 
+/// Deploys the misbehave test guest as function `name`, its manifest (the name and
+/// component lines, then `extra`) written to `parent/name/skiff.toml`.
+pub fn deploy_misbehave(skiff: &Skiff, parent: &Path, name: &str, extra: &str) {
+    let manifest = format!(
+        "name = \"{name}\"\ncomponent = \"{}\"\n{extra}",
+        guest("tests/guests", "misbehave.wasm").display()
+    );
+    let dir = function_dir(parent, name, &manifest);
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Resp {

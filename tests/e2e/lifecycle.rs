@@ -5,13 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-fn manifest(name: &str, wasm: &std::path::Path, extra: &str) -> String {
-    format!(
-        "name = \"{name}\"\ncomponent = \"{}\"\n{extra}",
-        wasm.display()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
     let tmp = tempfile::tempdir().unwrap();
@@ -73,14 +66,13 @@ async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
 async fn a_redeploy_during_steady_traffic_fails_no_request() {
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
-    let wasm = guest("tests/guests", "misbehave.wasm");
     let deploy = |v: u32| {
-        let dir = function_dir(
-            tmp.path(),
-            &format!("v{v}"),
-            &manifest("misbehave", &wasm, &format!("[env]\nVERSION = \"v{v}\"\n")),
+        deploy_misbehave(
+            &skiff,
+            &tmp.path().join(format!("v{v}")),
+            "misbehave",
+            &format!("[env]\nVERSION = \"v{v}\"\n"),
         );
-        skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     };
     deploy(1);
 
@@ -149,9 +141,7 @@ async fn a_redeploy_during_steady_traffic_fails_no_request() {
 async fn rm_stops_new_requests_and_lets_running_ones_finish() {
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
-    let wasm = guest("tests/guests", "misbehave.wasm");
-    let dir = function_dir(tmp.path(), "misbehave", &manifest("misbehave", &wasm, ""));
-    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    deploy_misbehave(&skiff, tmp.path(), "misbehave", "");
     let slow = start_slow_request(&skiff, "misbehave", 1500).await;
     let out = skiff.cli_ok(&["rm", "misbehave"]);
     assert!(out.contains("removed misbehave"), "{out}");
@@ -173,9 +163,7 @@ async fn rm_stops_new_requests_and_lets_running_ones_finish() {
 async fn sigterm_drains_running_invocations_before_exit() {
     let mut skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
-    let wasm = guest("tests/guests", "misbehave.wasm");
-    let dir = function_dir(tmp.path(), "misbehave", &manifest("misbehave", &wasm, ""));
-    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    deploy_misbehave(&skiff, tmp.path(), "misbehave", "");
     let slow = start_slow_request(&skiff, "misbehave", 1000).await;
     let status = tokio::task::spawn_blocking(move || {
         let s = skiff.terminate(Duration::from_secs(10));

@@ -53,15 +53,7 @@ async fn metrics_are_valid_and_count_exactly() {
     }
     // A body over a (small) limit: small enough that the client finishes sending it.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = function_dir(
-        tmp.path(),
-        "small",
-        &format!(
-            "name = \"small\"\ncomponent = \"{}\"\n[limits]\nbody = \"1KiB\"\n",
-            guest("tests/guests", "misbehave.wasm").display()
-        ),
-    );
-    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    deploy_misbehave(&skiff, tmp.path(), "small", "[limits]\nbody = \"1KiB\"\n");
     let r = request(
         "POST",
         &format!("{}/small/size", skiff.listen),

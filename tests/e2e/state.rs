@@ -12,15 +12,7 @@ fn deploy_counter(skiff: &Skiff) {
 }
 
 fn deploy_probe(skiff: &Skiff, tmp: &std::path::Path, name: &str, limits: &str) {
-    let dir = function_dir(
-        tmp,
-        name,
-        &format!(
-            "name = \"{name}\"\ncomponent = \"{}\"\n[limits]\n{limits}\n",
-            guest("tests/guests", "misbehave.wasm").display()
-        ),
-    );
-    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    deploy_misbehave(skiff, tmp, name, &format!("[limits]\n{limits}\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
