@@ -47,6 +47,9 @@ pub struct FunctionInfo {
     pub code: CodeSource,
     /// Milliseconds since the Unix epoch.
     pub deployed_at_ms: u64,
+    /// Nodes serving this version (this node on a node; every node through a scheduler).
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 /// `GET /v1/status`.
@@ -66,6 +69,33 @@ pub struct NodeStatus {
     pub capacity: u32,
     /// Deployed functions.
     pub functions: Vec<FunctionInfo>,
+}
+
+/// `GET /v1/status` on a scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Always `scheduler`.
+    pub mode: String,
+    /// The scheduler's function listener.
+    pub url: String,
+    /// Seconds since the scheduler started.
+    pub uptime_secs: u64,
+    /// Live nodes.
+    pub nodes: Vec<NodeView>,
+    /// Deployed functions.
+    pub functions: Vec<FunctionInfo>,
+}
+
+/// One live node as a scheduler sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its last load report.
+    #[serde(flatten)]
+    pub report: skiff_scheduler::report::NodeReport,
+    /// How long ago that report arrived.
+    pub last_report_ms: u64,
+    /// Requests this scheduler sent it.
+    pub sent: u64,
 }
 
 /// An error answer.

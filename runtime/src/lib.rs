@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod host;

@@ -114,6 +114,10 @@ pub struct Metrics {
     pub kv_ops: Family<KvOp, Counter>,
     /// `skiff_kv_operation_duration_seconds`.
     pub kv_duration: HistogramFamily<KvOp>,
+    /// Moving average of invocation durations (µs), for load reports.
+    pub recent_latency_us: std::sync::atomic::AtomicU64,
+    /// Invocations ended since start, for load reports.
+    pub ended: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,6 +151,8 @@ impl Metrics {
             node_in_flight: Gauge::default(),
             kv_ops: Family::default(),
             kv_duration: Family::new_with_constructor(latency_histogram),
+            recent_latency_us: std::sync::atomic::AtomicU64::new(0),
+            ended: std::sync::atomic::AtomicU64::new(0),
             registry: Registry::default(),
         };
         registry.register(
@@ -296,6 +302,14 @@ impl Metrics {
                 trigger: trigger.into(),
             })
             .observe(took.as_secs_f64());
+        // An exponential moving average over roughly the last eight invocations; the
+        // read-modify-write may lose an update under contention, which only blurs it.
+        use std::sync::atomic::Ordering::Relaxed;
+        self.ended.fetch_add(1, Relaxed);
+        let old = self.recent_latency_us.load(Relaxed);
+        let now = took.as_micros().min(u128::from(u64::MAX / 8)) as u64;
+        self.recent_latency_us
+            .store(if old == 0 { now } else { (old * 7 + now) / 8 }, Relaxed);
     }
 
     /// Counts a request refused by a limit.

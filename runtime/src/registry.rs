@@ -218,6 +218,22 @@ impl Registry {
         })
     }
 
+    /// Stores `record` as it is (cluster mode: the version comes from the cluster).
+    pub fn put_record(&self, record: &FunctionRecord) -> Result<(), RegistryError> {
+        let name = record.name.as_str();
+        let json = serde_json::to_vec(record).map_err(|source| RegistryError::Record {
+            name: name.to_string(),
+            source,
+        })?;
+        self.write(|tx| {
+            let mut versions = tx.open_table(VERSIONS)?;
+            let last = versions.get(name)?.map(|v| v.value()).unwrap_or(0);
+            versions.insert(name, last.max(record.version))?;
+            tx.open_table(FUNCTIONS)?.insert(name, json.as_slice())?;
+            Ok(())
+        })
+    }
+
     /// Removes `name`'s record; returns whether it existed.
     pub fn remove_function(&self, name: &str) -> Result<bool, RegistryError> {
         self.write(|tx| Ok(tx.open_table(FUNCTIONS)?.remove(name)?.is_some()))

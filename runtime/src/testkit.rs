@@ -12,6 +12,8 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
+    /// The config file of a clustered server (restarts reuse it).
+    config: Option<PathBuf>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -27,9 +29,18 @@ impl NatsServer {
 
     fn launch(store: &Path, port: Option<u16>) -> Result<NatsServer, String> {
         let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
-        let mut child = Command::new(binary())
-            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
-            .arg(store)
+        let mut cmd = Command::new(binary());
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(store);
+        Self::spawn(cmd, store, None)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        store: &Path,
+        config: Option<PathBuf>,
+    ) -> Result<NatsServer, String> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -68,6 +79,7 @@ impl NatsServer {
                 child: Some(child),
                 port,
                 store: store.to_path_buf(),
+                config,
                 log,
             }),
             _ => {
@@ -96,10 +108,71 @@ impl NatsServer {
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) -> Result<(), String> {
         self.kill();
-        let mut again = Self::launch(&self.store, Some(self.port))?;
+        let mut again = match &self.config {
+            Some(c) => {
+                let mut cmd = Command::new(binary());
+                cmd.arg("-c").arg(c);
+                Self::spawn(cmd, &self.store, Some(c.clone()))?
+            }
+            None => Self::launch(&self.store, Some(self.port))?,
+        };
         self.child = again.child.take();
         self.log = again.log.clone();
         Ok(())
+    }
+}
+
+/// A free loopback port (bound, then released: good enough for tests).
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+/// Three nats-servers clustered with JetStream (`sync_interval: always`), as in
+/// deploy/local-cluster.sh.
+pub struct NatsCluster {
+    /// The servers, in start order.
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` clustered servers storing under `dir`.
+    pub fn start(dir: &Path, n: usize) -> Result<NatsCluster, String> {
+        let clients: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let mut children = Vec::new();
+        for i in 0..n {
+            let store = dir.join(format!("nats{i}"));
+            std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
+            let others: Vec<String> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats-route://127.0.0.1:{}", routes[j]))
+                .collect();
+            let config = format!(
+                "server_name: s{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\ncluster {{ name: skiff-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                clients[i],
+                store.display(),
+                routes[i],
+                others.join(", ")
+            );
+            let path = dir.join(format!("nats{i}.conf"));
+            std::fs::write(&path, config).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(binary());
+            cmd.arg("-c").arg(&path);
+            children.push(NatsServer::spawn(cmd, &store, Some(path))?);
+        }
+        Ok(NatsCluster { servers: children })
+    }
+
+    /// Every server's client URL, comma-separated (what `--nats` takes).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -1,10 +1,15 @@
 //! Skiff's scheduler: the front door that decides which function, and in a cluster which
 //! node, serves a request.
 //!
-//! Flow: request path → [`routes::RouteTable`] → function name → (cluster mode) a node
-//! picked by load. This crate holds only pure placement logic and never links wasmtime,
-//! so the embedded runtime and the cluster scheduler share one implementation.
+//! Flow: request path → [`routes::RouteTable`] → function name → a node picked by
+//! [`placement::pick`] over the [`live::LiveSet`] that load reports ([`report`]) keep
+//! fresh → [`gateway::Gateway`] proxies to it. This crate never links wasmtime; the
+//! embedded runtime shares its route table.
 
+pub mod gateway;
+pub mod live;
+pub mod placement;
+pub mod report;
 pub mod routes;
 
 pub use routes::{Route, RouteError, RouteTable};

@@ -214,9 +214,27 @@ pub mod __private {
     }
 
     fn read_request(r: IncomingRequest) -> Result<Request, String> {
+        let path = r.path_with_query().unwrap_or_else(|| "/".to_string());
+        // The host gives the authority (the Host the client sent) separately from the
+        // headers; keep it in the URI so that handlers can see which host they serve.
+        let scheme = match r.scheme() {
+            Some(wasip2::http::types::Scheme::Https) => "https",
+            _ => "http",
+        };
+        let uri = match r.authority() {
+            Some(authority) if !authority.is_empty() => http::Uri::builder()
+                .scheme(scheme)
+                .authority(authority.as_str())
+                .path_and_query(path.as_str())
+                .build()
+                .map_err(|e| format!("request URI: {e}"))?,
+            _ => path
+                .parse()
+                .map_err(|e| format!("request path `{path}`: {e}"))?,
+        };
         let mut builder = http::Request::builder()
             .method(method(r.method())?)
-            .uri(r.path_with_query().unwrap_or_else(|| "/".to_string()));
+            .uri(uri);
         for (name, value) in r.headers().entries() {
             builder = builder.header(name, value);
         }

@@ -89,13 +89,42 @@ impl Skiff {
 
     /// Starts `skiff up` on `data_dir` (kept by the caller) with extra `args`.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Skiff {
+        let mut all = vec!["up", "--data-dir", data_dir.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        Skiff::spawn(&all)
+    }
+
+    /// Starts `skiff node` named `name` on `data_dir` against NATS at `nats`.
+    pub fn node(data_dir: &Path, nats: &str, name: &str, args: &[&str]) -> Skiff {
+        let mut all = vec![
+            "node",
+            "--nats",
+            nats,
+            "--name",
+            name,
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ];
+        all.extend_from_slice(args);
+        Skiff::spawn(&all)
+    }
+
+    /// Starts `skiff scheduler` against NATS at `nats`.
+    pub fn scheduler(nats: &str, args: &[&str]) -> Skiff {
+        let mut all = vec!["scheduler", "--nats", nats];
+        all.extend_from_slice(args);
+        Skiff::spawn(&all)
+    }
+
+    /// Starts `skiff <args>` (a server subcommand first) on free loopback ports and waits
+    /// for its banner.
+    fn spawn(args: &[&str]) -> Skiff {
         build_guests();
         let mut cmd = Command::new(skiff_bin());
-        cmd.args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
+        cmd.args(args)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .env_remove("SKIFF_TOKEN")
+            .env_remove("SKIFF_NATS")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

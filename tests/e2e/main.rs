@@ -2,6 +2,7 @@
 //! wasm components built from functions/ and tests/guests/.
 
 mod bad_input;
+mod cluster;
 mod events;
 mod harness;
 mod lifecycle;

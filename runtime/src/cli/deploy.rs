@@ -18,11 +18,38 @@ use std::time::Duration;
 /// Upload chunk size: the granularity of the progress bar.
 const CHUNK: usize = 256 << 10;
 
+/// How long a deploy to a cluster waits, and for how many nodes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wait {
+    /// Wait until every live node serves the new version (default: one).
+    pub all: bool,
+    /// How long the scheduler waits (default: its `--deploy-timeout`).
+    pub timeout: Option<Duration>,
+}
+
+impl Wait {
+    fn query(&self) -> String {
+        let mut q = Vec::new();
+        if self.all {
+            q.push("wait=all".to_string());
+        }
+        if let Some(t) = self.timeout {
+            q.push(format!("timeout={}ms", t.as_millis()));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+}
+
 /// Deploys the function at `path` (a folder with skiff.toml, or the manifest file).
 pub async fn deploy(
     client: &AdminClient,
     path: &Path,
     build: bool,
+    wait: Wait,
 ) -> anyhow::Result<FunctionInfo> {
     let (manifest, manifest_file, text) = Manifest::load(path)?;
     let name = manifest.name.clone();
@@ -57,7 +84,7 @@ pub async fn deploy(
     let info: Result<FunctionInfo, _> = client
         .call(
             Method::PUT,
-            &format!("/v1/functions/{name}"),
+            &format!("/v1/functions/{name}{}", wait.query()),
             super::client::full(request),
         )
         .await;

@@ -1,5 +1,7 @@
-//! The `skiff` command line: server subcommands (`up`) and client subcommands that talk
-//! to a server's admin API (`deploy`, `ls`, `rm`, `invoke`, `status`).
+//! The `skiff` command line: server subcommands (`up`, `node`, `scheduler`) and client
+//! subcommands that talk to a server's admin API (`deploy`, `ls`, `rm`, `invoke`,
+//! `status`, ...). A client talks to `skiff up`'s admin API or, in a cluster, to the
+//! scheduler's.
 
 pub mod client;
 pub mod deploy;
@@ -7,7 +9,7 @@ mod events;
 mod kv;
 mod logs;
 
-use crate::api::{FunctionInfo, NodeStatus};
+use crate::api::{ClusterStatus, FunctionInfo, NodeStatus};
 use crate::limits::NodeLimits;
 use crate::manifest::{Size, Timeout};
 use crate::server::embedded::{self, UpOptions};
@@ -47,6 +49,10 @@ struct Cli {
 enum Command {
     /// Run Skiff on this machine: one node and its front door, no external service.
     Up(UpArgs),
+    /// Run a cluster node: hosts the functions deployed to the cluster registry in NATS.
+    Node(NodeArgs),
+    /// Run the cluster's scheduler: spreads invocations over the nodes by load.
+    Scheduler(SchedulerArgs),
     /// Build and deploy the function in PATH (a folder with skiff.toml, or the file).
     Deploy {
         /// Folder or manifest file.
@@ -55,6 +61,12 @@ enum Command {
         /// Deploy the component as it is; do not run the manifest's build command.
         #[arg(long)]
         no_build: bool,
+        /// In a cluster, wait until every live node serves the new version (not just one).
+        #[arg(long)]
+        wait_all: bool,
+        /// In a cluster, how long to wait for nodes to serve the new version.
+        #[arg(long, value_parser = Timeout::parse)]
+        timeout: Option<Timeout>,
     },
     /// List deployed functions.
     Ls,
@@ -112,9 +124,10 @@ struct UpArgs {
     /// Where deployments, artifacts and compiled code live.
     #[arg(long, default_value = ".skiff")]
     data_dir: PathBuf,
-    /// The node's name.
-    #[arg(long, default_value = "local")]
-    name: String,
+    /// The node's name (unique in a cluster) [default: `local` for up, the host name for
+    /// node].
+    #[arg(long)]
+    name: Option<String>,
     /// Carry events on NATS JetStream at this URL (or comma-separated URLs) instead of
     /// the embedded bus.
     #[arg(long, env = "SKIFF_NATS")]
@@ -143,6 +156,86 @@ struct UpArgs {
 }
 
 #[derive(Debug, Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    base: UpArgs,
+    /// Host (or host:port) the scheduler reaches this node at, when the listen address is
+    /// not reachable as it is (e.g. 0.0.0.0).
+    #[arg(long, env = "SKIFF_ADVERTISE")]
+    advertise: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SchedulerArgs {
+    /// NATS URL, or comma-separated URLs of the cluster's servers.
+    #[arg(long, env = "SKIFF_NATS")]
+    nats: String,
+    /// Address for function traffic.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Address for the admin API, /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    admin: SocketAddr,
+    /// The largest request body forwarded to a node.
+    #[arg(long, default_value = "100MiB", value_parser = Size::parse)]
+    max_body: Size,
+    /// How long a deploy waits for a node to serve the new version, unless it asks.
+    #[arg(long, default_value = "60s", value_parser = Timeout::parse)]
+    deploy_timeout: Timeout,
+    /// How requests are spread: `p2c` (power of two choices by load) or `round-robin`
+    /// (ignores load; for comparison).
+    #[arg(long, default_value = "p2c", value_parser = ["p2c", "round-robin"])]
+    placement: String,
+}
+
+impl UpArgs {
+    fn options(self, token: Option<String>, cluster: bool) -> UpOptions {
+        let defaults = NodeLimits::default();
+        let mut limits = NodeLimits {
+            node_concurrency: self.max_concurrency.max(1),
+            max_header_bytes: usize::try_from(self.max_header_bytes.0).unwrap_or(usize::MAX),
+            header_read_timeout: self.header_read_timeout.0,
+            ..defaults
+        };
+        limits.max.memory = self.max_memory.0;
+        limits.max.timeout = self.max_timeout.0;
+        limits.max.body = self.max_body.0;
+        limits.defaults.memory = limits.defaults.memory.min(limits.max.memory);
+        limits.defaults.timeout = limits.defaults.timeout.min(limits.max.timeout);
+        limits.defaults.body = limits.defaults.body.min(limits.max.body);
+        let name = self.name.unwrap_or_else(|| {
+            if cluster {
+                host_name()
+            } else {
+                "local".to_string()
+            }
+        });
+        UpOptions {
+            listen: self.listen,
+            admin: self.admin,
+            data_dir: self.data_dir,
+            token,
+            limits,
+            name,
+            nats: self.nats,
+            deploy: self.deploy,
+            cluster,
+            advertise: None,
+        }
+    }
+}
+
+/// This machine's name, for a node started without `--name`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+#[derive(Debug, Args)]
 struct InvokeArgs {
     /// The function's name.
     name: String,
@@ -163,7 +256,13 @@ struct InvokeArgs {
 /// Entry point of the `skiff` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json, matches!(cli.command, Command::Up(_)));
+    init_tracing(
+        cli.log_json,
+        matches!(
+            cli.command,
+            Command::Up(_) | Command::Node(_) | Command::Scheduler(_)
+        ),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -201,33 +300,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = || AdminClient::new(&cli.server, cli.token.clone());
     match cli.command {
         Command::Up(args) => {
-            let defaults = NodeLimits::default();
-            let mut limits = NodeLimits {
-                node_concurrency: args.max_concurrency.max(1),
-                max_header_bytes: usize::try_from(args.max_header_bytes.0).unwrap_or(usize::MAX),
-                header_read_timeout: args.header_read_timeout.0,
-                ..defaults
-            };
-            limits.max.memory = args.max_memory.0;
-            limits.max.timeout = args.max_timeout.0;
-            limits.max.body = args.max_body.0;
-            limits.defaults.memory = limits.defaults.memory.min(limits.max.memory);
-            limits.defaults.timeout = limits.defaults.timeout.min(limits.max.timeout);
-            limits.defaults.body = limits.defaults.body.min(limits.max.body);
-            embedded::run(UpOptions {
+            embedded::run(args.options(cli.token.clone(), false)).await?;
+        }
+        Command::Node(args) => {
+            if !args.base.deploy.is_empty() {
+                bail!(
+                    "a cluster node takes its functions from the cluster registry; deploy through the scheduler: `skiff deploy DIR --server http://SCHEDULER:7071`"
+                );
+            }
+            let mut opts = args.base.options(cli.token.clone(), true);
+            opts.advertise = args.advertise;
+            embedded::run(opts).await?;
+        }
+        Command::Scheduler(args) => {
+            crate::cluster::scheduler::run(crate::cluster::scheduler::SchedulerOptions {
+                nats: args.nats,
                 listen: args.listen,
                 admin: args.admin,
-                data_dir: args.data_dir,
                 token: cli.token.clone(),
-                limits,
-                name: args.name,
-                nats: args.nats,
-                deploy: args.deploy,
+                max_body: args.max_body.0,
+                deploy_timeout: args.deploy_timeout.0,
+                placement: if args.placement == "round-robin" {
+                    skiff_scheduler::live::Placement::RoundRobin
+                } else {
+                    skiff_scheduler::live::Placement::PowerOfTwo
+                },
             })
             .await?;
         }
-        Command::Deploy { path, no_build } => {
-            deploy::deploy(&client()?, &path, !no_build).await?;
+        Command::Deploy {
+            path,
+            no_build,
+            wait_all,
+            timeout,
+        } => {
+            let wait = deploy::Wait {
+                all: wait_all,
+                timeout: timeout.map(|t| t.0),
+            };
+            deploy::deploy(&client()?, &path, !no_build, wait).await?;
         }
         Command::Ls => {
             let list: Vec<FunctionInfo> = client()?.get("/v1/functions").await?;
@@ -263,7 +374,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::DeadLetters(cmd) => return events::dead_letters(&client()?, cmd).await,
         Command::Status => {
-            let s: NodeStatus = client()?.get("/v1/status").await?;
+            let raw: serde_json::Value = client()?.get("/v1/status").await?;
+            if raw.get("nodes").is_some() {
+                let s: ClusterStatus = serde_json::from_value(raw)?;
+                print_cluster(&s);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let s: NodeStatus = serde_json::from_value(raw)?;
             println!(
                 "node {} ({}) · {} · up {}s · in flight {}/{}",
                 s.node, s.mode, s.url, s.uptime_secs, s.in_flight, s.capacity
@@ -309,6 +426,49 @@ fn print_trace(spans: &[crate::traces::Span]) {
         );
         walk(spans, Some(&root.span_id), 1);
     }
+}
+
+fn print_cluster(s: &ClusterStatus) {
+    println!(
+        "scheduler · {} · up {}s · {} live node(s)",
+        s.url,
+        s.uptime_secs,
+        s.nodes.len()
+    );
+    if s.nodes.is_empty() {
+        println!("no live node; start one with `skiff node --nats URL`");
+    } else {
+        println!(
+            "{:<16} {:<9} {:>9} {:>7} {:>10} {:>9} {:>8}  FUNCTIONS",
+            "NODE", "STATE", "IN-FLIGHT", "QUEUE", "LATENCY", "MEMORY", "SENT"
+        );
+    }
+    for n in &s.nodes {
+        let r = &n.report;
+        let functions: Vec<String> = r
+            .functions
+            .iter()
+            .map(|f| format!("{} v{}", f.name, f.version))
+            .chain(
+                r.failed
+                    .iter()
+                    .map(|f| format!("{} v{} FAILED", f.name, f.version)),
+            )
+            .collect();
+        println!(
+            "{:<16} {:<9} {:>9} {:>7} {:>8.1}ms {:>7}Mi {:>8}  {}",
+            r.node,
+            format!("{:?}", r.state).to_lowercase(),
+            format!("{}/{}", r.in_flight, r.capacity),
+            r.queue,
+            r.latency_us as f64 / 1000.0,
+            r.memory_bytes >> 20,
+            n.sent,
+            functions.join(", ")
+        );
+    }
+    println!();
+    print_functions(&s.functions);
 }
 
 fn print_functions(list: &[FunctionInfo]) {

@@ -88,28 +88,26 @@ fn event_of(msg: &async_nats::Message) -> Result<Event, BusError> {
 }
 
 impl NatsBus {
-    /// Connects to `urls` (comma-separated), creates the stream and bucket if needed,
-    /// and starts the outbox forwarder. `replicas` is the stream's replication factor.
+    /// Connects to `urls` (comma-separated) and builds the bus over that connection.
     pub async fn connect(
         urls: &str,
         store: Arc<StateStore>,
         replicas: usize,
     ) -> Result<Arc<NatsBus>, BusError> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            BusError::Backend(format!(
-                "cannot connect to NATS at {urls}: {e}; start nats-server with JetStream (-js) or fix --nats"
-            ))
-        };
-        let client = tokio::time::timeout(
-            Duration::from_secs(10),
-            async_nats::ConnectOptions::new()
-                .name("skiff")
-                .connection_timeout(Duration::from_secs(5))
-                .connect(urls),
-        )
-        .await
-        .map_err(|e| unreachable(&e))?
-        .map_err(|e| unreachable(&e))?;
+        let client = crate::cluster::connect(urls, "skiff")
+            .await
+            .map_err(|e| BusError::Backend(e.to_string()))?;
+        Self::new(client, store, replicas).await
+    }
+
+    /// Creates the stream and bucket if needed over `client` (see
+    /// [`crate::cluster::connect`]) and starts the outbox forwarder. `replicas` is the
+    /// stream's replication factor.
+    pub async fn new(
+        client: async_nats::Client,
+        store: Arc<StateStore>,
+        replicas: usize,
+    ) -> Result<Arc<NatsBus>, BusError> {
         let js = jetstream::new(client);
         js.get_or_create_stream(stream::Config {
             name: STREAM.to_string(),

@@ -290,6 +290,28 @@ impl Node {
         Ok(d)
     }
 
+    /// Deploys `record` exactly as the cluster registry has it (its version included);
+    /// a no-op when that version already serves. The artifact must be stored locally.
+    pub async fn apply(self: &Arc<Self>, record: FunctionRecord) -> Result<bool, DeployError> {
+        let name = FunctionName::new(&record.name)?;
+        let _guard = self.changes.lock().await;
+        let snapshot = self.snapshot();
+        if snapshot
+            .get(name.as_str())
+            .is_some_and(|d| d.record.version == record.version)
+        {
+            return Ok(false);
+        }
+        let prepared = self
+            .prepare(&name, &record.manifest, &record.artifact, &snapshot)
+            .await?;
+        self.registry.put_record(&record)?;
+        let d = self.install(prepared, record);
+        self.start_triggers(&d).await?;
+        tracing::info!(function = %d.record.name, version = d.record.version, code = ?d.code, "deployed from the cluster registry");
+        Ok(true)
+    }
+
     /// Brings back every recorded deployment (at start). A version that no longer loads
     /// is logged and skipped so that one broken function does not keep the node down.
     pub async fn restore(self: &Arc<Self>) -> Result<usize, RegistryError> {

@@ -418,6 +418,11 @@ fn busy(message: String) -> Response {
     let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, message);
     r.headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    // Nothing ran: the scheduler may safely send the request to another node.
+    r.headers_mut().insert(
+        skiff_scheduler::gateway::REJECTED_HEADER,
+        HeaderValue::from_static("capacity"),
+    );
     r
 }
 

@@ -73,7 +73,12 @@ impl Snapshot {
             .and_then(|name| self.functions.get(name))
     }
 
-    /// A deployment by name.
+    /// Every deployment, by name.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.functions.values()
+    }
+
+    /// The deployment of `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Arc<Deployment>> {
         FunctionName::new(name)
             .ok()
@@ -115,6 +120,22 @@ pub struct Node {
     changes: tokio::sync::Mutex<()>,
     /// Running trigger loops, by function.
     pub(crate) triggers: std::sync::Mutex<BTreeMap<String, crate::events::runner::TriggerLoops>>,
+    /// Versions that failed to load here (cluster mode reports them), by function.
+    failed: std::sync::Mutex<BTreeMap<String, (u64, String)>>,
+    /// Up, draining or left (see [`Lifecycle`]).
+    lifecycle: std::sync::atomic::AtomicU8,
+}
+
+/// Where a node is in its life; cluster mode reports it to the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Lifecycle {
+    /// Taking work.
+    Up = 0,
+    /// Finishing running work; the scheduler sends nothing new.
+    Draining = 1,
+    /// Stopped.
+    Left = 2,
 }
 
 /// What a node is built from.
@@ -158,6 +179,8 @@ impl Node {
             triggers: std::sync::Mutex::new(BTreeMap::new()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             changes: tokio::sync::Mutex::new(()),
+            failed: std::sync::Mutex::new(BTreeMap::new()),
+            lifecycle: std::sync::atomic::AtomicU8::new(Lifecycle::Up as u8),
         })
     }
 
@@ -177,6 +200,67 @@ impl Node {
         };
         let next = f(&guard);
         *guard = Arc::new(next);
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the node is part of a cluster (deploys come from the cluster registry).
+    pub fn is_cluster(&self) -> bool {
+        self.mode == "cluster"
+    }
+
+    /// Where the node is in its life.
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.lifecycle.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Lifecycle::Up,
+            1 => Lifecycle::Draining,
+            _ => Lifecycle::Left,
+        }
+    }
+
+    /// Moves the node to `state`.
+    pub fn set_lifecycle(&self, state: Lifecycle) {
+        self.lifecycle
+            .store(state as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records that `version` of `function` could not be loaded here.
+    pub fn set_failed(&self, function: &str, version: u64, error: String) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.insert(function.to_string(), (version, error));
+        }
+    }
+
+    /// Forgets a failure of `function` (it loaded, or was removed).
+    pub fn clear_failed(&self, function: &str) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.remove(function);
+        }
+    }
+
+    /// Versions that failed to load here: (function, version, error).
+    pub fn failures(&self) -> Vec<(String, u64, String)> {
+        self.failed
+            .lock()
+            .map(|f| {
+                f.iter()
+                    .map(|(n, (v, e))| (n.clone(), *v, e.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The node's limits.
+    pub fn limits(&self) -> &NodeLimits {
+        &self.limits
+    }
+
+    /// When the node started.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// The control store.
@@ -284,6 +368,7 @@ impl Node {
             in_flight: d.in_flight(),
             code: d.code,
             deployed_at_ms: d.record.deployed_at_ms,
+            nodes: vec![self.name.clone()],
         }
     }
 

@@ -1,15 +1,25 @@
-//! `skiff up`: one node and its front door in one process, with no external service.
+//! `skiff up` and `skiff node`: a node with its function listener and admin API.
+//!
+//! * `skiff up` (embedded): one node and its front door in one process, with no external
+//!   service. Deploys arrive through its admin API.
+//! * `skiff node --nats URL` (cluster): the same node, but deploys come from the cluster
+//!   registry ([`crate::cluster::sync`]), events and load reports go through NATS, and a
+//!   stop drains: the node reports `draining`, keeps serving what the scheduler still
+//!   sends for a moment, finishes running work, then reports `left`.
+//!
 //! The control store and compiled code live under `--data-dir`; deployments come back
-//! after a restart from the verified precompiled cache.
+//! after a restart from the verified precompiled cache, before NATS is even asked.
 
 use super::admin::Admin;
 use super::{listen, shutdown_signal};
+use crate::cluster::registry::ClusterRegistry;
+use crate::cluster::reporter::Reporter;
 use crate::engine::NodeEngine;
 use crate::events::Bus;
 use crate::events::embedded::EmbeddedBus;
 use crate::events::nats::NatsBus;
 use crate::limits::NodeLimits;
-use crate::node::{Node, NodeConfig};
+use crate::node::{Lifecycle, Node, NodeConfig};
 use crate::registry::Registry;
 use crate::state::StateStore;
 use anyhow::Context;
@@ -39,6 +49,11 @@ pub struct UpOptions {
     pub nats: Option<String>,
     /// Function folders to build and deploy once up.
     pub deploy: Vec<PathBuf>,
+    /// Run as a cluster node (`skiff node`): requires `nats`.
+    pub cluster: bool,
+    /// The host (or host:port) the scheduler reaches this node at, when the bound address
+    /// is not reachable as it is (e.g. bound to 0.0.0.0).
+    pub advertise: Option<String>,
 }
 
 /// Addresses a running server actually bound.
@@ -50,6 +65,10 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
+/// How long a draining cluster node keeps accepting requests after it reported draining:
+/// a few report intervals, so that the scheduler has certainly stopped sending.
+const DRAIN_NOTICE: Duration = Duration::from_millis(600);
+
 /// How long a stopping server waits for running invocations.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -59,8 +78,27 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir `{}`", opts.data_dir.display()))?;
     let registry = Arc::new(Registry::open(&opts.data_dir)?);
     let state = StateStore::open(&opts.data_dir.join("state.redb"))?;
+    let mut cluster = None;
     let bus: Arc<dyn Bus> = match &opts.nats {
-        Some(url) => NatsBus::connect(url, state.clone(), 1).await?,
+        Some(url) => {
+            let client = crate::cluster::connect(url, &opts.name).await?;
+            let replicas = crate::cluster::replicas(&client);
+            if opts.cluster {
+                let js = async_nats::jetstream::new(client.clone());
+                let registry = crate::cluster::until_ready("open the cluster registry", || {
+                    ClusterRegistry::open(&js, replicas)
+                })
+                .await?;
+                cluster = Some((client.clone(), registry));
+            }
+            crate::cluster::until_ready("set up the event stream", || {
+                NatsBus::new(client.clone(), state.clone(), replicas)
+            })
+            .await?
+        }
+        None if opts.cluster => anyhow::bail!(
+            "a cluster node needs NATS: pass --nats nats://HOST:4222 (or set SKIFF_NATS)"
+        ),
         None => Arc::new(EmbeddedBus::open(state.clone()).await?),
     };
     let engine = NodeEngine::new(&opts.limits, &opts.data_dir.join("compiled"))?;
@@ -84,7 +122,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         Node::new(
             NodeConfig {
                 name: opts.name.clone(),
-                mode: "embedded",
+                mode: if opts.cluster { "cluster" } else { "embedded" },
                 url: format!("http://{}", bound.listen),
                 limits: opts.limits.clone(),
             },
@@ -107,6 +145,29 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let admin = Arc::new(Admin::new(node.clone(), opts.token.clone()));
     let admin_serving = tokio::spawn(admin.serve(admin_listener, stop_rx));
 
+    let reporter = match cluster {
+        Some((client, registry)) => {
+            tokio::spawn(crate::cluster::sync::run(node.clone(), registry));
+            let host = |addr: SocketAddr| match &opts.advertise {
+                Some(h) if h.contains(':') => format!("http://{h}"),
+                Some(h) => format!("http://{h}:{}", addr.port()),
+                None => format!("http://{addr}"),
+            };
+            let reporter = Arc::new(Reporter::new(
+                node.clone(),
+                client,
+                host(bound.listen),
+                match &opts.advertise {
+                    Some(h) if !h.contains(':') => format!("http://{h}:{}", bound.admin.port()),
+                    _ => format!("http://{}", bound.admin),
+                },
+            ));
+            tokio::spawn(reporter.clone().run());
+            Some(reporter)
+        }
+        None => None,
+    };
+
     // Tests and scripts read this line to learn the ports (useful with port 0).
     println!(
         "skiff is up: functions on http://{} · admin on http://{} · {restored} function(s) restored from {}",
@@ -118,12 +179,19 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let admin_url = format!("http://{}", bound.admin);
     for dir in &opts.deploy {
         let client = crate::cli::client::AdminClient::new(&admin_url, opts.token.clone())?;
-        if let Err(e) = crate::cli::deploy::deploy(&client, dir, true).await {
+        if let Err(e) = crate::cli::deploy::deploy(&client, dir, true, Default::default()).await {
             eprintln!("error: cannot deploy {}: {e:#}", dir.display());
         }
     }
 
     shutdown_signal().await;
+    if let Some(reporter) = &reporter {
+        // Tell the scheduler first, and keep serving what it sent before it heard.
+        node.set_lifecycle(Lifecycle::Draining);
+        reporter.publish().await;
+        tracing::info!("draining: the scheduler sends no new work");
+        tokio::time::sleep(DRAIN_NOTICE).await;
+    }
     tracing::info!("stopping: no new connections; waiting for running invocations");
     let _ = stop_tx.send(true);
     if !node.drain(DRAIN).await {
@@ -131,5 +199,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_serving).await;
+    if let Some(reporter) = &reporter {
+        node.set_lifecycle(Lifecycle::Left);
+        reporter.publish().await;
+        tracing::info!("left the cluster");
+    }
     Ok(())
 }

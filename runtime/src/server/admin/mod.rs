@@ -40,6 +40,63 @@ pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
     Full::new(bytes.into()).boxed_unsync()
 }
 
+/// Whether `req` carries the bearer `token` (compared in constant time); always true
+/// when no token is configured.
+pub fn authorized(token: Option<&str>, req: &http::Request<Incoming>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    presented.as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle` until `stop` turns true: the admin API's
+/// loop, shared by every process that has one.
+pub async fn serve_http<F, Fut, B>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                // Small answers must not wait for Nagle's algorithm (40 ms stalls).
+                let _ = stream.set_nodelay(true);
+                let handle = handle.clone();
+                let conn = builder.serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| {
+                        let fut = handle(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    }),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
 /// The admin API's shared state.
 pub struct Admin {
     node: Arc<Node>,
@@ -53,45 +110,16 @@ impl Admin {
     }
 
     /// Accepts admin connections until `stop` turns true.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10));
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let admin = self.clone();
-                    let conn = builder.serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| {
-                            let admin = admin.clone();
-                            async move { Ok::<_, Infallible>(admin.handle(req).await) }
-                        }),
-                    );
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "admin connection ended with an error");
-                        }
-                    });
-                }
-                _ = stop.changed() => break,
-            }
-        }
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        serve_http(listener, stop, move |req| {
+            let admin = self.clone();
+            async move { admin.handle(req).await }
+        })
+        .await
     }
 
     fn authorized(&self, req: &http::Request<Incoming>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let presented = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        presented.as_bytes().ct_eq(token.as_bytes()).into()
+        authorized(self.token.as_deref(), req)
     }
 
     /// Serves one admin request.
@@ -108,6 +136,21 @@ impl Admin {
             );
         }
         let method = req.method().clone();
+        let changes_functions = matches!(
+            (&method, segments.as_slice()),
+            (&Method::PUT, ["v1", "functions", _])
+                | (&Method::DELETE, ["v1", "functions", _])
+                | (&Method::PUT, ["v1", "artifacts", _])
+        );
+        if changes_functions && self.node.is_cluster() {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "node `{}` is part of a cluster and takes its functions from the cluster registry; deploy and remove through the scheduler (--server http://SCHEDULER:7071)",
+                    self.node.name()
+                ),
+            );
+        }
         match (method, segments.as_slice()) {
             (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.node.status()),
             (Method::GET, ["metrics"]) => {
@@ -295,7 +338,7 @@ impl Admin {
     }
 }
 
-async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes, Response> {
+pub(crate) async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes, Response> {
     match Limited::new(req.into_body(), max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
@@ -309,13 +352,13 @@ async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes, Re
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response {
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response {
     let mut r = http::Response::new(full(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
     r
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
             let mut r = http::Response::new(full(Bytes::from(body)));
@@ -333,7 +376,7 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
     let body = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default();
     let mut r = http::Response::new(full(Bytes::from(body)));
     *r.status_mut() = status;

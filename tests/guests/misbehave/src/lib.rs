@@ -1,7 +1,8 @@
 //! A test guest that misbehaves on purpose and probes the host, one path each (below
 //! whatever route it is deployed on):
 //! `/trap` panics, `/loop` spins forever, `/grow` allocates without bound,
-//! `/sleep/<ms>` sleeps, `/size` answers the body's length, `/version` answers `[env] VERSION`,
+//! `/sleep/<ms>` sleeps, `/sleep-on/<port>/<ms>` sleeps only on the node whose listener
+//! has that port (it reads the `Host` the request was sent to), `/size` answers the body's length, `/version` answers `[env] VERSION`,
 //! `/kv/set/<key>` stores the body, `/kv/get/<key>` answers it,
 //! `/kv/bucket/<bucket>/get/<key>` reads from a bucket of any name,
 //! `/kvbench/<n>` times n sets and n gets from inside the guest,
@@ -74,6 +75,26 @@ fn handle(req: Request) -> Response {
             }
             if let Some(n) = rest.strip_prefix("/kvbench/") {
                 return kvbench(n.parse().unwrap_or(1000));
+            }
+            if let Some(args) = rest.strip_prefix("/sleep-on/") {
+                let (port, ms) = args.split_once('/').unwrap_or((args, "100"));
+                let host = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| {
+                        req.headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_default();
+                if host.ends_with(&format!(":{port}")) {
+                    let ms: u64 = ms.parse().unwrap_or(100);
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    return text(StatusCode::OK, format!("slept {ms}ms on {host}"));
+                }
+                return text(StatusCode::OK, format!("fast on {host}"));
             }
             if let Some(ms) = rest.strip_prefix("/sleep/") {
                 let ms: u64 = ms.parse().unwrap_or(100);

@@ -1,0 +1,95 @@
+//! A node follows the cluster registry: on (re)connection it lists what is deployed,
+//! brings its local control store in line (deploying what is new, removing what was
+//! removed while it was away), then applies each change as it is watched. Artifacts are
+//! fetched once, verified and kept locally, so a restarted node serves its last known
+//! functions even while NATS is unreachable.
+
+use super::registry::{Change, ClusterError, ClusterRegistry};
+use crate::node::Node;
+use crate::registry::FunctionRecord;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Follows the registry for as long as the node runs, reconnecting after failures.
+pub async fn run(node: Arc<Node>, registry: ClusterRegistry) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match follow(&node, &registry).await {
+            Ok(()) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                tracing::warn!(error = %e, "lost the cluster registry; serving the last known functions and retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+async fn follow(node: &Arc<Node>, registry: &ClusterRegistry) -> Result<(), ClusterError> {
+    // Watch first, so that nothing that changes while we list is missed; the watch's
+    // entries wait until the listing has been applied.
+    let mut changes = Box::pin(registry.watch().await?);
+    let records = registry.records().await?;
+    let wanted: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    for record in records {
+        apply(node, registry, record).await;
+    }
+    let here: Vec<String> = node
+        .snapshot()
+        .deployments()
+        .map(|d| d.record.name.clone())
+        .collect();
+    for name in here {
+        if !wanted.contains(&name) {
+            remove(node, &name).await;
+        }
+    }
+    tracing::info!(
+        functions = wanted.len(),
+        "in step with the cluster registry"
+    );
+    while let Some(change) = changes.next().await {
+        match change? {
+            Change::Deployed(record) => apply(node, registry, record).await,
+            Change::Removed(name) => remove(node, &name).await,
+        }
+    }
+    Err(ClusterError::Nats {
+        what: "watch the registry".into(),
+        detail: "the watch ended".into(),
+    })
+}
+
+/// Deploys `record` here; a failure is recorded for the load reports (the scheduler turns
+/// it into the deploy's answer) and never stops the node.
+async fn apply(node: &Arc<Node>, registry: &ClusterRegistry, record: FunctionRecord) {
+    let (name, version) = (record.name.clone(), record.version);
+    let result = async {
+        if !node.registry().has_artifact(&record.artifact) {
+            let bytes = registry
+                .fetch_artifact(&record.artifact)
+                .await
+                .map_err(|e| e.to_string())?;
+            node.registry()
+                .put_artifact(&bytes)
+                .map_err(|e| e.to_string())?;
+        }
+        node.apply(record).await.map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(_) => node.clear_failed(&name),
+        Err(e) => {
+            tracing::error!(function = %name, version, error = %e, "cannot load the version the cluster deployed");
+            node.set_failed(&name, version, e);
+        }
+    }
+}
+
+async fn remove(node: &Arc<Node>, name: &str) {
+    node.clear_failed(name);
+    if let Err(e) = node.remove(name).await {
+        tracing::error!(function = name, error = %e, "cannot remove a function the cluster removed");
+    }
+}
