@@ -165,6 +165,25 @@ async fn requests_spread_evenly_a_new_node_takes_traffic_and_a_stopped_one_drain
         assert!(status.contains(n), "{status}");
     }
     assert_eq!(status.matches("hello v1").count(), 3, "{status}");
+    // The scheduler's view of node load is on its /metrics; traces come from any node.
+    let metrics = get(&format!("{}/metrics", cluster.scheduler.admin))
+        .await
+        .text();
+    for line in [
+        "skiff_scheduler_nodes 3",
+        "skiff_scheduler_node_in_flight{node=\"n1\"}",
+        "skiff_scheduler_node_capacity{node=\"n3\"} 512",
+        "skiff_scheduler_requests_total{outcome=\"proxied\"}",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in:\n{metrics}");
+    }
+    let r = get(&url).await;
+    let trace = r.headers["x-skiff-trace-id"].to_str().unwrap().to_string();
+    let spans = cluster.scheduler.cli_ok(&["trace", &trace]);
+    assert!(
+        spans.contains("hello") && spans.contains(r.headers["x-skiff-node"].to_str().unwrap()),
+        "{spans}"
+    );
     let ls = cluster.scheduler.cli_ok(&["ls"]);
     assert!(
         ls.contains(&format!("{}/hello/", cluster.scheduler.listen)),

@@ -313,3 +313,39 @@ fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, ClusterError> {
         detail: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn versions_never_repeat_and_corrupt_artifacts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = crate::testkit::NatsServer::start(dir.path()).expect("nats-server");
+        let client = crate::cluster::connect(&nats.url(), "test").await.unwrap();
+        let reg = ClusterRegistry::open(&jetstream::new(client), 1)
+            .await
+            .unwrap();
+        let bytes = b"\0asm\x0d\0\x01\0component".to_vec();
+        let sha = sha256_hex(&bytes);
+        // Deploying before the upload names the missing artifact.
+        assert!(matches!(
+            reg.deploy("f", "name = \"f\"", &sha).await,
+            Err(ClusterError::MissingArtifact(_))
+        ));
+        reg.put_artifact(&sha, &bytes).await.unwrap();
+        assert_eq!(reg.fetch_artifact(&sha).await.unwrap(), bytes);
+        let v1 = reg.deploy("f", "name = \"f\"", &sha).await.unwrap();
+        assert!(reg.remove("f").await.unwrap());
+        assert!(!reg.remove("f").await.unwrap());
+        let v2 = reg.deploy("f", "name = \"f\"", &sha).await.unwrap();
+        assert_eq!((v1.version, v2.version), (1, 2));
+        assert_eq!(reg.records().await.unwrap(), vec![v2]);
+        // An object whose bytes do not hash to its name is refused when fetched.
+        let liar = sha256_hex(b"what the name promises");
+        reg.put_artifact(&liar, b"something else").await.unwrap();
+        let err = reg.fetch_artifact(&liar).await.unwrap_err();
+        assert!(matches!(err, ClusterError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("refusing it"), "{err}");
+    }
+}
