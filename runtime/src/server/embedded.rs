@@ -21,7 +21,7 @@ use crate::events::nats::NatsBus;
 use crate::limits::NodeLimits;
 use crate::node::{Lifecycle, Node, NodeConfig};
 use crate::registry::Registry;
-use crate::state::StateStore;
+use crate::state::{Replica, StateStore};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +69,9 @@ pub struct Bound {
 /// a few report intervals, so that the scheduler has certainly stopped sending.
 const DRAIN_NOTICE: Duration = Duration::from_millis(600);
 
+/// How long a starting cluster node may take to apply the state log it missed.
+const CATCH_UP: Duration = Duration::from_secs(120);
+
 /// How long a stopping server waits for running invocations.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -89,6 +92,13 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     ClusterRegistry::open(&js, replicas)
                 })
                 .await?;
+                // State goes through the replicated log; this node applies all of it.
+                let replica = crate::cluster::until_ready("open the state stream", || {
+                    Replica::open(js.clone(), replicas)
+                })
+                .await?;
+                state.replicate(replica.clone());
+                tokio::spawn(replica.apply_forever(state.clone()));
                 cluster = Some((client.clone(), registry));
             }
             crate::cluster::until_ready("set up the event stream", || {
@@ -133,6 +143,19 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interfaces: {e:#}"))?,
     );
+    if let Some(replica) = state.replica() {
+        // Catch up before serving: a node that was away must not answer with old state.
+        let target = replica.last_seq().await?;
+        let started = std::time::Instant::now();
+        if state.wait_applied(target, CATCH_UP).await {
+            tracing::info!(seq = target, took = ?started.elapsed(), "state caught up with the cluster");
+        } else {
+            anyhow::bail!(
+                "state did not catch up with the cluster's log (at {} of {target}) within {CATCH_UP:?}; check NATS and the disk, then start again",
+                state.log_applied()
+            );
+        }
+    }
     let restored = node.restore().await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -7,20 +7,26 @@
 //! disk. The transaction also records the last applied sequence number, so that a
 //! replicated log (cluster mode) can be applied through the same path and resumed.
 
+#[cfg(test)]
+mod conformance;
 pub mod keys;
 pub mod ops;
+pub mod replica;
 
 pub use keys::Namespace;
 pub use ops::{KvLimits, Op, OpError, OpResult};
 
-use ops::{APPLIED, DATA, JOURNAL, Tables, USAGE, apply};
+use ops::{APPLIED, DATA, JOURNAL, KEY_SEQ, Tables, USAGE, apply};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+pub use replica::Replica;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// The log name embedded mode applies under.
 pub const LOCAL_LOG: &str = "local";
+/// The log name the replicated log (cluster mode) is applied under.
+pub const CLUSTER_LOG: &str = "SKIFF_STATE";
 /// Keys per page of a listing.
 pub const PAGE: usize = 1000;
 /// Most ops committed in one transaction.
@@ -43,6 +49,29 @@ pub enum StateError {
     /// The writer is gone (the node is stopping).
     #[error("the state store is shutting down; retry on another node or after restart")]
     Closed,
+    /// The replicated log (cluster mode) did not take the write: nothing was written.
+    #[error("{0}")]
+    Log(String),
+    /// The write is in the replicated log (so it will apply everywhere), but this node did
+    /// not apply it in time; do not blindly retry a non-idempotent write.
+    #[error(
+        "the write is stored in the cluster's log (sequence {seq}) but this node has not applied it within {waited:?}; it will apply, so retry only if the write is idempotent"
+    )]
+    Lagging {
+        /// Its sequence in the log.
+        seq: u64,
+        /// How long the node waited.
+        waited: std::time::Duration,
+    },
+}
+
+/// One entry of the replicated log, applied in order on every node.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Its sequence in the log.
+    pub seq: u64,
+    /// A set or a delete of one key.
+    pub op: Op,
 }
 
 /// A unit of work for the writer thread, run inside the shared transaction. It must check
@@ -62,6 +91,10 @@ enum Work {
         job: Option<Job>,
         reply: oneshot::Sender<Result<JobOutput, StateError>>,
     },
+    Apply {
+        entries: Vec<LogEntry>,
+        reply: oneshot::Sender<Result<(), StateError>>,
+    },
 }
 
 /// A node's state store.
@@ -69,6 +102,10 @@ pub struct StateStore {
     db: Arc<Database>,
     path: PathBuf,
     writer: mpsc::UnboundedSender<Work>,
+    /// The replicated log's last applied sequence, for waiters.
+    log_applied: tokio::sync::watch::Sender<u64>,
+    /// Cluster mode: writes go through this log instead of straight to redb.
+    replica: std::sync::OnceLock<Arc<Replica>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -92,25 +129,33 @@ impl StateStore {
             wtx.open_table(DATA).map_err(|e| storage(&e))?;
             wtx.open_table(USAGE).map_err(|e| storage(&e))?;
             wtx.open_table(JOURNAL).map_err(|e| storage(&e))?;
+            wtx.open_table(KEY_SEQ).map_err(|e| storage(&e))?;
             let t = wtx.open_table(APPLIED).map_err(|e| storage(&e))?;
-            t.get(LOCAL_LOG)
-                .map_err(|e| storage(&e))?
-                .map(|v| v.value())
-                .unwrap_or(0)
+            let get = |log| {
+                t.get(log)
+                    .map_err(|e| storage(&e))
+                    .map(|v| v.map(|v| v.value()).unwrap_or(0))
+            };
+            (get(LOCAL_LOG)?, get(CLUSTER_LOG)?)
         };
+        let (applied, log_applied) = applied;
         wtx.commit().map_err(|e| storage(&e))?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_db = db.clone();
         let writer_path = path.to_path_buf();
+        let (log_tx, _) = tokio::sync::watch::channel(log_applied);
+        let notify = log_tx.clone();
         std::thread::Builder::new()
             .name("skiff-state-writer".into())
-            .spawn(move || writer(writer_db, writer_path, rx, applied))
+            .spawn(move || writer(writer_db, writer_path, rx, applied, notify))
             .map_err(|e| storage(&e))?;
         Ok(Arc::new(StateStore {
             db,
             path: path.to_path_buf(),
             writer: tx,
+            log_applied: log_tx,
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -136,6 +181,19 @@ impl StateStore {
         limits: KvLimits,
         idem: Option<String>,
     ) -> Result<OpResult, StateError> {
+        if let Some(replica) = self.replica.get() {
+            return replica.write(self, op, limits, idem).await;
+        }
+        self.write_local(op, limits, idem).await
+    }
+
+    /// Applies `op` to this node's redb directly (embedded mode).
+    async fn write_local(
+        &self,
+        op: Op,
+        limits: KvLimits,
+        idem: Option<String>,
+    ) -> Result<OpResult, StateError> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Work::Op {
@@ -146,6 +204,47 @@ impl StateStore {
             })
             .map_err(|_| StateError::Closed)?;
         rx.await.map_err(|_| StateError::Closed)?
+    }
+
+    /// Switches the store to cluster mode: writes go through `replica`'s log.
+    pub fn replicate(&self, replica: Arc<Replica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// The replicated log, in cluster mode.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.get()
+    }
+
+    /// Applies entries of the replicated log, in order, in one durable transaction that
+    /// also records the last applied sequence. Entries at or below it are skipped.
+    pub async fn apply_log(&self, entries: Vec<LogEntry>) -> Result<(), StateError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Work::Apply { entries, reply })
+            .map_err(|_| StateError::Closed)?;
+        rx.await.map_err(|_| StateError::Closed)?
+    }
+
+    /// The replicated log's last sequence applied here.
+    pub fn log_applied(&self) -> u64 {
+        *self.log_applied.borrow()
+    }
+
+    /// Waits until the replicated log has been applied here up to `seq`; false on timeout.
+    pub async fn wait_applied(&self, seq: u64, max: std::time::Duration) -> bool {
+        let mut rx = self.log_applied.subscribe();
+        tokio::time::timeout(max, rx.wait_for(|applied| *applied >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The replicated log's sequence of the write that last set or deleted `key`.
+    pub fn key_seq(&self, ns: &Namespace, key: &str) -> Result<Option<u64>, StateError> {
+        let rtx = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let t = rtx.open_table(KEY_SEQ).map_err(|e| self.storage(e))?;
+        let v = t.get(ns.key(key).as_slice()).map_err(|e| self.storage(e))?;
+        Ok(v.map(|v| v.value()))
     }
 
     /// Runs `job` in the writer's next group-committed transaction; returns once durable.
@@ -234,7 +333,14 @@ pub fn now_ms() -> u64 {
 
 /// The writer thread: drain what is waiting, apply it in one transaction, fsync once,
 /// answer everyone.
-fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Work>, mut seq: u64) {
+fn writer(
+    db: Arc<Database>,
+    path: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    mut seq: u64,
+    log_applied: tokio::sync::watch::Sender<u64>,
+) {
+    let mut log_seq = *log_applied.borrow();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -243,9 +349,13 @@ fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Work
                 Err(_) => break,
             }
         }
-        match commit_batch(&db, &mut batch, seq) {
-            Ok((results, next_seq)) => {
+        match commit_batch(&db, &mut batch, seq, log_seq) {
+            Ok((results, next_seq, next_log)) => {
                 seq = next_seq;
+                if next_log != log_seq {
+                    log_seq = next_log;
+                    log_applied.send_replace(log_seq);
+                }
                 for (req, result) in batch.into_iter().zip(results) {
                     match (req, result) {
                         (Work::Op { reply, .. }, Outcome::Op(r)) => {
@@ -256,6 +366,9 @@ fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Work
                                 path: path.clone(),
                                 detail,
                             }));
+                        }
+                        (Work::Apply { reply, .. }, Outcome::Applied) => {
+                            let _ = reply.send(Ok(()));
                         }
                         _ => tracing::error!("writer results out of step with requests"),
                     }
@@ -275,6 +388,9 @@ fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Work
                         Work::Job { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
+                        Work::Apply { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
                     }
                 }
             }
@@ -285,11 +401,18 @@ fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Work
 enum Outcome {
     Op(Result<OpResult, OpError>),
     Job(Result<JobOutput, String>),
+    Applied,
 }
 
-type BatchResults = (Vec<Outcome>, u64);
+type BatchResults = (Vec<Outcome>, u64, u64);
 
-fn commit_batch(db: &Database, batch: &mut [Work], mut seq: u64) -> Result<BatchResults, String> {
+fn commit_batch(
+    db: &Database,
+    batch: &mut [Work],
+    mut seq: u64,
+    mut log_seq: u64,
+) -> Result<BatchResults, String> {
+    let log_before = log_seq;
     let mut wtx = db.begin_write().map_err(|e| e.to_string())?;
     wtx.set_durability(Durability::Immediate)
         .map_err(|e| e.to_string())?;
@@ -339,7 +462,36 @@ fn commit_batch(db: &Database, batch: &mut [Work], mut seq: u64) -> Result<Batch
                     };
                     results.push(Outcome::Job(r));
                 }
+                Work::Apply { entries, .. } => {
+                    let mut key_seq = wtx.open_table(KEY_SEQ).map_err(|e| e.to_string())?;
+                    for entry in entries.iter() {
+                        if entry.seq <= log_seq {
+                            continue;
+                        }
+                        // The log holds only checked writes: every node applies all of it.
+                        match apply(&mut tables, &entry.op, &KvLimits::UNLIMITED) {
+                            Err(OpError::Storage(detail)) => return Err(detail),
+                            Err(e) => {
+                                tracing::error!(seq = entry.seq, error = %e, "replicated write refused; skipped")
+                            }
+                            Ok(_) => {}
+                        }
+                        if let Op::Set { ns, key, .. } | Op::Delete { ns, key } = &entry.op {
+                            key_seq
+                                .insert(ns.key(key).as_slice(), entry.seq)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        log_seq = entry.seq;
+                    }
+                    results.push(Outcome::Applied);
+                }
             }
+        }
+        if log_seq != log_before {
+            wtx.open_table(APPLIED)
+                .map_err(|e| e.to_string())?
+                .insert(CLUSTER_LOG, log_seq)
+                .map_err(|e| e.to_string())?;
         }
         wtx.open_table(APPLIED)
             .map_err(|e| e.to_string())?
@@ -347,7 +499,7 @@ fn commit_batch(db: &Database, batch: &mut [Work], mut seq: u64) -> Result<Batch
             .map_err(|e| e.to_string())?;
     }
     wtx.commit().map_err(|e| e.to_string())?;
-    Ok((results, seq))
+    Ok((results, seq, log_seq))
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ pub const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("kv_us
 pub const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_journal");
 /// Log name → last applied sequence.
 pub const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
+/// Key (as in [`DATA`]) → the replicated log's sequence of the write that last set or
+/// deleted it (cluster mode: the compare-and-set token of that key).
+pub const KEY_SEQ: TableDefinition<&[u8], u64> = TableDefinition::new("kv_seq");
 
 /// Per-function state limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +32,26 @@ pub struct KvLimits {
     pub keys: u64,
     /// Most bytes (keys + values) the function may hold.
     pub total_bytes: u64,
+}
+
+impl KvLimits {
+    /// No limits: replicated writes were checked before they entered the log, and every
+    /// node must apply what the log holds, whatever its own usage.
+    pub const UNLIMITED: KvLimits = KvLimits {
+        key_bytes: u64::MAX,
+        value_bytes: u64::MAX,
+        keys: u64::MAX,
+        total_bytes: u64::MAX,
+    };
+
+    /// Checks a key's and a value's sizes (what can be checked without the store).
+    pub fn check(&self, key: &str, value: Option<&[u8]>) -> Result<(), OpError> {
+        check_key(key, self)?;
+        if let Some(v) = value {
+            check_value(v, self)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for KvLimits {

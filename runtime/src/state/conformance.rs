@@ -1,0 +1,234 @@
+//! One conformance suite for the state store, run against embedded mode (direct apply)
+//! and cluster mode (through the replicated JetStream log, applied back to redb).
+
+use super::*;
+use std::time::Duration;
+
+fn limits() -> KvLimits {
+    KvLimits {
+        key_bytes: 64,
+        value_bytes: 256,
+        keys: 50,
+        total_bytes: 1 << 20,
+    }
+}
+
+async fn run(s: &Arc<StateStore>) {
+    let ns = Namespace::new("conf", "default");
+    let other = Namespace::new("conf", "other");
+    let set = |k: &str, v: &str| Op::Set {
+        ns: ns.clone(),
+        key: k.into(),
+        value: v.as_bytes().to_vec(),
+    };
+    // Set, read, overwrite, delete; buckets are separate.
+    s.write(set("a", "1"), limits()).await.unwrap();
+    s.write(set("a", "2"), limits()).await.unwrap();
+    assert_eq!(s.get(&ns, "a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(s.get(&other, "a").unwrap(), None);
+    s.write(
+        Op::Delete {
+            ns: ns.clone(),
+            key: "a".into(),
+        },
+        limits(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get(&ns, "a").unwrap(), None);
+
+    // Concurrent increments all count.
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (s, ns) = (s.clone(), ns.clone());
+        tasks.push(tokio::spawn(async move {
+            s.write(
+                Op::Increment {
+                    ns,
+                    key: "n".into(),
+                    delta: 1,
+                },
+                limits(),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Ok(OpResult::Incremented(_))));
+    }
+    assert_eq!(s.get(&ns, "n").unwrap(), Some(b"100".to_vec()));
+
+    // Compare-and-swap.
+    let cas = |expected: Option<&str>, new: &str| Op::CompareAndSwap {
+        ns: ns.clone(),
+        key: "c".into(),
+        expected: expected.map(|e| e.as_bytes().to_vec()),
+        new: new.as_bytes().to_vec(),
+    };
+    assert_eq!(
+        s.write(cas(None, "x"), limits()).await.unwrap(),
+        OpResult::Swapped(true)
+    );
+    assert_eq!(
+        s.write(cas(None, "y"), limits()).await.unwrap(),
+        OpResult::Swapped(false)
+    );
+    assert_eq!(
+        s.write(cas(Some("x"), "z"), limits()).await.unwrap(),
+        OpResult::Swapped(true)
+    );
+    assert_eq!(s.get(&ns, "c").unwrap(), Some(b"z".to_vec()));
+
+    // Batches.
+    s.write(
+        Op::SetMany {
+            ns: ns.clone(),
+            items: vec![("b1".into(), b"1".to_vec()), ("b2".into(), b"2".to_vec())],
+        },
+        limits(),
+    )
+    .await
+    .unwrap();
+    let (keys, _) = s.list(&ns, "b", 0).unwrap();
+    assert_eq!(keys, vec!["b1", "b2"]);
+    s.write(
+        Op::DeleteMany {
+            ns: ns.clone(),
+            keys: vec!["b1".into(), "b2".into()],
+        },
+        limits(),
+    )
+    .await
+    .unwrap();
+    assert!(s.list(&ns, "b", 0).unwrap().0.is_empty());
+
+    // Refusals write nothing.
+    let too_long = "k".repeat(65);
+    assert!(matches!(
+        s.write(set(&too_long, "v"), limits()).await,
+        Err(StateError::Refused(OpError::KeyTooLarge { .. }))
+    ));
+    assert!(matches!(
+        s.write(set("big", &"v".repeat(257)), limits()).await,
+        Err(StateError::Refused(OpError::ValueTooLarge { .. }))
+    ));
+    assert!(matches!(
+        s.write(
+            Op::Increment {
+                ns: ns.clone(),
+                key: "c".into(),
+                delta: 1
+            },
+            limits()
+        )
+        .await,
+        Err(StateError::Refused(OpError::NotACounter(_)))
+    ));
+    let few = KvLimits {
+        keys: 2,
+        ..limits()
+    };
+    assert!(matches!(
+        s.write(set("one-too-many", "v"), few).await,
+        Err(StateError::Refused(OpError::TooManyKeys { .. }))
+    ));
+    assert_eq!(s.get(&ns, "one-too-many").unwrap(), None);
+    assert_eq!(s.get(&ns, "c").unwrap(), Some(b"z".to_vec()));
+
+    // The same idempotent write twice (a redelivered handler) applies once.
+    for _ in 0..2 {
+        s.write_once(
+            Op::Increment {
+                ns: ns.clone(),
+                key: "once".into(),
+                delta: 5,
+            },
+            limits(),
+            Some("conf/event-1/0/abc".into()),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.get(&ns, "once").unwrap(), Some(b"5".to_vec()));
+    // Usage follows the data.
+    let (keys, _) = s.usage("conf").unwrap();
+    assert_eq!(keys, 3, "n, c, once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_state_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StateStore::open(&dir.path().join("state.redb")).unwrap();
+    run(&s).await;
+}
+
+async fn replicated(nats: &str, path: &std::path::Path) -> Arc<StateStore> {
+    let client = crate::cluster::connect(nats, "test").await.unwrap();
+    let replica = Replica::open(async_nats::jetstream::new(client), 1)
+        .await
+        .unwrap();
+    let s = StateStore::open(path).unwrap();
+    s.replicate(replica.clone());
+    tokio::spawn(replica.apply_forever(s.clone()));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicated_state_conforms_and_every_node_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = crate::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let a = replicated(&nats.url(), &dir.path().join("a.redb")).await;
+    run(&a).await;
+    // A second node built from the stream alone holds the same state.
+    let b = replicated(&nats.url(), &dir.path().join("b.redb")).await;
+    let target = a.replica().unwrap().last_seq().await.unwrap();
+    assert!(b.wait_applied(target, Duration::from_secs(10)).await);
+    let ns = Namespace::new("conf", "default");
+    for key in ["n", "c", "once", "a", "b1"] {
+        assert_eq!(b.get(&ns, key).unwrap(), a.get(&ns, key).unwrap(), "{key}");
+    }
+    assert_eq!(b.usage("conf").unwrap(), a.usage("conf").unwrap());
+    // Writes through b are read on a: strongly at once, locally after it applies them.
+    b.write(
+        Op::Set {
+            ns: ns.clone(),
+            key: "from-b".into(),
+            value: b"hi".to_vec(),
+        },
+        limits(),
+    )
+    .await
+    .unwrap();
+    let replica = a.replica().unwrap();
+    assert_eq!(
+        replica.get_strong(&ns, "from-b").await.unwrap(),
+        Some(b"hi".to_vec())
+    );
+    let seq = b.log_applied();
+    assert!(a.wait_applied(seq, Duration::from_secs(5)).await);
+    assert_eq!(a.get(&ns, "from-b").unwrap(), Some(b"hi".to_vec()));
+    // Increments from both nodes at once all count.
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let ns = ns.clone();
+        tasks.push(tokio::spawn(async move {
+            s.write(
+                Op::Increment {
+                    ns,
+                    key: "both".into(),
+                    delta: 1,
+                },
+                limits(),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        replica.get_strong(&ns, "both").await.unwrap(),
+        Some(b"100".to_vec())
+    );
+}

@@ -1,0 +1,515 @@
+//! Cluster mode's state: every write goes through a replicated JetStream stream, and every
+//! node applies that stream, in order, to its own redb (DESIGN.md, "State = redb + an
+//! ordered log").
+//!
+//! * Stream `SKIFF_STATE`, subjects `state.<function>.b<hex bucket>.k<hex key>` (hex, so
+//!   any key is a safe subject token), replicated on up to 3 NATS servers, keeping only
+//!   the newest message per key. A message is the key's new value, or a tombstone
+//!   (`Skiff-Op: del`) that expires after [`TOMBSTONE_TTL`], so the stream stays bounded.
+//! * The log holds only plain sets and deletes. An increment or a compare-and-swap reads
+//!   the key's value and sequence, computes the new value, and publishes it with
+//!   `Nats-Expected-Last-Subject-Sequence`: if another write got there first, JetStream
+//!   refuses it and the op is retried on the newest value (read from the stream).
+//! * Every write carries a `Nats-Msg-Id`: an event handler's writes use the idempotency key
+//!   of the write (event id + position), so a redelivered handler's write is dropped as a
+//!   duplicate (within the stream's de-duplication window); other writes get a fresh id,
+//!   so a publish retried by the client library is not applied twice.
+//! * A write returns once this node has applied it (read-your-writes). Reads are local:
+//!   another node sees a write once it has applied it (usually within milliseconds;
+//!   measured in BENCHMARKS.md). [`Replica::get_strong`] reads the key's newest value from
+//!   the stream itself, for when that lag matters.
+//! * Each node records the last applied sequence in the same redb transaction as the data,
+//!   so a restarted node resumes where it stopped, and a node that starts hosting builds
+//!   its state from the stream. A node away longer than [`TOMBSTONE_TTL`] may have missed
+//!   a delete's tombstone, so it rebuilds from the start of the stream.
+
+use super::{LogEntry, Namespace, Op, OpError, OpResult, StateError, StateStore};
+use crate::state::KvLimits;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The stream that carries state writes.
+pub const STREAM: &str = "SKIFF_STATE";
+/// How long a delete's tombstone stays in the stream.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a write waits for this node to apply it.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+/// How often a conflicting increment or swap is retried.
+const MAX_ATTEMPTS: usize = 100;
+/// Messages applied per transaction at most.
+const APPLY_BATCH: usize = 1024;
+
+const H_OP: &str = "Skiff-Op";
+
+/// The replicated log of one node.
+pub struct Replica {
+    js: jetstream::Context,
+    stream: stream::Stream,
+}
+
+fn log_err(what: &str, e: impl std::fmt::Display) -> StateError {
+    StateError::Log(format!(
+        "cannot {what}: {e}; the write was not applied — the NATS cluster may have lost its quorum, retry once it is back"
+    ))
+}
+
+/// The subject of `key` in `ns`.
+pub fn subject(ns: &Namespace, key: &str) -> String {
+    format!(
+        "state.{}.b{}.k{}",
+        ns.function,
+        hex::encode(ns.bucket.as_bytes()),
+        hex::encode(key.as_bytes())
+    )
+}
+
+/// The namespace and key a subject names, if it is one of ours.
+pub fn parse_subject(subject: &str) -> Option<(Namespace, String)> {
+    let mut parts = subject.split('.');
+    if parts.next()? != "state" {
+        return None;
+    }
+    let function = parts.next()?;
+    let bucket = String::from_utf8(hex::decode(parts.next()?.strip_prefix('b')?).ok()?).ok()?;
+    let key = String::from_utf8(hex::decode(parts.next()?.strip_prefix('k')?).ok()?).ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((Namespace::new(function, &bucket), key))
+}
+
+/// What a conditional write does with the current value.
+enum Update {
+    /// Write this value and answer this.
+    Write(Vec<u8>, OpResult),
+    /// Write nothing and answer this.
+    Answer(OpResult),
+}
+
+impl Replica {
+    /// Creates (or opens) the stream with `replicas` copies.
+    pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Arc<Replica>, StateError> {
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.to_string(),
+                subjects: vec!["state.>".into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_messages_per_subject: 1,
+                allow_message_ttl: true,
+                duplicate_window: crate::events::nats::DEDUP_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| log_err(&format!("create stream {STREAM}"), e))?;
+        Ok(Arc::new(Replica { js, stream }))
+    }
+
+    async fn publish(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        value: Option<&[u8]>,
+        expected: Option<u64>,
+        msg_id: &str,
+    ) -> Result<u64, Publish> {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        if let Some(seq) = expected {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                seq.to_string().as_str(),
+            );
+        }
+        let payload = match value {
+            Some(v) => {
+                headers.insert(H_OP, "set");
+                Bytes::copy_from_slice(v)
+            }
+            None => {
+                headers.insert(H_OP, "del");
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_TTL,
+                    TOMBSTONE_TTL.as_secs().to_string().as_str(),
+                );
+                Bytes::new()
+            }
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject(ns, key), headers, payload)
+            .await
+            .map_err(|e| Publish::Failed(log_err("send the write to the cluster", e)))?
+            .await;
+        match ack {
+            Ok(a) => Ok(a.sequence),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                Err(Publish::Conflict)
+            }
+            Err(e) => Err(Publish::Failed(log_err(
+                "store the write in the cluster",
+                e,
+            ))),
+        }
+    }
+
+    /// The newest value of `key` and the sequence of its last write, from the stream.
+    async fn newest(
+        &self,
+        ns: &Namespace,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, u64), StateError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&subject(ns, key))
+            .await
+        {
+            Ok(m) => {
+                let deleted = m.headers.get(H_OP).is_some_and(|v| v.as_str() == "del");
+                Ok(((!deleted).then(|| m.payload.to_vec()), m.sequence))
+            }
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok((None, 0))
+            }
+            Err(e) => Err(log_err("read the key's newest value", e)),
+        }
+    }
+
+    /// Reads `key`'s newest value from the stream (a strongly consistent read).
+    pub async fn get_strong(
+        &self,
+        ns: &Namespace,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.newest(ns, key).await?.0)
+    }
+
+    async fn settle(&self, store: &StateStore, seq: u64) -> Result<(), StateError> {
+        if store.wait_applied(seq, APPLY_WAIT).await {
+            Ok(())
+        } else {
+            Err(StateError::Lagging {
+                seq,
+                waited: APPLY_WAIT,
+            })
+        }
+    }
+
+    /// Writes `op` through the log; returns once this node has applied it.
+    pub async fn write(
+        &self,
+        store: &StateStore,
+        op: Op,
+        limits: KvLimits,
+        idem: Option<String>,
+    ) -> Result<OpResult, StateError> {
+        let id = |n: usize| match &idem {
+            Some(k) => format!("{k}#{n}"),
+            None => format!("w-{}#{n}", crate::events::random_id()),
+        };
+        match op {
+            Op::Set { ns, key, value } => {
+                limits.check(&key, Some(&value))?;
+                self.check_quota(store, &ns, &[(&key, Some(value.len()))], &limits)?;
+                let seq = self.plain(&ns, &key, Some(&value), &id(0)).await?;
+                self.settle(store, seq).await?;
+                Ok(OpResult::Done)
+            }
+            Op::Delete { ns, key } => {
+                let seq = self.plain(&ns, &key, None, &id(0)).await?;
+                self.settle(store, seq).await?;
+                Ok(OpResult::Done)
+            }
+            Op::SetMany { ns, items } => {
+                let sizes: Vec<(&str, Option<usize>)> = items
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), Some(v.len())))
+                    .collect();
+                for (k, v) in &items {
+                    limits.check(k, Some(v))?;
+                }
+                self.check_quota(store, &ns, &sizes, &limits)?;
+                let mut last = 0;
+                for (i, (k, v)) in items.iter().enumerate() {
+                    last = self.plain(&ns, k, Some(v), &id(i)).await?;
+                }
+                self.settle(store, last).await?;
+                Ok(OpResult::Done)
+            }
+            Op::DeleteMany { ns, keys } => {
+                let mut last = 0;
+                for (i, k) in keys.iter().enumerate() {
+                    last = self.plain(&ns, k, None, &id(i)).await?;
+                }
+                self.settle(store, last).await?;
+                Ok(OpResult::Done)
+            }
+            Op::Increment { ns, key, delta } => {
+                limits.check(&key, None)?;
+                let k = key.clone();
+                self.update(store, &ns, &key, &limits, &id(0), |current| {
+                    let n = match current {
+                        None => 0,
+                        Some(b) => std::str::from_utf8(b)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .ok_or_else(|| OpError::NotACounter(k.clone()))?,
+                    };
+                    let next = n
+                        .checked_add(delta)
+                        .ok_or_else(|| OpError::Overflow(k.clone()))?;
+                    Ok(Update::Write(
+                        next.to_string().into_bytes(),
+                        OpResult::Incremented(next),
+                    ))
+                })
+                .await
+            }
+            Op::CompareAndSwap {
+                ns,
+                key,
+                expected,
+                new,
+            } => {
+                limits.check(&key, Some(&new))?;
+                self.update(store, &ns, &key, &limits, &id(0), |current| {
+                    Ok(if current == expected.as_deref() {
+                        Update::Write(new.clone(), OpResult::Swapped(true))
+                    } else {
+                        Update::Answer(OpResult::Swapped(false))
+                    })
+                })
+                .await
+            }
+            Op::Purge { function } => Err(StateError::Log(format!(
+                "purging `{function}`'s state is not available in cluster mode yet; delete its keys with `skiff kv del`"
+            ))),
+        }
+    }
+
+    async fn plain(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        value: Option<&[u8]>,
+        msg_id: &str,
+    ) -> Result<u64, StateError> {
+        match self.publish(ns, key, value, None, msg_id).await {
+            Ok(seq) => Ok(seq),
+            Err(Publish::Failed(e)) => Err(e),
+            Err(Publish::Conflict) => Err(StateError::Log(
+                "the cluster refused an unconditional write as a conflict; retry".into(),
+            )),
+        }
+    }
+
+    /// Reads, computes, and writes conditionally on the key's sequence, retrying on
+    /// conflict with the newest value from the stream.
+    async fn update(
+        &self,
+        store: &StateStore,
+        ns: &Namespace,
+        key: &str,
+        limits: &KvLimits,
+        msg_id: &str,
+        compute: impl Fn(Option<&[u8]>) -> Result<Update, OpError>,
+    ) -> Result<OpResult, StateError> {
+        // First from the local copy (usually current), then from the stream.
+        let mut current = (store.get(ns, key)?, store.key_seq(ns, key)?.unwrap_or(0));
+        let mut from_stream = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let (value, seq) = &current;
+            match compute(value.as_deref())? {
+                Update::Answer(r) if from_stream => return Ok(r),
+                // A "no" from a possibly stale local copy is checked against the stream.
+                Update::Answer(_) => {}
+                Update::Write(new, result) => {
+                    self.check_quota(store, ns, &[(key, Some(new.len()))], limits)?;
+                    match self.publish(ns, key, Some(&new), Some(*seq), msg_id).await {
+                        Ok(s) => {
+                            self.settle(store, s).await?;
+                            return Ok(result);
+                        }
+                        Err(Publish::Conflict) => {}
+                        Err(Publish::Failed(e)) => return Err(e),
+                    }
+                }
+            }
+            current = self.newest(ns, key).await?;
+            from_stream = true;
+        }
+        Err(StateError::Log(format!(
+            "`{key}` changed {MAX_ATTEMPTS} times while this write retried; too much contention on one key — retry later"
+        )))
+    }
+
+    /// Checks a function's key and byte quotas against this node's (current or nearly
+    /// current) usage before a write enters the log; the log itself never refuses.
+    fn check_quota(
+        &self,
+        store: &StateStore,
+        ns: &Namespace,
+        writes: &[(&str, Option<usize>)],
+        limits: &KvLimits,
+    ) -> Result<(), StateError> {
+        let (mut keys, mut bytes) = store.usage(&ns.function)?;
+        let mut grows = (false, false);
+        for (key, new) in writes {
+            let old = store.get(ns, key)?.map(|v| v.len());
+            match (old, new) {
+                (None, Some(n)) => {
+                    keys += 1;
+                    bytes += (key.len() + n) as u64;
+                    grows = (true, true);
+                }
+                (Some(o), Some(n)) if *n > o => {
+                    bytes += (n - o) as u64;
+                    grows.1 = true;
+                }
+                _ => {}
+            }
+        }
+        if grows.0 && keys > limits.keys {
+            return Err(OpError::TooManyKeys {
+                would: keys,
+                limit: limits.keys,
+            }
+            .into());
+        }
+        if grows.1 && bytes > limits.total_bytes {
+            return Err(OpError::TooManyBytes {
+                would: bytes,
+                limit: limits.total_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The stream's last sequence now (what a starting node must reach before serving).
+    pub async fn last_seq(&self) -> Result<u64, StateError> {
+        let mut stream = self.stream.clone();
+        stream
+            .info()
+            .await
+            .map(|i| i.state.last_sequence)
+            .map_err(|e| log_err("read the state stream's position", e))
+    }
+
+    /// Applies the stream to `store` for as long as the node runs, resuming after the
+    /// last applied sequence and reconnecting after failures.
+    pub async fn apply_forever(self: Arc<Self>, store: Arc<StateStore>) {
+        loop {
+            if let Err(e) = self.apply_from(&store).await {
+                tracing::warn!(error = %e, "state replication interrupted; resuming");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn apply_from(&self, store: &StateStore) -> Result<(), StateError> {
+        let start = store.log_applied() + 1;
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: "state.>".into(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| log_err("follow the state stream", e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| log_err("follow the state stream", e))?;
+        let mut chunks = messages.ready_chunks(APPLY_BATCH);
+        while let Some(chunk) = chunks.next().await {
+            let mut entries = Vec::with_capacity(chunk.len());
+            let mut failure = None;
+            for m in chunk {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        failure = Some(log_err("read the state stream", e));
+                        break;
+                    }
+                };
+                let info = m.info().map_err(|e| log_err("read a state message", e))?;
+                let seq = info.stream_sequence;
+                let Some((ns, key)) = parse_subject(&m.subject) else {
+                    tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped");
+                    continue;
+                };
+                let deleted = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(H_OP))
+                    .is_some_and(|v| v.as_str() == "del");
+                let op = if deleted {
+                    Op::Delete { ns, key }
+                } else {
+                    Op::Set {
+                        ns,
+                        key,
+                        value: m.payload.to_vec(),
+                    }
+                };
+                entries.push(LogEntry { seq, op });
+            }
+            if !entries.is_empty() {
+                store.apply_log(entries).await?;
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        Err(log_err("follow the state stream", "the stream ended"))
+    }
+}
+
+/// Why a publish did not go through.
+enum Publish {
+    /// Another write to the key came first (expected sequence mismatch).
+    Conflict,
+    /// NATS refused or could not be reached.
+    Failed(StateError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_key_is_a_safe_subject_and_round_trips() {
+        for (bucket, key) in [
+            ("default", "x"),
+            ("", "a.b*c>d e\tf"),
+            ("b.*>", "ключ/🔑"),
+            ("default", &"k".repeat(1024)),
+        ] {
+            let ns = Namespace::new("fn-1", bucket);
+            let s = subject(&ns, key);
+            assert!(
+                s.split('.')
+                    .all(|t| !t.is_empty()
+                        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')),
+                "{s}"
+            );
+            assert_eq!(parse_subject(&s), Some((ns, key.to_string())));
+        }
+        assert_eq!(parse_subject("events.x"), None);
+        assert_eq!(parse_subject("state.f.bzz.k00"), None);
+    }
+}
