@@ -90,8 +90,14 @@ impl Store {
         Ok(atomics::increment(&self.bucket, key, delta)?)
     }
 
-    /// Sets `key` to `new` if its value is `expected` (`None`: absent); returns whether
-    /// it did.
+    /// The value at `key` as last written anywhere in the cluster, even by another node a
+    /// moment ago (one round trip to the cluster's log). `get` reads this node's copy,
+    /// which trails other nodes' writes by milliseconds; on one node they are the same.
+    pub fn get_consistent(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(ext::get_consistent(&self.bucket, key)?)
+    }
+
+    /// Sets `key` to `new` if its value is `expected` (`None`: absent); whether it did.
     pub fn compare_and_swap(
         &self,
         key: &str,

@@ -11,21 +11,21 @@ use std::time::{Duration, Instant};
 
 /// Cluster tests measure spreads and timings: one at a time, so they do not compete for
 /// this machine's two cores with each other.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
 
 /// 3 clustered nats-servers, N nodes, 1 scheduler.
-struct Cluster {
-    tmp: tempfile::TempDir,
-    nats: NatsCluster,
-    nodes: Vec<Skiff>,
-    scheduler: Skiff,
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub nats: NatsCluster,
+    pub nodes: Vec<Skiff>,
+    pub scheduler: Skiff,
 }
 
 impl Cluster {
-    fn start(nodes: usize) -> Cluster {
+    pub fn start(nodes: usize) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let nats = NatsCluster::start(tmp.path(), 3).expect("nats cluster");
         let urls = nats.urls();
@@ -41,16 +41,23 @@ impl Cluster {
         }
     }
 
-    fn add_node(&mut self, name: &str) -> Instant {
+    pub fn add_node(&mut self, name: &str) -> Instant {
         self.nodes
             .push(node(self.tmp.path(), &self.nats.urls(), name, &[]));
         Instant::now()
     }
 
     /// Deploys a function folder through the scheduler; returns the CLI's output.
-    fn deploy(&self, dir: &Path) -> String {
+    pub fn deploy(&self, dir: &Path) -> String {
         self.scheduler
             .cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"])
+    }
+
+    /// Deploys an example function and waits until every node serves it.
+    pub fn deploy_example(&self, name: &str) -> String {
+        let dir = repo().join("functions").join(name);
+        self.scheduler
+            .cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build", "--wait-all"])
     }
 
     /// Deploys hello and waits until every node serves it.
@@ -69,22 +76,34 @@ impl Cluster {
     }
 }
 
-fn node(dir: &Path, nats: &str, name: &str, args: &[&str]) -> Skiff {
+pub fn node(dir: &Path, nats: &str, name: &str, args: &[&str]) -> Skiff {
     Skiff::node(&dir.join(name), nats, name, args)
 }
 
 /// One request's outcome as a load generator saw it.
 #[derive(Debug, Clone)]
-struct Hit {
-    node: String,
-    status: u16,
-    latency: Duration,
-    at: Instant,
+pub struct Hit {
+    pub node: String,
+    pub status: u16,
+    pub latency: Duration,
+    pub at: Instant,
+    pub body: String,
 }
 
 /// Sends GETs to `url` from `workers` keep-alive clients until `total` were sent or
 /// `until` passes. Transport failures count as status 0.
-async fn hammer(url: &str, workers: usize, total: usize, until: Option<Instant>) -> Vec<Hit> {
+pub async fn hammer(url: &str, workers: usize, total: usize, until: Option<Instant>) -> Vec<Hit> {
+    hammer_with("GET", url, workers, total, until).await
+}
+
+/// Like [`hammer`], with any method.
+pub async fn hammer_with(
+    method: &'static str,
+    url: &str,
+    workers: usize,
+    total: usize,
+    until: Option<Instant>,
+) -> Vec<Hit> {
     let sent = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
@@ -97,8 +116,12 @@ async fn hammer(url: &str, workers: usize, total: usize, until: Option<Instant>)
                     && until.is_none_or(|u| Instant::now() < u)
                 {
                     let at = Instant::now();
-                    let req = http::Request::get(&url).body(body("")).unwrap();
-                    let (status, node) = match send(&c, req).await {
+                    let req = http::Request::builder()
+                        .method(method)
+                        .uri(&url)
+                        .body(body(""))
+                        .unwrap();
+                    let (status, node, text) = match send(&c, req).await {
                         Ok(r) => (
                             r.status,
                             r.headers
@@ -106,14 +129,16 @@ async fn hammer(url: &str, workers: usize, total: usize, until: Option<Instant>)
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                                 .to_string(),
+                            r.text(),
                         ),
-                        Err(_) => (0, String::new()),
+                        Err(e) => (0, String::new(), e),
                     };
                     hits.push(Hit {
                         node,
                         status,
                         latency: at.elapsed(),
                         at,
+                        body: text,
                     });
                 }
                 hits
@@ -127,7 +152,7 @@ async fn hammer(url: &str, workers: usize, total: usize, until: Option<Instant>)
     all
 }
 
-fn per_node(hits: &[Hit]) -> BTreeMap<String, usize> {
+pub fn per_node(hits: &[Hit]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for h in hits {
         *m.entry(h.node.clone()).or_insert(0) += 1;
@@ -135,7 +160,7 @@ fn per_node(hits: &[Hit]) -> BTreeMap<String, usize> {
     m
 }
 
-fn p99(hits: &[Hit]) -> Duration {
+pub fn p99(hits: &[Hit]) -> Duration {
     let mut l: Vec<Duration> = hits.iter().map(|h| h.latency).collect();
     l.sort();
     l[(l.len() * 99 / 100).min(l.len() - 1)]
@@ -312,7 +337,7 @@ async fn a_slow_node_gets_less_work_and_p99_beats_round_robin() {
 
     let mut rows = Vec::new();
     for (label, sched) in [("round-robin", &rr), ("p2c", &cluster.scheduler)] {
-        let hits = hammer(&format!("{}{path}", sched.listen), 12, 900, None).await;
+        let hits = hammer(&format!("{}{path}", sched.listen), 12, 1500, None).await;
         assert!(hits.iter().all(|h| h.status == 200), "{label}: failures");
         let slow = hits.iter().filter(|h| h.node == "n3").count();
         rows.push((label, slow as f64 / hits.len() as f64, p99(&hits)));

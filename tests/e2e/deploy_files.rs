@@ -8,6 +8,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_cluster_script_starts_serves_and_stops_cleanly() {
+    let _one = crate::cluster::one_at_a_time().await;
     build_guests();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");

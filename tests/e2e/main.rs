@@ -9,5 +9,6 @@ mod harness;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod replicated;
 mod serving;
 mod state;

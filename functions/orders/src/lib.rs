@@ -32,7 +32,9 @@ struct Order {
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
@@ -102,7 +104,8 @@ fn api(req: Request) -> Result<Response, String> {
             if !created {
                 let existing = load(&store, &new.id)?;
                 if existing.as_ref().is_some_and(|o| o.status == "created") {
-                    events::publish_json_keyed(&key, "orders.created", &new).map_err(String::from)?;
+                    events::publish_json_keyed(&key, "orders.created", &new)
+                        .map_err(String::from)?;
                 }
                 return Ok(json_response(StatusCode::OK, &existing));
             }

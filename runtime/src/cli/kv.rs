@@ -22,6 +22,9 @@ pub enum KvCommand {
         /// The bucket.
         #[arg(long, default_value = "default")]
         bucket: String,
+        /// In a cluster: read the value as last written anywhere, not this node's copy.
+        #[arg(long)]
+        consistent: bool,
     },
     /// Set KEY to VALUE (or @FILE).
     Set {
@@ -73,14 +76,18 @@ fn key_path(name: &str, key: &str, bucket: &str) -> String {
 /// Runs a `skiff kv` subcommand.
 pub async fn run(client: &AdminClient, cmd: KvCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        KvCommand::Get { name, key, bucket } => {
-            let value = client
-                .send(
-                    Method::GET,
-                    &key_path(&name, &key, &bucket),
-                    full(Bytes::new()),
-                )
-                .await?;
+        KvCommand::Get {
+            name,
+            key,
+            bucket,
+            consistent,
+        } => {
+            let mut path = key_path(&name, &key, &bucket);
+            if consistent {
+                path.push_str(if path.contains('?') { "&" } else { "?" });
+                path.push_str("consistent=true");
+            }
+            let value = client.send(Method::GET, &path, full(Bytes::new())).await?;
             let mut out = std::io::stdout().lock();
             out.write_all(&value)?;
             if std::io::IsTerminal::is_terminal(&out) && !value.ends_with(b"\n") {

@@ -293,6 +293,19 @@ impl skiff_kv::Host for KvView<'_> {
         }
     }
 
+    async fn get_consistent(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        let ns = self.ns(&bucket)?;
+        let started = std::time::Instant::now();
+        let store = self.ctx.store.clone();
+        let r = store.get_consistent(&ns, &key).await;
+        self.ctx.observe("get_consistent", started);
+        Ok(r?)
+    }
+
     async fn list_prefix(
         &mut self,
         bucket: Resource<Bucket>,

@@ -226,6 +226,19 @@ impl StateStore {
         rx.await.map_err(|_| StateError::Closed)?
     }
 
+    /// Reads `key` as last written anywhere in the cluster: from the replicated log in
+    /// cluster mode (one round trip), from redb otherwise (where it is the same thing).
+    pub async fn get_consistent(
+        &self,
+        ns: &Namespace,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        match self.replica.get() {
+            Some(r) => r.get_strong(ns, key).await,
+            None => self.get(ns, key),
+        }
+    }
+
     /// The replicated log's last sequence applied here.
     pub fn log_applied(&self) -> u64 {
         *self.log_applied.borrow()
@@ -239,12 +252,27 @@ impl StateStore {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// The replicated log's sequence of the write that last set or deleted `key`.
-    pub fn key_seq(&self, ns: &Namespace, key: &str) -> Result<Option<u64>, StateError> {
+    /// `key`'s value and the replicated log's sequence of the write that last set or
+    /// deleted it (0: never written), read from one snapshot so that they belong together.
+    pub fn get_with_seq(
+        &self,
+        ns: &Namespace,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, u64), StateError> {
         let rtx = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let t = rtx.open_table(KEY_SEQ).map_err(|e| self.storage(e))?;
-        let v = t.get(ns.key(key).as_slice()).map_err(|e| self.storage(e))?;
-        Ok(v.map(|v| v.value()))
+        let k = ns.key(key);
+        let data = rtx.open_table(DATA).map_err(|e| self.storage(e))?;
+        let value = data
+            .get(k.as_slice())
+            .map_err(|e| self.storage(e))?
+            .map(|v| v.value().to_vec());
+        let seqs = rtx.open_table(KEY_SEQ).map_err(|e| self.storage(e))?;
+        let seq = seqs
+            .get(k.as_slice())
+            .map_err(|e| self.storage(e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok((value, seq))
     }
 
     /// Runs `job` in the writer's next group-committed transaction; returns once durable.

@@ -29,6 +29,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,15 +41,25 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// How often a conflicting increment or swap is retried.
 const MAX_ATTEMPTS: usize = 100;
+/// How long the applier waits for a message before checking that it is not stuck.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 /// Messages applied per transaction at most.
 const APPLY_BATCH: usize = 1024;
 
 const H_OP: &str = "Skiff-Op";
 
+/// Stripes of the per-key lock that serialises one node's conditional writes.
+const KEY_LOCKS: usize = 256;
+
 /// The replicated log of one node.
 pub struct Replica {
     js: jetstream::Context,
     stream: stream::Stream,
+    /// One node's increments of a hot key wait for each other here instead of racing each
+    /// other in JetStream: conflicts then only arise between nodes.
+    key_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Picks a key's stripe (fixed for the process) and backoff jitter.
+    hasher: std::collections::hash_map::RandomState,
 }
 
 fn log_err(what: &str, e: impl std::fmt::Display) -> StateError {
@@ -106,7 +117,14 @@ impl Replica {
             })
             .await
             .map_err(|e| log_err(&format!("create stream {STREAM}"), e))?;
-        Ok(Arc::new(Replica { js, stream }))
+        Ok(Arc::new(Replica {
+            js,
+            stream,
+            key_locks: (0..KEY_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }))
     }
 
     async fn publish(
@@ -147,9 +165,12 @@ impl Replica {
             .await;
         match ack {
             Ok(a) => Ok(a.sequence),
+            // JetStream answers a failed expected-sequence check with error code 10071 or,
+            // from servers ≥ 2.11 in some paths, 10164; async-nats names only the first.
             Err(e)
                 if e.kind()
-                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
+                    || e.to_string().contains("wrong last sequence") =>
             {
                 Err(Publish::Conflict)
             }
@@ -324,10 +345,22 @@ impl Replica {
         msg_id: &str,
         compute: impl Fn(Option<&[u8]>) -> Result<Update, OpError>,
     ) -> Result<OpResult, StateError> {
+        let subject = subject(ns, key);
+        let stripe = (self.hasher.hash_one(&subject) as usize) % KEY_LOCKS;
+        let _turn = self.key_locks[stripe].lock().await;
         // First from the local copy (usually current), then from the stream.
-        let mut current = (store.get(ns, key)?, store.key_seq(ns, key)?.unwrap_or(0));
+        let mut current = store.get_with_seq(ns, key)?;
         let mut from_stream = false;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 1 {
+                // Another node keeps winning: back off a little, at random, so that the
+                // nodes stop colliding.
+                let jitter = self
+                    .hasher
+                    .hash_one((&subject, attempt, std::time::Instant::now()))
+                    % (1 + 2 * attempt.min(10) as u64);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
             let (value, seq) = &current;
             match compute(value.as_deref())? {
                 Update::Answer(r) if from_stream => return Ok(r),
@@ -423,6 +456,9 @@ impl Replica {
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: "state.>".into(),
+                // Short pulls mean heartbeats every second, so that a stream leader lost
+                // with its NATS server is noticed (and the consumer recreated) quickly.
+                max_expires: Duration::from_secs(2),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: start,
                 },
@@ -435,7 +471,22 @@ impl Replica {
             .await
             .map_err(|e| log_err("follow the state stream", e))?;
         let mut chunks = messages.ready_chunks(APPLY_BATCH);
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = match tokio::time::timeout(STALL_CHECK, chunks.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    // Quiet: idle, or a consumer lost with its NATS server. If the stream has
+                    // moved on without us, start a new consumer from where we are.
+                    if self.last_seq().await? > store.log_applied() {
+                        return Err(log_err(
+                            "follow the state stream",
+                            "the consumer stalled behind the stream",
+                        ));
+                    }
+                    continue;
+                }
+            };
             let mut entries = Vec::with_capacity(chunk.len());
             let mut failure = None;
             for m in chunk {

@@ -3,7 +3,8 @@
 //! `default`), a key prefix and a listing cursor travel in the query.
 //!
 //! * `GET    /v1/functions/{name}/kv?bucket=&prefix=&cursor=` — a page of keys
-//! * `GET    /v1/functions/{name}/kv/{key}?bucket=` — the raw value
+//! * `GET    /v1/functions/{name}/kv/{key}?bucket=&consistent=true` — the raw value
+//!   (`consistent`: as last written anywhere in the cluster, not as applied here)
 //! * `PUT    /v1/functions/{name}/kv/{key}?bucket=` — set it to the request body
 //! * `DELETE /v1/functions/{name}/kv/{key}?bucket=` — delete it
 
@@ -27,6 +28,7 @@ pub struct KeyPage {
 }
 
 struct Query {
+    consistent: bool,
     bucket: String,
     prefix: String,
     cursor: u64,
@@ -34,6 +36,7 @@ struct Query {
 
 fn query(req: &http::Request<Incoming>) -> Query {
     let mut q = Query {
+        consistent: false,
         bucket: DEFAULT_BUCKET.to_string(),
         prefix: String::new(),
         cursor: 0,
@@ -43,6 +46,7 @@ fn query(req: &http::Request<Incoming>) -> Query {
             "bucket" if !v.is_empty() => q.bucket = v.into_owned(),
             "prefix" => q.prefix = v.into_owned(),
             "cursor" => q.cursor = v.parse().unwrap_or(0),
+            "consistent" => q.consistent = v == "true",
             _ => {}
         }
     }
@@ -104,7 +108,11 @@ pub async fn handle(
         .map(|d| d.spec.limits.kv)
         .unwrap_or_default();
     match *req.method() {
-        Method::GET => match state.get(&ns, &key) {
+        Method::GET => match if q.consistent {
+            state.get_consistent(&ns, &key).await
+        } else {
+            state.get(&ns, &key)
+        } {
             Ok(Some(v)) => {
                 let mut r = http::Response::new(full(Bytes::from(v)));
                 r.headers_mut().insert(
