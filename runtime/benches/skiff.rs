@@ -10,7 +10,8 @@
 //! Sections: `hello` (requests/s and latency of a hello-world function), `kv` (guest-side
 //! key-value latency, and increments/s through HTTP), `events` (events/s through a
 //! one-step trigger and publish → handler latency, on the embedded bus and on a real
-//! nats-server). Default: all.
+//! nats-server), `state` (state writes in this process: embedded redb against cluster
+//! mode's replicated log on three clustered nats-servers). Default: all.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -498,6 +499,111 @@ async fn events(dir: &Path) {
     }
 }
 
+/// Sequential write latency, then writes/s from concurrent writers, on one store.
+async fn state_run(store: &Arc<StateStore>) -> (u128, u128, f64, f64) {
+    let ns = Namespace::new("bench", "default");
+    let value = vec![b'v'; 100];
+    let mut lat = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let started = Instant::now();
+        store
+            .write(
+                Op::Set {
+                    ns: ns.clone(),
+                    key: format!("seq-{i}"),
+                    value: value.clone(),
+                },
+                KvLimits::default(),
+            )
+            .await
+            .expect("set");
+        lat.push(started.elapsed().as_micros());
+    }
+    lat.sort_unstable();
+    let rate = |writers: usize, hot: bool| {
+        let store = store.clone();
+        let (ns, value) = (ns.clone(), value.clone());
+        async move {
+            let end = Instant::now() + RUN;
+            let tasks: Vec<_> = (0..writers)
+                .map(|w| {
+                    let (store, ns, value) = (store.clone(), ns.clone(), value.clone());
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while Instant::now() < end {
+                            let op = if hot {
+                                Op::Increment {
+                                    ns: ns.clone(),
+                                    key: "hot".into(),
+                                    delta: 1,
+                                }
+                            } else {
+                                Op::Set {
+                                    ns: ns.clone(),
+                                    key: format!("w{w}-{n}"),
+                                    value: value.clone(),
+                                }
+                            };
+                            if store.write(op, KvLimits::default()).await.is_ok() {
+                                n += 1;
+                            }
+                        }
+                        n
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.expect("writer");
+            }
+            total as f64 / RUN.as_secs_f64()
+        }
+    };
+    let sets = rate(32, false).await;
+    let increments = rate(8, true).await;
+    (
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100],
+        sets,
+        increments,
+    )
+}
+
+async fn state_writes(dir: &Path) {
+    println!("\n### state writes (in process; 100-byte values)\n");
+    println!(
+        "Latency: 1000 sequential sets. Throughput: 32 writers on their own keys for {}s; increments: 8 writers on one key.\n",
+        RUN.as_secs()
+    );
+    println!(
+        "| store                                   | set p50 µs | set p99 µs | sets/s (32 writers) | increments/s (one key) |"
+    );
+    println!(
+        "|-----------------------------------------|------------|------------|---------------------|------------------------|"
+    );
+    let embedded = StateStore::open(&dir.join("bench-embedded.redb")).expect("state");
+    let nats = skiff_runtime::testkit::NatsCluster::start(&dir.join("nats-cluster"), 3)
+        .expect("nats cluster");
+    let client = skiff_runtime::cluster::connect(&nats.urls(), "bench")
+        .await
+        .expect("nats");
+    let replica = skiff_runtime::cluster::until_ready("open the state stream", || {
+        skiff_runtime::state::Replica::open(async_nats::jetstream::new(client.clone()), 3)
+    })
+    .await
+    .expect("state stream");
+    let cluster = StateStore::open(&dir.join("bench-cluster.redb")).expect("state");
+    cluster.replicate(replica.clone());
+    tokio::spawn(replica.apply_forever(cluster.clone()));
+    for (label, store) in [
+        ("embedded (redb, group commit)", &embedded),
+        ("cluster (JetStream R3, sync always)", &cluster),
+    ] {
+        let (p50, p99, sets, incs) = state_run(store).await;
+        println!("| {label:<39} | {p50:>10} | {p99:>10} | {sets:>19.0} | {incs:>22.0} |");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -552,5 +658,8 @@ fn main() {
     }
     if want("events") {
         client_rt.block_on(events(tmp.path()));
+    }
+    if want("state") {
+        server_rt.block_on(state_writes(tmp.path()));
     }
 }

@@ -109,6 +109,30 @@ impl Skiff {
         Skiff::spawn(&all)
     }
 
+    /// Starts `skiff node` like [`Skiff::node`], but no file it writes may grow beyond
+    /// `max_file_kib` (a disk that fills up): writes past it fail with EFBIG.
+    pub fn node_with_small_disk(
+        data_dir: &Path,
+        nats: &str,
+        name: &str,
+        max_file_kib: u64,
+    ) -> Skiff {
+        let all = [
+            "node",
+            "--nats",
+            nats,
+            "--name",
+            name,
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ];
+        // Ignore SIGXFSZ (inherited through exec) so that the write fails instead.
+        Skiff::spawn_via(
+            Some(&format!("trap '' XFSZ; ulimit -f {max_file_kib}")),
+            &all,
+        )
+    }
+
     /// Starts `skiff scheduler` against NATS at `nats`.
     pub fn scheduler(nats: &str, args: &[&str]) -> Skiff {
         let mut all = vec!["scheduler", "--nats", nats];
@@ -119,8 +143,22 @@ impl Skiff {
     /// Starts `skiff <args>` (a server subcommand first) on free loopback ports and waits
     /// for its banner.
     fn spawn(args: &[&str]) -> Skiff {
+        Skiff::spawn_via(None, args)
+    }
+
+    /// Like [`Skiff::spawn`], run through `bash -c '<setup>; exec skiff ...'` when given.
+    fn spawn_via(setup: Option<&str>, args: &[&str]) -> Skiff {
         build_guests();
-        let mut cmd = Command::new(skiff_bin());
+        let mut cmd = match setup {
+            None => Command::new(skiff_bin()),
+            Some(setup) => {
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!("{setup}; exec \"$0\" \"$@\""))
+                    .arg(skiff_bin());
+                c
+            }
+        };
         cmd.args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .env_remove("SKIFF_TOKEN")

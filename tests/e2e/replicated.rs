@@ -230,3 +230,57 @@ async fn a_killed_node_catches_up_before_it_serves() {
     assert_eq!((status, v.as_str()), (200, "500"));
     assert!(cluster.nodes[2].log().contains("state caught up"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_that_nodes_write_and_loses_nothing_acknowledged() {
+    let _one = one_at_a_time().await;
+    let mut cluster = Cluster::start(2);
+    let urls = cluster.nats.urls();
+    let small = cluster.tmp.path().join("n3");
+    cluster
+        .nodes
+        .push(Skiff::node_with_small_disk(&small, &urls, "n3", 24 * 1024));
+    cluster.deploy_example("counter");
+    let n3 = cluster.nodes[2].admin.clone();
+    let value = vec![b'x'; 512 << 10];
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..80 {
+        let r = request(
+            "PUT",
+            &format!("{n3}/v1/functions/counter/kv/big-{i}"),
+            &[],
+            value.clone().into(),
+        )
+        .await;
+        if r.status == 200 {
+            acked.push(i);
+        } else {
+            refused = Some(r.text());
+            break;
+        }
+    }
+    let refused = refused.expect("80 × 512 KiB fit on a 24 MiB disk?");
+    println!(
+        "{} writes acknowledged before the disk filled; then: {refused}",
+        acked.len()
+    );
+    assert!(
+        !acked.is_empty(),
+        "the disk was full from the start: {refused}"
+    );
+    assert!(
+        refused.contains("cannot apply it") && refused.contains("other nodes have it"),
+        "unclear error: {refused}"
+    );
+    // The node is still up, and every acknowledged write is on the other nodes.
+    assert_eq!(get(&format!("{n3}/healthz")).await.status, 200);
+    let n1 = &cluster.nodes[0].admin;
+    for i in acked {
+        let r = get(&format!(
+            "{n1}/v1/functions/counter/kv/big-{i}?consistent=true"
+        ))
+        .await;
+        assert_eq!((r.status, r.body.len()), (200, 512 << 10), "big-{i} lost");
+    }
+}

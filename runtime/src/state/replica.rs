@@ -60,6 +60,8 @@ pub struct Replica {
     key_locks: Vec<tokio::sync::Mutex<()>>,
     /// Picks a key's stripe (fixed for the process) and backoff jitter.
     hasher: std::collections::hash_map::RandomState,
+    /// Why applying the log last failed here, until it succeeds again.
+    apply_error: std::sync::Mutex<Option<String>>,
 }
 
 fn log_err(what: &str, e: impl std::fmt::Display) -> StateError {
@@ -124,6 +126,7 @@ impl Replica {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            apply_error: std::sync::Mutex::new(None),
         }))
     }
 
@@ -217,12 +220,16 @@ impl Replica {
 
     async fn settle(&self, store: &StateStore, seq: u64) -> Result<(), StateError> {
         if store.wait_applied(seq, APPLY_WAIT).await {
-            Ok(())
-        } else {
-            Err(StateError::Lagging {
+            return Ok(());
+        }
+        match self.apply_error.lock().ok().and_then(|e| e.clone()) {
+            Some(why) => Err(StateError::Log(format!(
+                "the write is stored in the cluster's log (sequence {seq}) and other nodes have it, but this node cannot apply it: {why}; free space or fix the disk here"
+            ))),
+            None => Err(StateError::Lagging {
                 seq,
                 waited: APPLY_WAIT,
-            })
+            }),
         }
     }
 
@@ -445,6 +452,9 @@ impl Replica {
         loop {
             if let Err(e) = self.apply_from(&store).await {
                 tracing::warn!(error = %e, "state replication interrupted; resuming");
+                if let (StateError::Storage { .. }, Ok(mut last)) = (&e, self.apply_error.lock()) {
+                    *last = Some(e.to_string());
+                }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -521,6 +531,9 @@ impl Replica {
             }
             if !entries.is_empty() {
                 store.apply_log(entries).await?;
+                if let Ok(mut last) = self.apply_error.lock() {
+                    *last = None;
+                }
             }
             if let Some(e) = failure {
                 return Err(e);
