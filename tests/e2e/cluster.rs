@@ -457,7 +457,7 @@ async fn cluster_bad_input_gets_clear_errors() {
     )
     .await;
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("hashes to"), "{}", r.text());
+    assert!(r.text().contains("does not match its name"), "{}", r.text());
 
     // With a node: the version that was waiting loads; a component that does not compile
     // is refused with the node's reason and the previous version keeps serving.

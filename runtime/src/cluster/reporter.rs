@@ -71,11 +71,7 @@ impl Reporter {
                 .map(|d| Served {
                     name: d.record.name.clone(),
                     version: d.record.version,
-                    route: d
-                        .route
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
+                    route: d.route_pattern(),
                 })
                 .collect(),
             failed: node

@@ -13,13 +13,12 @@
 use super::registry::{ClusterError, ClusterRegistry};
 use crate::api::{ClusterStatus, DeployRequest, FunctionInfo, NodeView};
 use crate::manifest::{FunctionName, Manifest};
-use crate::registry::{FunctionRecord, is_sha256_hex, sha256_hex};
+use crate::registry::FunctionRecord;
 use crate::server::admin::{
-    AdminBody, MAX_ARTIFACT_BYTES, Response, authorized, error, full, json, read_body, serve_http,
-    text,
+    AdminBody, MAX_ARTIFACT_BYTES, Response, authorized, error, full, json, read_artifact,
+    read_body, serve_http, text,
 };
 use crate::server::shutdown_signal;
-use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Method, StatusCode};
@@ -87,18 +86,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         .subscribe(format!("{SUBJECT_PREFIX}.*"))
         .await
         .map_err(|e| anyhow::anyhow!("cannot subscribe to load reports: {e}"))?;
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} for functions; pick another with --listen",
-            opts.listen
-        )
-    })?;
-    let admin_listener = TcpListener::bind(opts.admin).await.with_context(|| {
-        format!(
-            "cannot listen on {} for the admin API; pick another with --admin",
-            opts.admin
-        )
-    })?;
+    let (listener, admin_listener) = crate::server::bind(opts.listen, opts.admin).await?;
     let (listen, admin) = (listener.local_addr()?, admin_listener.local_addr()?);
     let live = Arc::new(LiveSet::new());
     let scheduler = Arc::new(Scheduler {
@@ -519,30 +507,10 @@ impl Scheduler {
     }
 
     async fn upload(&self, sha: &str, req: http::Request<Incoming>) -> Response {
-        if !is_sha256_hex(sha) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "`{sha}` is not a sha256 in lowercase hex; upload to /v1/artifacts/<sha256 of the file>"
-                ),
-            );
-        }
-        let bytes = match read_body(req, MAX_ARTIFACT_BYTES).await {
+        let bytes = match read_artifact(sha, req).await {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(resp) => return resp,
         };
-        if let Err(e) = crate::engine::check_component_header(&bytes) {
-            return error(StatusCode::BAD_REQUEST, e.to_string());
-        }
-        let actual = sha256_hex(&bytes);
-        if actual != sha {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "upload named {sha} hashes to {actual}; the file changed or was cut short — upload it again"
-                ),
-            );
-        }
         match self.registry.put_artifact(sha, &bytes).await {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "artifact": sha })),
             Err(e) => registry_error(e),

@@ -52,6 +52,14 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// Its route pattern, e.g. `/hello/...` (empty when it handles no HTTP).
+    pub fn route_pattern(&self) -> String {
+        self.route
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
     /// Invocations of this version running now.
     pub fn in_flight(&self) -> u32 {
         self.spec.limits.concurrency - self.slots.available_permits() as u32
@@ -352,11 +360,7 @@ impl Node {
         FunctionInfo {
             name: d.record.name.clone(),
             version: d.record.version,
-            route: d
-                .route
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            route: d.route_pattern(),
             url: d
                 .route
                 .as_ref()

@@ -27,7 +27,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Options of `skiff up`.
@@ -112,18 +111,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         None => Arc::new(EmbeddedBus::open(state.clone()).await?),
     };
     let engine = NodeEngine::new(&opts.limits, &opts.data_dir.join("compiled"))?;
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} for functions; is another server using it? pick another with --listen",
-            opts.listen
-        )
-    })?;
-    let admin_listener = TcpListener::bind(opts.admin).await.with_context(|| {
-        format!(
-            "cannot listen on {} for the admin API; pick another with --admin",
-            opts.admin
-        )
-    })?;
+    let (listener, admin_listener) = super::bind(opts.listen, opts.admin).await?;
     let bound = Bound {
         listen: listener.local_addr()?,
         admin: admin_listener.local_addr()?,

@@ -40,6 +40,34 @@ pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
     Full::new(bytes.into()).boxed_unsync()
 }
 
+/// Reads an uploaded component named by its sha256 and checks it: the name is a sha256,
+/// the body hashes to it, and it starts like a component.
+pub(crate) async fn read_artifact(
+    sha: &str,
+    req: http::Request<Incoming>,
+) -> Result<Bytes, Response> {
+    if !is_sha256_hex(sha) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("`{sha}` is not a sha256; upload to /v1/artifacts/<hex sha256 of the body>"),
+        ));
+    }
+    let bytes = read_body(req, MAX_ARTIFACT_BYTES).await?;
+    let actual = sha256_hex(&bytes);
+    if actual != sha {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "upload does not match its name: the body hashes to {actual}, not {sha}; the upload was damaged, retry it"
+            ),
+        ));
+    }
+    if let Err(e) = check_component_header(&bytes) {
+        return Err(error(StatusCode::BAD_REQUEST, e.to_string()));
+    }
+    Ok(bytes)
+}
+
 /// Whether `req` carries the bearer `token` (compared in constant time); always true
 /// when no token is configured.
 pub fn authorized(token: Option<&str>, req: &http::Request<Incoming>) -> bool {
@@ -274,30 +302,10 @@ impl Admin {
     }
 
     async fn upload(&self, sha: &str, req: http::Request<Incoming>) -> Response {
-        if !is_sha256_hex(sha) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "`{sha}` is not a sha256; upload to /v1/artifacts/<hex sha256 of the body>"
-                ),
-            );
-        }
-        let bytes = match read_body(req, MAX_ARTIFACT_BYTES).await {
+        let bytes = match read_artifact(sha, req).await {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        let actual = sha256_hex(&bytes);
-        if actual != sha {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "upload does not match its name: the body's sha256 is {actual}, not {sha}; the upload was damaged, retry it"
-                ),
-            );
-        }
-        if let Err(e) = check_component_header(&bytes) {
-            return error(StatusCode::BAD_REQUEST, e.to_string());
-        }
         let registry = self.node.registry().clone();
         match tokio::task::spawn_blocking(move || registry.put_artifact(&bytes)).await {
             Ok(Ok(stored)) => json(StatusCode::OK, &serde_json::json!({ "artifact": stored })),
