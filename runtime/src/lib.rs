@@ -19,6 +19,7 @@ pub mod logs;
 pub mod manifest;
 pub mod metrics;
 pub mod node;
+pub mod otlp;
 pub mod registry;
 pub mod server;
 pub mod state;

@@ -94,19 +94,32 @@ pub struct Span {
 /// The node's recent spans.
 pub struct TraceStore {
     spans: Mutex<VecDeque<Span>>,
+    /// Where finished spans are also sent (an OTLP exporter), if anywhere.
+    export: std::sync::OnceLock<tokio::sync::mpsc::Sender<Span>>,
 }
 
 impl Default for TraceStore {
     fn default() -> Self {
         TraceStore {
             spans: Mutex::new(VecDeque::new()),
+            export: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl TraceStore {
+    /// Also sends every finished span to `exporter` (see [`crate::otlp`]).
+    pub fn export_to(&self, exporter: tokio::sync::mpsc::Sender<Span>) {
+        let _ = self.export.set(exporter);
+    }
+
     /// Records a finished span.
     pub fn record(&self, span: Span) {
+        if let Some(tx) = self.export.get() {
+            // A slow collector must never slow invocations: when the exporter's queue is
+            // full the span is kept here only (the exporter counts what it missed).
+            let _ = tx.try_send(span.clone());
+        }
         let mut spans = match self.spans.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),

@@ -132,3 +132,81 @@ async fn the_order_workflow_is_one_trace() {
     let err = skiff.cli_err(&["trace", "0123"]);
     assert!(err.contains("no trace `0123`"), "{err}");
 }
+
+/// A stand-in OpenTelemetry collector: accepts `POST /v1/traces` on a free port and
+/// hands each JSON body over.
+async fn collector() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let ok = req.uri().path() == "/v1/traces"
+                            && req.headers()["content-type"] == "application/json";
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        if ok {
+                            let _ = tx.send(serde_json::from_slice(&body).unwrap());
+                        }
+                        let status = if ok { 200 } else { 404 };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::from("{}")))
+                                .unwrap(),
+                        )
+                    }
+                }),
+            ));
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_to_an_otlp_collector() {
+    let (endpoint, mut received) = collector().await;
+    let skiff = Skiff::start(&["--otlp-endpoint", &endpoint]);
+    skiff.cli_ok(&[
+        "deploy",
+        repo().join("functions/hello").to_str().unwrap(),
+        "--no-build",
+    ]);
+    let r = get(&format!("{}/hello/otlp", skiff.listen)).await;
+    let trace = r.headers["x-skiff-trace-id"].to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = tokio::time::timeout_at(deadline.into(), received.recv())
+            .await
+            .expect("no OTLP export within 10 s")
+            .expect("collector stopped");
+        let rs = &body["resourceSpans"][0];
+        let spans = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+        let Some(span) = spans.iter().find(|s| s["traceId"] == trace.as_str()) else {
+            continue;
+        };
+        assert_eq!(
+            rs["resource"]["attributes"][0]["value"]["stringValue"],
+            "skiff"
+        );
+        assert_eq!(span["name"], "hello http /hello/otlp");
+        assert_eq!(span["kind"], 2);
+        assert_eq!(span["status"]["code"], 1);
+        let start: u128 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+        let end: u128 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+        assert!(end > start && start > 1_700_000_000_000_000_000);
+        break;
+    }
+}

@@ -132,6 +132,10 @@ struct UpArgs {
     /// with `up`, events go through JetStream instead of the embedded bus.
     #[arg(long, env = "SKIFF_NATS")]
     nats: Option<String>,
+    /// Also export every invocation's span to this OpenTelemetry collector (OTLP over
+    /// HTTP, JSON), e.g. http://127.0.0.1:4318.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Build and deploy this function folder once up (repeatable).
     #[arg(long = "deploy", value_name = "DIR")]
     deploy: Vec<PathBuf>,
@@ -221,6 +225,7 @@ impl UpArgs {
             deploy: self.deploy,
             cluster,
             advertise: None,
+            otlp: self.otlp_endpoint,
         }
     }
 }

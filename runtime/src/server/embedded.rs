@@ -50,6 +50,8 @@ pub struct UpOptions {
     pub deploy: Vec<PathBuf>,
     /// Run as a cluster node (`skiff node`): requires `nats`.
     pub cluster: bool,
+    /// Where to export spans (OTLP/HTTP), if anywhere.
+    pub otlp: Option<String>,
     /// The host (or host:port) the scheduler reaches this node at, when the bound address
     /// is not reachable as it is (e.g. bound to 0.0.0.0).
     pub advertise: Option<String>,
@@ -145,6 +147,11 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     let restored = node.restore().await?;
+
+    if let Some(endpoint) = &opts.otlp {
+        node.traces()
+            .export_to(crate::otlp::start(endpoint, &opts.name)?);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let serving = tokio::spawn(listen::serve(
