@@ -16,6 +16,9 @@
 #   SKIFF_CLUSTER_ADMIN       scheduler's admin API (default: 127.0.0.1:7071)
 #   SKIFF_CLUSTER_NATS_PORT   first NATS client port; the others follow (default: 4222)
 #   SKIFF_CLUSTER_ROUTE_PORT  first NATS cluster route port (default: 6222)
+#   SKIFF_CLUSTER_NODE_PORT   node N listens on this + N and serves its admin API on this + 10 + N
+#                             (default: 7080, so nodes on 7081-7083, admin 7091-7093;
+#                             deploy/prometheus.yml scrapes those)
 #   SKIFF_TOKEN               admin token for the nodes and the scheduler (optional)
 set -euo pipefail
 
@@ -25,6 +28,7 @@ listen="${SKIFF_CLUSTER_LISTEN:-127.0.0.1:7070}"
 admin="${SKIFF_CLUSTER_ADMIN:-127.0.0.1:7071}"
 nats_port="${SKIFF_CLUSTER_NATS_PORT:-4222}"
 route_port="${SKIFF_CLUSTER_ROUTE_PORT:-6222}"
+node_port="${SKIFF_CLUSTER_NODE_PORT:-7080}"
 servers=3
 nodes=3
 
@@ -104,7 +108,8 @@ CONF
   local urls; urls="$(nats_urls)"
   for i in $(seq 1 $nodes); do
     start "node$i" "$dir/logs/node$i.log" "$bin" node --nats "$urls" --name "node$i" \
-      --listen 127.0.0.1:0 --admin 127.0.0.1:0 --data-dir "$dir/node$i"
+      --listen "127.0.0.1:$((node_port + i))" --admin "127.0.0.1:$((node_port + 10 + i))" \
+      --data-dir "$dir/node$i"
   done
   start scheduler "$dir/logs/scheduler.log" "$bin" scheduler --nats "$urls" \
     --listen "$listen" --admin "$admin"

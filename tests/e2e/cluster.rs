@@ -202,6 +202,13 @@ async fn requests_spread_evenly_a_new_node_takes_traffic_and_a_stopped_one_drain
     ] {
         assert!(metrics.contains(line), "missing {line} in:\n{metrics}");
     }
+    // Every /metrics endpoint of the cluster is valid Prometheus text.
+    crate::metrics::promtool_check(&metrics);
+    let node_metrics = get(&format!("{}/metrics", cluster.nodes[0].admin))
+        .await
+        .text();
+    crate::metrics::promtool_check(&node_metrics);
+    assert!(node_metrics.contains("skiff_invocations_total{function=\"hello\""));
     let r = get(&url).await;
     let trace = r.headers["x-skiff-trace-id"].to_str().unwrap().to_string();
     let spans = cluster.scheduler.cli_ok(&["trace", &trace]);

@@ -14,6 +14,11 @@ async fn local_cluster_script_starts_serves_and_stops_cleanly() {
     let dir = tmp.path().join("cluster");
     let (listen, admin) = (free_port().unwrap(), free_port().unwrap());
     let (nats, route) = (free_port().unwrap(), free_port().unwrap());
+    // Nodes take node_base + 1..3 and node_base + 11..13: a base whose 20 ports are free.
+    let node_base = (0..50)
+        .map(|i| 20000 + (std::process::id() as u16 % 200) * 100 + i * 20)
+        .find(|b| (1..=13).all(|p| std::net::TcpListener::bind(("127.0.0.1", b + p)).is_ok()))
+        .expect("no free port range for the nodes");
     // The script uses three consecutive ports from each base; make sure they are free.
     let base = |p: u16| if p > 60000 { p - 100 } else { p };
     let script = |cmd: &str| {
@@ -26,6 +31,7 @@ async fn local_cluster_script_starts_serves_and_stops_cleanly() {
             .env("SKIFF_CLUSTER_ADMIN", format!("127.0.0.1:{admin}"))
             .env("SKIFF_CLUSTER_NATS_PORT", base(nats).to_string())
             .env("SKIFF_CLUSTER_ROUTE_PORT", base(route).to_string())
+            .env("SKIFF_CLUSTER_NODE_PORT", node_base.to_string())
             .env_remove("SKIFF_TOKEN")
             .output()
             .expect("run local-cluster.sh")
@@ -61,6 +67,12 @@ async fn local_cluster_script_starts_serves_and_stops_cleanly() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.headers.get("x-skiff-node").is_some());
 
+    // Each node serves /metrics where deploy/prometheus.yml (shifted) expects it.
+    for i in 1..=3 {
+        let r = get(&format!("http://127.0.0.1:{}/metrics", node_base + 10 + i)).await;
+        assert_eq!(r.status, 200, "node{i} admin not at its fixed port");
+        crate::metrics::promtool_check(&r.text());
+    }
     let pids: Vec<u32> = std::fs::read_dir(dir.join("pids"))
         .unwrap()
         .map(|e| {
@@ -154,4 +166,33 @@ fn systemd_units_and_kubernetes_manifests_use_real_flags() {
         }
     }
     assert_eq!(checked, 2, "expected a node and a scheduler in skiff.yaml");
+}
+
+#[test]
+fn the_prometheus_config_is_valid_and_scrapes_the_local_cluster() {
+    let path = repo().join("deploy/prometheus.yml");
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&path)
+        .output()
+        .expect("promtool (Debian package `prometheus`; tests/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    for target in [
+        "127.0.0.1:7071",
+        "127.0.0.1:7091",
+        "127.0.0.1:7092",
+        "127.0.0.1:7093",
+    ] {
+        assert!(text.contains(target), "{target} not scraped");
+    }
+    let script = std::fs::read_to_string(repo().join("deploy/local-cluster.sh")).unwrap();
+    assert!(
+        script.contains("SKIFF_CLUSTER_NODE_PORT:-7080") && script.contains("node_port + 10 + i")
+    );
 }

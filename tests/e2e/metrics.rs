@@ -11,7 +11,7 @@ async fn scrape(skiff: &Skiff) -> String {
     r.text()
 }
 
-fn promtool_check(text: &str) {
+pub fn promtool_check(text: &str) {
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -32,7 +32,6 @@ use skiff_scheduler::live::{LiveSet, Placement};
 use skiff_scheduler::report::{NodeReport, NodeState, SUBJECT_PREFIX};
 use skiff_scheduler::{Route, RouteTable};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -323,86 +322,11 @@ impl Scheduler {
     }
 
     fn metrics(&self) -> Response {
-        use std::fmt::Write;
-        let now = Instant::now();
-        let nodes = self.live.snapshot(now);
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-        let per_node = |f: &dyn Fn(&NodeReport, u64) -> f64| -> Vec<(String, f64)> {
-            nodes
-                .iter()
-                .map(|(r, _, sent)| (format!("{{node=\"{}\"}}", r.node), f(r, *sent)))
-                .collect()
-        };
-        family(
-            "skiff_scheduler_nodes",
-            "gauge",
-            "Live nodes the scheduler routes to.",
-            vec![(String::new(), nodes.len() as f64)],
+        let text = crate::metrics::scheduler_metrics(
+            &self.live.snapshot(Instant::now()),
+            &self.gateway.counts,
         );
-        family(
-            "skiff_scheduler_node_in_flight",
-            "gauge",
-            "Invocations running on each node, as last reported.",
-            per_node(&|r, _| f64::from(r.in_flight)),
-        );
-        family(
-            "skiff_scheduler_node_capacity",
-            "gauge",
-            "Invocations each node runs at once at most.",
-            per_node(&|r, _| f64::from(r.capacity)),
-        );
-        family(
-            "skiff_scheduler_node_latency_seconds",
-            "gauge",
-            "Moving average of each node's invocation durations.",
-            per_node(&|r, _| r.latency_us as f64 / 1e6),
-        );
-        family(
-            "skiff_scheduler_node_memory_bytes",
-            "gauge",
-            "Resident memory of each node process.",
-            per_node(&|r, _| r.memory_bytes as f64),
-        );
-        family(
-            "skiff_scheduler_node_requests_total",
-            "counter",
-            "Requests the scheduler sent to each node.",
-            per_node(&|_, sent| sent as f64),
-        );
-        let c = &self.gateway.counts;
-        family(
-            "skiff_scheduler_requests_total",
-            "counter",
-            "Requests through the scheduler by outcome.",
-            [
-                ("proxied", &c.proxied),
-                ("unavailable", &c.unavailable),
-                ("failed", &c.failed),
-                ("not_found", &c.not_found),
-            ]
-            .into_iter()
-            .map(|(o, n)| {
-                (
-                    format!("{{outcome=\"{o}\"}}"),
-                    n.load(Ordering::Relaxed) as f64,
-                )
-            })
-            .collect(),
-        );
-        family(
-            "skiff_scheduler_retries_total",
-            "counter",
-            "Requests sent again to another node after a safe failure.",
-            vec![(String::new(), c.retried.load(Ordering::Relaxed) as f64)],
-        );
-        let mut r = http::Response::new(full(Bytes::from(out)));
+        let mut r = http::Response::new(full(Bytes::from(text)));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
