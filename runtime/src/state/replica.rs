@@ -31,7 +31,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The stream that carries state writes.
 pub const STREAM: &str = "SKIFF_STATE";
@@ -39,8 +39,10 @@ pub const STREAM: &str = "SKIFF_STATE";
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a write waits for this node to apply it.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
-/// How often a conflicting increment or swap is retried.
-const MAX_ATTEMPTS: usize = 100;
+/// How long a conflicting increment or swap keeps retrying.
+const UPDATE_BUDGET: Duration = Duration::from_secs(30);
+/// A key that saw a conflict this recently counts as contended.
+const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// How long the applier waits for a message before checking that it is not stuck.
 const STALL_CHECK: Duration = Duration::from_secs(1);
 /// Messages applied per transaction at most.
@@ -57,7 +59,7 @@ pub struct Replica {
     stream: stream::Stream,
     /// One node's increments of a hot key wait for each other here instead of racing each
     /// other in JetStream: conflicts then only arise between nodes.
-    key_locks: Vec<tokio::sync::Mutex<()>>,
+    key_locks: Vec<tokio::sync::Mutex<Option<Instant>>>,
     /// Picks a key's stripe (fixed for the process) and backoff jitter.
     hasher: std::collections::hash_map::RandomState,
     /// Why applying the log last failed here, until it succeeds again.
@@ -123,7 +125,7 @@ impl Replica {
             js,
             stream,
             key_locks: (0..KEY_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
+                .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             apply_error: std::sync::Mutex::new(None),
@@ -354,18 +356,23 @@ impl Replica {
     ) -> Result<OpResult, StateError> {
         let subject = subject(ns, key);
         let stripe = (self.hasher.hash_one(&subject) as usize) % KEY_LOCKS;
-        let _turn = self.key_locks[stripe].lock().await;
-        // First from the local copy (usually current), then from the stream.
-        let mut current = store.get_with_seq(ns, key)?;
-        let mut from_stream = false;
-        for attempt in 0..MAX_ATTEMPTS {
+        let mut last_conflict = self.key_locks[stripe].lock().await;
+        // From the local copy (usually current, and one round trip cheaper), unless the key
+        // is contended: then every node starts from the stream, so that no node's writers
+        // are always a round trip behind the others' and starve.
+        let contended = last_conflict.is_some_and(|t| t.elapsed() < CONTENDED_FOR);
+        let (mut current, mut from_stream) = if contended {
+            (self.newest(ns, key).await?, true)
+        } else {
+            (store.get_with_seq(ns, key)?, false)
+        };
+        let deadline = Instant::now() + UPDATE_BUDGET;
+        for attempt in 0u64.. {
             if attempt > 1 {
-                // Another node keeps winning: back off a little, at random, so that the
+                // Other nodes keep winning: back off a little, at random, so that the
                 // nodes stop colliding.
-                let jitter = self
-                    .hasher
-                    .hash_one((&subject, attempt, std::time::Instant::now()))
-                    % (1 + 2 * attempt.min(10) as u64);
+                let jitter = self.hasher.hash_one((&subject, attempt, Instant::now()))
+                    % (1 + 2 * attempt.min(5));
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
             }
             let (value, seq) = &current;
@@ -377,19 +384,23 @@ impl Replica {
                     self.check_quota(store, ns, &[(key, Some(new.len()))], limits)?;
                     match self.publish(ns, key, Some(&new), Some(*seq), msg_id).await {
                         Ok(s) => {
+                            drop(last_conflict);
                             self.settle(store, s).await?;
                             return Ok(result);
                         }
-                        Err(Publish::Conflict) => {}
+                        Err(Publish::Conflict) => *last_conflict = Some(Instant::now()),
                         Err(Publish::Failed(e)) => return Err(e),
                     }
                 }
+            }
+            if Instant::now() >= deadline {
+                break;
             }
             current = self.newest(ns, key).await?;
             from_stream = true;
         }
         Err(StateError::Log(format!(
-            "`{key}` changed {MAX_ATTEMPTS} times while this write retried; too much contention on one key — retry later"
+            "`{key}` kept changing for {UPDATE_BUDGET:?} while this write retried; too much contention on one key — retry later"
         )))
     }
 
