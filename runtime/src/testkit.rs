@@ -122,12 +122,22 @@ impl NatsServer {
     }
 }
 
-/// A free loopback port (bound, then released: good enough for tests).
+/// A free loopback port for a process that needs its port before it starts (a clustered
+/// nats-server's routes). Ports come from 20000–31999, below Linux's ephemeral range, so
+/// that no process binding port 0 meanwhile can take one; each call in this process moves
+/// on to another port, and each candidate is checked by binding it.
 pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let spread = (std::process::id() % 600) * 20;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((spread + n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port in 20000-31999".into())
 }
 
 /// Three nats-servers clustered with JetStream (`sync_interval: always`), as in

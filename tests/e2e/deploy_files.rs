@@ -2,7 +2,6 @@
 //! units and Kubernetes manifests use only flags the binary accepts.
 
 use crate::harness::*;
-use skiff_runtime::testkit::free_port;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,15 +11,13 @@ async fn local_cluster_script_starts_serves_and_stops_cleanly() {
     build_guests();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
-    let (listen, admin) = (free_port().unwrap(), free_port().unwrap());
-    let (nats, route) = (free_port().unwrap(), free_port().unwrap());
-    // Nodes take node_base + 1..3 and node_base + 11..13: a base whose 20 ports are free.
-    let node_base = (0..50)
-        .map(|i| 20000 + (std::process::id() as u16 % 200) * 100 + i * 20)
-        .find(|b| (1..=13).all(|p| std::net::TcpListener::bind(("127.0.0.1", b + p)).is_ok()))
-        .expect("no free port range for the nodes");
-    // The script uses three consecutive ports from each base; make sure they are free.
-    let base = |p: u16| if p > 60000 { p - 100 } else { p };
+    // The script takes runs of consecutive ports (3 NATS clients, 3 routes, 3 nodes and
+    // their admin ports): find a block of 24 free ones below the ephemeral range.
+    let b = (0..200u16)
+        .map(|i| 32_000 - 24 * (i + 1) - (std::process::id() % 50) as u16 * 24 * 4)
+        .find(|b| (0..24).all(|p| std::net::TcpListener::bind(("127.0.0.1", b + p)).is_ok()))
+        .expect("no block of 24 free ports");
+    let (listen, admin, nats, route, node_base) = (b, b + 1, b + 2, b + 5, b + 8);
     let script = |cmd: &str| {
         Command::new("bash")
             .arg(repo().join("deploy/local-cluster.sh"))
@@ -29,8 +26,8 @@ async fn local_cluster_script_starts_serves_and_stops_cleanly() {
             .env("SKIFF_CLUSTER_DIR", &dir)
             .env("SKIFF_CLUSTER_LISTEN", format!("127.0.0.1:{listen}"))
             .env("SKIFF_CLUSTER_ADMIN", format!("127.0.0.1:{admin}"))
-            .env("SKIFF_CLUSTER_NATS_PORT", base(nats).to_string())
-            .env("SKIFF_CLUSTER_ROUTE_PORT", base(route).to_string())
+            .env("SKIFF_CLUSTER_NATS_PORT", nats.to_string())
+            .env("SKIFF_CLUSTER_ROUTE_PORT", route.to_string())
             .env("SKIFF_CLUSTER_NODE_PORT", node_base.to_string())
             .env_remove("SKIFF_TOKEN")
             .output()

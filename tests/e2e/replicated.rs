@@ -148,23 +148,24 @@ async fn losing_nats_servers_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3);
     cluster.deploy_example("counter");
     let url = format!("{}/counter/y", cluster.scheduler.listen);
-    let end = Instant::now() + Duration::from_secs(8);
+    // Long enough that the election (seconds, more on a loaded machine) is well behind us
+    // by the end.
+    let end = Instant::now() + Duration::from_secs(15);
     let load = tokio::spawn({
         let url = url.clone();
         async move { hammer_with("POST", &url, 4, usize::MAX, Some(end)).await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let killed_at = Instant::now();
     cluster.nats.servers[0].kill();
     let hits = load.await.unwrap();
     let acked = hits.iter().filter(|h| h.status == 200).count() as u64;
     let errors = hits.len() as u64 - acked;
     let late_ok = hits
         .iter()
-        .filter(|h| h.at > killed_at + Duration::from_secs(4) && h.status == 200)
+        .filter(|h| h.at > end - Duration::from_secs(3) && h.status == 200)
         .count();
     println!(
-        "one of 3 nats-servers killed: {acked} writes acknowledged, {errors} refused, {late_ok} acknowledged from 4 s after the kill"
+        "one of 3 nats-servers killed: {acked} writes acknowledged, {errors} refused, {late_ok} acknowledged in the last 3 s"
     );
     assert!(
         late_ok > 0,

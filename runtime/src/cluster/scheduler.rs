@@ -11,12 +11,12 @@
 //!   node.
 
 use super::registry::{ClusterError, ClusterRegistry};
-use crate::api::{ClusterStatus, DeployRequest, FunctionInfo, NodeView};
+use crate::api::{ClusterStatus, FunctionInfo, NodeView};
 use crate::manifest::{FunctionName, Manifest};
 use crate::registry::FunctionRecord;
 use crate::server::admin::{
     AdminBody, MAX_ARTIFACT_BYTES, Response, authorized, error, full, json, read_artifact,
-    read_body, serve_http, text,
+    read_deploy_request, serve_http, text,
 };
 use crate::server::shutdown_signal;
 use bytes::Bytes;
@@ -459,18 +459,9 @@ impl Scheduler {
                 _ => {}
             }
         }
-        let body = match read_body(req, 1 << 20).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let request: DeployRequest = match serde_json::from_slice(&body) {
+        let request = match read_deploy_request(req).await {
             Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("deploy request is not valid JSON: {e}"),
-                );
-            }
+            Err(resp) => return resp,
         };
         if let Err(e) = FunctionName::new(name) {
             return error(StatusCode::BAD_REQUEST, e.to_string());

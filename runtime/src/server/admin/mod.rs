@@ -315,20 +315,9 @@ impl Admin {
     }
 
     async fn deploy(&self, name: &str, req: http::Request<Incoming>) -> Response {
-        let bytes = match read_body(req, MAX_JSON_BYTES).await {
+        let body = match read_deploy_request(req).await {
             Ok(b) => b,
             Err(resp) => return resp,
-        };
-        let body: DeployRequest = match serde_json::from_slice(&bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "deploy request is not valid JSON of the form {{\"manifest\": ..., \"artifact\": ...}}: {e}"
-                    ),
-                );
-            }
         };
         match self.node.deploy(name, &body.manifest, &body.artifact).await {
             Ok(d) => json(StatusCode::OK, &self.node.info(&d)),
@@ -344,6 +333,21 @@ impl Admin {
             }
         }
     }
+}
+
+/// Reads a [`DeployRequest`] body.
+pub(crate) async fn read_deploy_request(
+    req: http::Request<Incoming>,
+) -> Result<DeployRequest, Response> {
+    let bytes = read_body(req, MAX_JSON_BYTES).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "deploy request is not valid JSON of the form {{\"manifest\": ..., \"artifact\": ...}}: {e}"
+            ),
+        )
+    })
 }
 
 pub(crate) async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes, Response> {
