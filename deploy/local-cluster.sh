@@ -107,11 +107,11 @@ CONF
   done
   local urls; urls="$(nats_urls)"
   for i in $(seq 1 $nodes); do
-    start "node$i" "$dir/logs/node$i.log" "$bin" node --nats "$urls" --name "node$i" \
+    start "node$i" "$dir/logs/node$i.log" "$bin" node --nats "$urls" --name "node$i" --replicas 3 \
       --listen "127.0.0.1:$((node_port + i))" --admin "127.0.0.1:$((node_port + 10 + i))" \
       --data-dir "$dir/node$i"
   done
-  start scheduler "$dir/logs/scheduler.log" "$bin" scheduler --nats "$urls" \
+  start scheduler "$dir/logs/scheduler.log" "$bin" scheduler --nats "$urls" --replicas 3 \
     --listen "$listen" --admin "$admin"
   if ! wait_for bash -c "'$bin' --server 'http://$admin' status | grep -q '$nodes live node(s)'"; then
     echo "error: the cluster did not come up within 30 s; logs in $dir/logs" >&2

@@ -8,6 +8,15 @@
 //! * `DELETE /v1/functions/{name}` — remove (in-flight invocations finish).
 //! * `GET  /v1/status` — [`NodeStatus`].
 //!
+//! * `PUT  /v1/functions/{name}?wait=all&timeout=30s` — on a scheduler, wait for every live
+//!   node (default: one) to serve the new version, at most `timeout`.
+//! * `GET  /v1/status` on a scheduler — [`ClusterStatus`]: every live node's last load
+//!   report and the deployed functions.
+//!
+//! Key-value, dead-letter, logs, traces and publishing endpoints are documented in
+//! [`crate::server::admin`]; a scheduler forwards them to a live node (logs and traces:
+//! gathered from every node).
+//!
 //! Errors answer `{"error": "..."}` with a message that names what is wrong and what to do.
 
 use crate::engine::CodeSource;

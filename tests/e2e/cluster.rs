@@ -30,9 +30,9 @@ impl Cluster {
         let nats = NatsCluster::start(tmp.path(), 3).expect("nats cluster");
         let urls = nats.urls();
         let nodes = (1..=nodes)
-            .map(|i| node(tmp.path(), &urls, &format!("n{i}"), &[]))
+            .map(|i| node(tmp.path(), &urls, &format!("n{i}"), &["--replicas", "3"]))
             .collect();
-        let scheduler = Skiff::scheduler(&urls, &[]);
+        let scheduler = Skiff::scheduler(&urls, &["--replicas", "3"]);
         Cluster {
             tmp,
             nats,

@@ -156,6 +156,24 @@ async fn losing_nats_servers_loses_no_acknowledged_write() {
         async move { hammer_with("POST", &url, 4, usize::MAX, Some(end)).await }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every stream is on all three servers, so losing one loses nothing.
+    let client = skiff_runtime::cluster::connect(&cluster.nats.urls(), "test")
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    for name in [
+        "SKIFF_STATE",
+        "SKIFF_EVENTS",
+        "KV_skiff_registry",
+        "OBJ_skiff_artifacts",
+    ] {
+        let mut stream = js.get_stream(name).await.unwrap();
+        assert_eq!(
+            stream.info().await.unwrap().config.num_replicas,
+            3,
+            "{name}"
+        );
+    }
     cluster.nats.servers[0].kill();
     let hits = load.await.unwrap();
     let acked = hits.iter().filter(|h| h.status == 200).count() as u64;

@@ -132,6 +132,10 @@ struct UpArgs {
     /// with `up`, events go through JetStream instead of the embedded bus.
     #[arg(long, env = "SKIFF_NATS")]
     nats: Option<String>,
+    /// Replicas of the JetStream streams and buckets this process creates, if they do not
+    /// exist yet [default: the NATS cluster's size, at most 3].
+    #[arg(long, env = "SKIFF_REPLICAS")]
+    replicas: Option<usize>,
     /// Also export every invocation's span to this OpenTelemetry collector (OTLP over
     /// HTTP, JSON), e.g. http://127.0.0.1:4318.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -190,6 +194,10 @@ struct SchedulerArgs {
     /// (ignores load; for comparison).
     #[arg(long, default_value = "p2c", value_parser = ["p2c", "round-robin"])]
     placement: String,
+    /// Replicas of the JetStream streams and buckets it creates, if they do not exist yet
+    /// [default: the NATS cluster's size, at most 3].
+    #[arg(long, env = "SKIFF_REPLICAS")]
+    replicas: Option<usize>,
 }
 
 impl UpArgs {
@@ -226,6 +234,7 @@ impl UpArgs {
             cluster,
             advertise: None,
             otlp: self.otlp_endpoint,
+            replicas: self.replicas,
         }
     }
 }
@@ -325,6 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 token: cli.token.clone(),
                 max_body: args.max_body.0,
                 deploy_timeout: args.deploy_timeout.0,
+                replicas: args.replicas,
                 placement: if args.placement == "round-robin" {
                     skiff_scheduler::live::Placement::RoundRobin
                 } else {

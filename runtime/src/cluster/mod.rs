@@ -79,8 +79,23 @@ where
     }
 }
 
-/// The replication factor for Skiff's streams: the NATS cluster's size, at most 3.
-pub fn replicas(client: &async_nats::Client) -> usize {
+/// The replication factor for Skiff's streams when they are created: `chosen` if given
+/// (`--replicas`), else the NATS cluster's size as the server reports it, at most 3.
+///
+/// A stream keeps the factor it was created with, so a node started while part of the NATS
+/// cluster was still down would fix a low one; pass `--replicas 3` in production to be
+/// sure (deploy/ does).
+pub fn replicas(client: &async_nats::Client, chosen: Option<usize>) -> usize {
+    if let Some(n) = chosen {
+        return n.clamp(1, 5);
+    }
     // A server lists the client URLs of its cluster (itself included) in `connect_urls`.
-    client.server_info().connect_urls.len().clamp(1, 3)
+    let seen = client.server_info().connect_urls.len().clamp(1, 3);
+    if seen < 3 && !client.server_info().connect_urls.is_empty() {
+        tracing::warn!(
+            replicas = seen,
+            "the NATS cluster shows {seen} server(s); new streams get {seen} replica(s) — pass --replicas to choose"
+        );
+    }
+    seen
 }

@@ -54,6 +54,8 @@ pub struct SchedulerOptions {
     pub deploy_timeout: Duration,
     /// How requests are placed on nodes.
     pub placement: Placement,
+    /// Replicas of the streams it creates (default: the NATS cluster's size).
+    pub replicas: Option<usize>,
 }
 
 /// The scheduler's shared state.
@@ -75,7 +77,7 @@ pub struct Scheduler {
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
 pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
     let client = super::connect(&opts.nats, "skiff-scheduler").await?;
-    let replicas = super::replicas(&client);
+    let replicas = super::replicas(&client, opts.replicas);
     let js = async_nats::jetstream::new(client.clone());
     let registry = super::until_ready("open the cluster registry", || {
         ClusterRegistry::open(&js, replicas)

@@ -52,6 +52,8 @@ pub struct UpOptions {
     pub cluster: bool,
     /// Where to export spans (OTLP/HTTP), if anywhere.
     pub otlp: Option<String>,
+    /// Replicas of the streams this process creates (default: the NATS cluster's size).
+    pub replicas: Option<usize>,
     /// The host (or host:port) the scheduler reaches this node at, when the bound address
     /// is not reachable as it is (e.g. bound to 0.0.0.0).
     pub advertise: Option<String>,
@@ -86,7 +88,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = match &opts.nats {
         Some(url) => {
             let client = crate::cluster::connect(url, &opts.name).await?;
-            let replicas = crate::cluster::replicas(&client);
+            let replicas = crate::cluster::replicas(&client, opts.replicas);
             if opts.cluster {
                 let js = async_nats::jetstream::new(client.clone());
                 let registry = crate::cluster::until_ready("open the cluster registry", || {
