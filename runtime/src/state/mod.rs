@@ -27,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const LOCAL_LOG: &str = "local";
 /// The log name the replicated log (cluster mode) is applied under.
 pub const CLUSTER_LOG: &str = "SKIFF_STATE";
+/// When (ms since the Unix epoch) the replicated log was last applied.
+const CLUSTER_LOG_AT: &str = "SKIFF_STATE@ms";
 /// Keys per page of a listing.
 pub const PAGE: usize = 1000;
 /// Most ops committed in one transaction.
@@ -136,9 +138,28 @@ impl StateStore {
                     .map_err(|e| storage(&e))
                     .map(|v| v.map(|v| v.value()).unwrap_or(0))
             };
-            (get(LOCAL_LOG)?, get(CLUSTER_LOG)?)
+            (get(LOCAL_LOG)?, get(CLUSTER_LOG)?, get(CLUSTER_LOG_AT)?)
         };
-        let (applied, log_applied) = applied;
+        let (applied, mut log_applied, log_at) = applied;
+        // A node that last applied the replicated log longer ago than a tombstone lives may
+        // have missed deletes whose tombstones have since expired: start its copy over and
+        // rebuild it from the whole stream.
+        let away = now_ms().saturating_sub(log_at);
+        if log_applied > 0 && away > replica::TOMBSTONE_TTL.as_millis() as u64 {
+            tracing::warn!(
+                away_hours = away / 3_600_000,
+                "this node last applied the state log longer ago than deletes are remembered; rebuilding its copy from the stream"
+            );
+            wtx.delete_table(DATA).map_err(|e| storage(&e))?;
+            wtx.open_table(DATA).map_err(|e| storage(&e))?;
+            wtx.delete_table(KEY_SEQ).map_err(|e| storage(&e))?;
+            wtx.open_table(KEY_SEQ).map_err(|e| storage(&e))?;
+            wtx.delete_table(USAGE).map_err(|e| storage(&e))?;
+            wtx.open_table(USAGE).map_err(|e| storage(&e))?;
+            let mut t = wtx.open_table(APPLIED).map_err(|e| storage(&e))?;
+            t.insert(CLUSTER_LOG, 0).map_err(|e| storage(&e))?;
+            log_applied = 0;
+        }
         wtx.commit().map_err(|e| storage(&e))?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -516,9 +537,12 @@ fn commit_batch(
             }
         }
         if log_seq != log_before {
-            wtx.open_table(APPLIED)
-                .map_err(|e| e.to_string())?
+            let mut applied = wtx.open_table(APPLIED).map_err(|e| e.to_string())?;
+            applied
                 .insert(CLUSTER_LOG, log_seq)
+                .map_err(|e| e.to_string())?;
+            applied
+                .insert(CLUSTER_LOG_AT, now_ms())
                 .map_err(|e| e.to_string())?;
         }
         wtx.open_table(APPLIED)
@@ -538,6 +562,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = StateStore::open(&dir.path().join("state.redb")).unwrap();
         (dir, s)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_node_away_longer_than_tombstones_live_rebuilds_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let ns = Namespace::new("f", "default");
+        let reopen = |path: &Path| {
+            // The old writer thread lets go of the file once its channel closes.
+            for _ in 0..100 {
+                if let Ok(s) = StateStore::open(path) {
+                    return s;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            panic!("cannot reopen the store");
+        };
+        let s = StateStore::open(&path).unwrap();
+        s.apply_log(vec![LogEntry {
+            seq: 7,
+            op: Op::Set {
+                ns: ns.clone(),
+                key: "k".into(),
+                value: b"v".to_vec(),
+            },
+        }])
+        .await
+        .unwrap();
+        drop(s);
+        // Back recently: the copy stays and resumes after 7.
+        let s = reopen(&path);
+        assert_eq!(
+            (s.log_applied(), s.get(&ns, "k").unwrap()),
+            (7, Some(b"v".to_vec()))
+        );
+        let long_ago = now_ms() - replica::TOMBSTONE_TTL.as_millis() as u64 - 1000;
+        s.transact(Box::new(move |tx| {
+            let mut t = tx.open_table(APPLIED).map_err(|e| e.to_string())?;
+            t.insert(CLUSTER_LOG_AT, long_ago)
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(()) as JobOutput)
+        }))
+        .await
+        .unwrap();
+        drop(s);
+        // Back after tombstones expired: start over from the whole stream.
+        let s = reopen(&path);
+        assert_eq!((s.log_applied(), s.get(&ns, "k").unwrap()), (0, None));
+        assert_eq!(s.usage("f").unwrap(), (0, 0));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -21,7 +21,8 @@
 //! * Each node records the last applied sequence in the same redb transaction as the data,
 //!   so a restarted node resumes where it stopped, and a node that starts hosting builds
 //!   its state from the stream. A node away longer than [`TOMBSTONE_TTL`] may have missed
-//!   a delete's tombstone, so it rebuilds from the start of the stream.
+//!   a delete's tombstone, so its copy is dropped when the store opens and rebuilt from
+//!   the start of the stream.
 
 use super::{LogEntry, Namespace, Op, OpError, OpResult, StateError, StateStore};
 use crate::state::KvLimits;
