@@ -11,6 +11,7 @@
 //!
 //! Its event handler logs every run (`event-run topic=… id=… attempt=…`) and, by topic:
 //! `*.fail-twice` fails on attempts 1 and 2, `*.always` always fails, `*.trap` traps,
+//! `*.slow` takes 200 ms,
 //! `bench.*` stores its publish-to-handler latency (the payload is the publication time in
 //! µs since the Unix epoch) under `lat:<event id>`, anything else succeeds.
 
@@ -192,6 +193,10 @@ fn on_event(e: Event) -> Result<(), String> {
         "fail-twice" if e.attempt < 3 => Err(format!("attempt {} fails on purpose", e.attempt)),
         "always" => Err("this handler always fails".to_string()),
         "trap" => panic!("misbehave: event handler trapped"),
+        "slow" => {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
