@@ -275,6 +275,19 @@ fn old_len(t: &Tables<'_>, k: &[u8]) -> Result<Option<usize>, OpError> {
     Ok(t.data.get(k)?.map(|v| v.value().len()))
 }
 
+/// The counter at `key` (decimal text; absent counts as 0) plus `delta`.
+pub fn incremented(current: Option<&[u8]>, key: &str, delta: u64) -> Result<u64, OpError> {
+    let n = match current {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| OpError::NotACounter(key.to_string()))?,
+    };
+    n.checked_add(delta)
+        .ok_or_else(|| OpError::Overflow(key.to_string()))
+}
+
 /// Applies `op` under `limits`. Checks happen before writes, so on `Err` nothing changed.
 pub fn apply(t: &mut Tables<'_>, op: &Op, limits: &KvLimits) -> Result<OpResult, OpError> {
     match op {
@@ -299,20 +312,13 @@ pub fn apply(t: &mut Tables<'_>, op: &Op, limits: &KvLimits) -> Result<OpResult,
         Op::Increment { ns, key, delta } => {
             check_key(key, limits)?;
             let k = ns.key(key);
-            let (current, old) = match t.data.get(k.as_slice())? {
-                Some(v) => {
-                    let bytes = v.value();
-                    let n = std::str::from_utf8(bytes)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or_else(|| OpError::NotACounter(key.clone()))?;
-                    (n, Some(bytes.len()))
-                }
-                None => (0, None),
+            let (next, old) = match t.data.get(k.as_slice())? {
+                Some(v) => (
+                    incremented(Some(v.value()), key, *delta)?,
+                    Some(v.value().len()),
+                ),
+                None => (incremented(None, key, *delta)?, None),
             };
-            let next = current
-                .checked_add(*delta)
-                .ok_or_else(|| OpError::Overflow(key.clone()))?;
             let text = next.to_string();
             let mut d = Delta::default();
             d.set(key, old, text.len());

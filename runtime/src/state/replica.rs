@@ -289,16 +289,7 @@ impl Replica {
                 limits.check(&key, None)?;
                 let k = key.clone();
                 self.update(store, &ns, &key, &limits, &id(0), |current| {
-                    let n = match current {
-                        None => 0,
-                        Some(b) => std::str::from_utf8(b)
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok())
-                            .ok_or_else(|| OpError::NotACounter(k.clone()))?,
-                    };
-                    let next = n
-                        .checked_add(delta)
-                        .ok_or_else(|| OpError::Overflow(k.clone()))?;
+                    let next = super::ops::incremented(current, &k, delta)?;
                     Ok(Update::Write(
                         next.to_string().into_bytes(),
                         OpResult::Incremented(next),
