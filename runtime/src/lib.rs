@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod node;
 pub mod otlp;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod testkit;

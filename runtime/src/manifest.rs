@@ -223,6 +223,10 @@ pub struct Manifest {
     /// Environment variables the function sees (and nothing else of the host's).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Values the function reads through `wasi:config/store` (secrets, set with
+    /// `skiff secret set`, join them and win over a value of the same key).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
     /// Event triggers.
     #[serde(default)]
     pub events: Vec<EventTrigger>,
@@ -261,6 +265,9 @@ impl Manifest {
                     t.topic
                 )));
             }
+        }
+        for key in manifest.config.keys() {
+            crate::secrets::check_key(key).map_err(|e| parse_err(format!("[config] {e}")))?;
         }
         for key in manifest.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -330,6 +337,9 @@ body = "1MiB"
 [env]
 GREETING = "hi"
 
+[config]
+greeting = "hello"
+
 [[events]]
 topic = "orders.*"
 max_attempts = 3
@@ -348,6 +358,11 @@ topic = "payments.completed"
         assert_eq!(m.limits.concurrency, Some(64));
         assert_eq!(m.limits.body, Some(Size(1 << 20)));
         assert_eq!(m.env.get("GREETING").map(String::as_str), Some("hi"));
+        assert_eq!(m.config.get("greeting").map(String::as_str), Some("hello"));
+        let err = Manifest::parse("name = \"a\"\ncomponent = \"x\"\n[config]\n\"a b\" = \"1\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[config] invalid config or secret key `a b`"), "{err}");
         assert_eq!(m.route().unwrap().to_string(), "/hi/...");
         assert_eq!(m.events.len(), 2);
         assert_eq!(m.events[0].max_attempts, 3);

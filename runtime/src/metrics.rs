@@ -51,6 +51,15 @@ pub struct Rejection {
     pub kind: String,
 }
 
+/// `function`, `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outbound {
+    /// The function.
+    pub function: String,
+    /// `sent`, `denied` (by policy) or `failed` (connection or protocol error).
+    pub outcome: String,
+}
+
 /// `function`, `op`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KvOp {
@@ -112,6 +121,8 @@ pub struct Metrics {
     pub node_in_flight: Gauge,
     /// `skiff_kv_operations_total`.
     pub kv_ops: Family<KvOp, Counter>,
+    /// `skiff_outbound_requests_total`.
+    pub outbound: Family<Outbound, Counter>,
     /// `skiff_kv_operation_duration_seconds`.
     pub kv_duration: HistogramFamily<KvOp>,
     /// Moving average of invocation durations (µs), for load reports.
@@ -150,6 +161,7 @@ impl Metrics {
             node_capacity: Gauge::default(),
             node_in_flight: Gauge::default(),
             kv_ops: Family::default(),
+            outbound: Family::default(),
             kv_duration: Family::new_with_constructor(latency_histogram),
             recent_latency_us: std::sync::atomic::AtomicU64::new(0),
             ended: std::sync::atomic::AtomicU64::new(0),
@@ -227,6 +239,11 @@ impl Metrics {
             "Time of a key-value operation as the guest sees it",
             Unit::Seconds,
             m.kv_duration.clone(),
+        );
+        registry.register(
+            "skiff_outbound_requests",
+            "Outgoing HTTP requests by function and outcome (sent, denied, failed)",
+            m.outbound.clone(),
         );
         build_info(&mut registry);
         Metrics { registry, ..m }
@@ -324,6 +341,16 @@ impl Metrics {
         self.kv_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one outgoing request: `sent`, `denied` or `failed`.
+    pub fn outbound(&self, function: &str, outcome: &str) {
+        self.outbound
+            .get_or_create(&Outbound {
+                function: function.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// A per-function counter, by family.

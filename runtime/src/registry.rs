@@ -4,7 +4,8 @@
 //! Layout under the data dir:
 //! * `skiff.redb` — tables `functions` (name → JSON record), `versions` (name → last
 //!   version handed out, so a removed and redeployed function never reuses a number) and
-//!   `compiled` (cache key → sha256 of the precompiled file).
+//!   `compiled` (cache key → sha256 of the precompiled file) and `secrets`
+//!   (`<function>/<key>` → the secret sealed with the node's key, see [`crate::secrets`]).
 //! * `artifacts/<sha256>.wasm` — uploaded components, written to a temp file, fsynced and
 //!   renamed, and verified against their name whenever they are read.
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
 const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 /// A failure of the control store.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +120,7 @@ impl Registry {
             tx.open_table(FUNCTIONS)?;
             tx.open_table(VERSIONS)?;
             tx.open_table(COMPILED)?;
+            tx.open_table(SECRETS)?;
             Ok(())
         })?;
         Ok(reg)
@@ -270,6 +273,49 @@ impl Registry {
             tx.open_table(COMPILED)?.insert(key, sha)?;
             Ok(())
         })
+    }
+}
+
+impl Registry {
+    /// Stores a sealed secret of `function` (function and key names are validated).
+    pub fn put_secret(&self, function: &str, key: &str, sealed: &[u8]) -> Result<(), RegistryError> {
+        let id = format!("{function}/{key}");
+        self.write(|tx| {
+            tx.open_table(SECRETS)?.insert(id.as_str(), sealed)?;
+            Ok(())
+        })
+    }
+
+    /// Removes a secret; returns whether it existed.
+    pub fn remove_secret(&self, function: &str, key: &str) -> Result<bool, RegistryError> {
+        let id = format!("{function}/{key}");
+        self.write(|tx| Ok(tx.open_table(SECRETS)?.remove(id.as_str())?.is_some()))
+    }
+
+    /// The sealed secrets of `function` (every function's when `None`), as
+    /// (function, key, sealed), in key order.
+    pub fn secrets(
+        &self,
+        function: Option<&str>,
+    ) -> Result<Vec<(String, String, Vec<u8>)>, RegistryError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(SECRETS).map_err(|e| self.db_err(e))?;
+        let prefix = function.map(|f| format!("{f}/")).unwrap_or_default();
+        let mut out = Vec::new();
+        for entry in table
+            .range(prefix.as_str()..)
+            .map_err(|e| self.db_err(e))?
+        {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let id = k.value();
+            if !id.starts_with(&prefix) {
+                break;
+            }
+            if let Some((f, key)) = id.split_once('/') {
+                out.push((f.to_string(), key.to_string(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -21,6 +21,12 @@
 //!
 //! State: [`kv::Store`] gives the function durable key-value storage of its own.
 //!
+//! Configuration: [`config::get`] reads the manifest's `[config]` and the secrets an
+//! operator set (`skiff secret set`), through the standard `wasi:config/store`.
+//!
+//! Outgoing HTTP: [`outbound::send`] calls the origins listed in the manifest's
+//! `allowed_outbound_hosts`; anything else fails with [`outbound::Error::Denied`].
+//!
 //! Events: [`events::publish`] publishes (once the invocation succeeds), and
 //! [`event_handler!`] exports a handler for the function's `[[events]]` triggers:
 //!
@@ -33,15 +39,17 @@
 //! skiff_sdk::event_handler!(on_event);
 //! ```
 
+pub mod config;
 pub mod events;
 pub mod kv;
+pub mod outbound;
 
 #[doc(hidden)]
 pub mod bindings {
-    //! Generated from `sdk/wit` (world `skiff:function/guest`).
+    //! Generated from `sdk/wit` (world `skiff:function/sdk`).
     wit_bindgen::generate!({
         path: "wit",
-        world: "skiff:function/guest",
+        world: "skiff:function/sdk",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_skiff_guest",

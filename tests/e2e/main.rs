@@ -10,5 +10,6 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod replicated;
+mod sandbox;
 mod serving;
 mod state;

@@ -8,6 +8,7 @@ pub mod deploy;
 mod events;
 mod kv;
 mod logs;
+mod secret;
 
 use crate::api::{ClusterStatus, FunctionInfo, NodeStatus};
 use crate::limits::NodeLimits;
@@ -81,6 +82,9 @@ enum Command {
     /// Inspect and repair a function's key-value state.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Set, list and remove a function's secrets (read through wasi:config).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Show what a function printed (stdout and stderr), newest last.
     Logs {
         /// The function.
@@ -143,6 +147,11 @@ struct UpArgs {
     /// Build and deploy this function folder once up (repeatable).
     #[arg(long = "deploy", value_name = "DIR")]
     deploy: Vec<PathBuf>,
+    /// The key file functions' secrets are sealed with (64 hex digits; the same file on
+    /// every node and the scheduler of a cluster) [default: DATA_DIR/secrets.key, made on
+    /// first start].
+    #[arg(long, env = "SKIFF_SECRETS_KEY", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
     /// Invocations running at once on this node.
     #[arg(long, default_value_t = NodeLimits::default().node_concurrency)]
     max_concurrency: u32,
@@ -198,6 +207,10 @@ struct SchedulerArgs {
     /// [default: the NATS cluster's size, at most 3].
     #[arg(long, env = "SKIFF_REPLICAS")]
     replicas: Option<usize>,
+    /// The key file functions' secrets are sealed with: the same file as every node's
+    /// `--secrets-key` (without it, secrets cannot be set through this scheduler).
+    #[arg(long, env = "SKIFF_SECRETS_KEY", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
 }
 
 impl UpArgs {
@@ -235,6 +248,7 @@ impl UpArgs {
             advertise: None,
             otlp: self.otlp_endpoint,
             replicas: self.replicas,
+            secrets_key: self.secrets_key,
         }
     }
 }
@@ -335,6 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_body: args.max_body.0,
                 deploy_timeout: args.deploy_timeout.0,
                 replicas: args.replicas,
+                secrets_key: args.secrets_key,
                 placement: if args.placement == "round-robin" {
                     skiff_scheduler::live::Placement::RoundRobin
                 } else {
@@ -376,6 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Kv(cmd) => return kv::run(&client()?, cmd).await,
+        Command::Secret(cmd) => return secret::run(|| Ok(client()?), cmd).await,
         Command::Logs { name, follow, tail } => {
             return logs::run(&client()?, &name, follow, tail).await;
         }

@@ -3,7 +3,8 @@
 //! * KV bucket `skiff_registry`: `fn.<name>` → the JSON [`FunctionRecord`] now deployed
 //!   (deleted on removal), and `ver.<name>` → the last version handed out, updated with
 //!   compare-and-set so that two deploys racing through two schedulers never share a
-//!   number and a removed function never reuses one.
+//!   number and a removed function never reuses one; `sec.<name>.<key>` → a secret,
+//!   sealed with the cluster's shared secrets key (never plain text).
 //! * Object store `skiff_artifacts`: components named by their sha256; whoever reads one
 //!   verifies the hash before using it.
 
@@ -66,6 +67,10 @@ pub enum Change {
     Deployed(FunctionRecord),
     /// A function was removed.
     Removed(String),
+    /// A secret was set: (function, key, sealed value).
+    SecretSet(String, String, Vec<u8>),
+    /// A secret was removed: (function, key).
+    SecretRemoved(String, String),
 }
 
 /// The registry as one process sees it.
@@ -281,7 +286,76 @@ impl ClusterRegistry {
         Ok(existed)
     }
 
-    /// Every change from now on (deploys and removals), in order.
+    /// Stores `function`'s secret `key`, already sealed.
+    pub async fn put_secret(
+        &self,
+        function: &str,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<(), ClusterError> {
+        let k = format!("sec.{function}.{key}");
+        self.kv
+            .put(k.as_str(), Bytes::copy_from_slice(sealed))
+            .await
+            .map_err(|e| nats(format!("write secret {key} of {function}"))(&e))?;
+        Ok(())
+    }
+
+    /// Removes a secret; returns whether it existed.
+    pub async fn remove_secret(&self, function: &str, key: &str) -> Result<bool, ClusterError> {
+        let k = format!("sec.{function}.{key}");
+        let what = || format!("remove secret {key} of {function}");
+        let existed = self
+            .kv
+            .get(k.as_str())
+            .await
+            .map_err(|e| nats(what())(&e))?
+            .is_some();
+        if existed {
+            self.kv
+                .delete(k.as_str())
+                .await
+                .map_err(|e| nats(what())(&e))?;
+        }
+        Ok(existed)
+    }
+
+    /// Every secret as (function, key, sealed), or only `function`'s.
+    pub async fn secrets(
+        &self,
+        function: Option<&str>,
+    ) -> Result<Vec<(String, String, Vec<u8>)>, ClusterError> {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| nats("list the registry")(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| nats("list the registry")(&e))?;
+        let mut out = Vec::new();
+        for key in keys {
+            let Some((f, k)) = secret_key(&key) else {
+                continue;
+            };
+            if function.is_some_and(|want| want != f) {
+                continue;
+            }
+            if let Some(v) = self
+                .kv
+                .get(key.as_str())
+                .await
+                .map_err(|e| nats(format!("read {key}"))(&e))?
+            {
+                out.push((f.to_string(), k.to_string(), v.to_vec()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every change from now on (deploys, removals and secrets), in order.
     pub async fn watch(
         &self,
     ) -> Result<impl futures::Stream<Item = Result<Change, ClusterError>> + use<>, ClusterError>
@@ -289,22 +363,36 @@ impl ClusterRegistry {
         use futures::StreamExt;
         let watch = self
             .kv
-            .watch("fn.>")
+            .watch_many(["fn.>", "sec.>"])
             .await
             .map_err(|e| nats("watch the registry")(&e))?;
-        Ok(watch.map(|entry| {
-            let entry = entry.map_err(|e| nats("watch the registry")(&e))?;
-            let name = entry
-                .key
-                .strip_prefix("fn.")
-                .unwrap_or(&entry.key)
-                .to_string();
-            match entry.operation {
-                kv::Operation::Put => decode(&entry.key, &entry.value).map(Change::Deployed),
-                kv::Operation::Delete | kv::Operation::Purge => Ok(Change::Removed(name)),
+        Ok(watch.filter_map(|entry| async move {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => return Some(Err(nats("watch the registry")(&e))),
+            };
+            let put = entry.operation == kv::Operation::Put;
+            if let Some(name) = entry.key.strip_prefix("fn.") {
+                return Some(if put {
+                    decode(&entry.key, &entry.value).map(Change::Deployed)
+                } else {
+                    Ok(Change::Removed(name.to_string()))
+                });
             }
+            let (function, key) = secret_key(&entry.key)?;
+            let (function, key) = (function.to_string(), key.to_string());
+            Some(Ok(if put {
+                Change::SecretSet(function, key, entry.value.to_vec())
+            } else {
+                Change::SecretRemoved(function, key)
+            }))
         }))
     }
+}
+
+/// Splits a registry key `sec.<function>.<key>` into its function and key.
+fn secret_key(k: &str) -> Option<(&str, &str)> {
+    k.strip_prefix("sec.")?.split_once('.')
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, ClusterError> {

@@ -18,6 +18,9 @@ use crate::server::admin::{
     AdminBody, MAX_ARTIFACT_BYTES, Response, authorized, error, full, json, read_artifact,
     read_deploy_request, serve_http, text,
 };
+use crate::secrets::{MAX_SECRET_BYTES, SecretError, SecretKey, check_key, check_value};
+use crate::server::admin::read_body;
+use crate::server::admin::secrets::{SecretKeys, segment};
 use crate::server::shutdown_signal;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -56,6 +59,8 @@ pub struct SchedulerOptions {
     pub placement: Placement,
     /// Replicas of the streams it creates (default: the NATS cluster's size).
     pub replicas: Option<usize>,
+    /// The secrets key file shared with the nodes (without it, secrets cannot be set).
+    pub secrets_key: Option<std::path::PathBuf>,
 }
 
 /// The scheduler's shared state.
@@ -72,10 +77,16 @@ pub struct Scheduler {
     deploys: tokio::sync::Mutex<()>,
     /// When reports could last start flowing (NATS connected); `None` while disconnected.
     heard_since: Mutex<Option<Instant>>,
+    /// Seals secrets before they enter the registry.
+    secrets_key: Option<SecretKey>,
 }
 
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
 pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
+    let secrets_key = match &opts.secrets_key {
+        Some(path) => Some(SecretKey::load(path)?),
+        None => None,
+    };
     let client = super::connect(&opts.nats, "skiff-scheduler").await?;
     let replicas = super::replicas(&client, opts.replicas);
     let js = async_nats::jetstream::new(client.clone());
@@ -101,6 +112,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         http: Client::builder(TokioExecutor::new()).build_http(),
         deploys: tokio::sync::Mutex::new(()),
         heard_since: Mutex::new(Some(Instant::now())),
+        secrets_key,
     });
 
     // Reports in.
@@ -248,6 +260,14 @@ impl Scheduler {
                 }
             }
             (Method::GET, ["v1", "functions", _, "logs"]) => self.gather_logs(req).await,
+            (_, ["v1", "functions", name, "secrets"]) => {
+                let name = name.to_string();
+                self.secrets(&name, None, req).await
+            }
+            (_, ["v1", "functions", name, "secrets", key]) => {
+                let (name, key) = (name.to_string(), segment(key));
+                self.secrets(&name, Some(&key), req).await
+            }
             (Method::GET, ["v1", "traces", id]) => {
                 let id = id.to_string();
                 self.gather_trace(&id, req).await
@@ -273,6 +293,67 @@ impl Scheduler {
             _ => error(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {path}; the API lives under /v1"),
+            ),
+        }
+    }
+
+    /// Secrets go into the registry sealed; nodes take them from there.
+    async fn secrets(&self, name: &str, key: Option<&str>, req: http::Request<Incoming>) -> Response {
+        if let Err(e) = FunctionName::new(name) {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        if let Some(key) = key
+            && let Err(e) = check_key(key)
+        {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        match (req.method().clone(), key) {
+            (Method::GET, None) => match self.registry.secrets(Some(name)).await {
+                Ok(list) => json(
+                    StatusCode::OK,
+                    &SecretKeys {
+                        function: name.to_string(),
+                        keys: list.into_iter().map(|(_, k, _)| k).collect(),
+                    },
+                ),
+                Err(e) => registry_error(e),
+            },
+            (Method::PUT, Some(key)) => {
+                let Some(secrets_key) = &self.secrets_key else {
+                    return error(StatusCode::CONFLICT, SecretError::NoKey.to_string());
+                };
+                let value = match read_body(req, MAX_SECRET_BYTES).await {
+                    Ok(v) => v,
+                    Err(resp) => return resp,
+                };
+                let sealed = match check_value(&value)
+                    .and_then(|v| secrets_key.seal(name, key, v.as_bytes()))
+                {
+                    Ok(s) => s,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+                };
+                match self.registry.put_secret(name, key, &sealed).await {
+                    Ok(()) => json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "function": name, "key": key, "set": true }),
+                    ),
+                    Err(e) => registry_error(e),
+                }
+            }
+            (Method::DELETE, Some(key)) => match self.registry.remove_secret(name, key).await {
+                Ok(true) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "function": name, "key": key, "removed": true }),
+                ),
+                Ok(false) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"),
+                ),
+                Err(e) => registry_error(e),
+            },
+            (method, _) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on the secrets endpoint"),
             ),
         }
     }

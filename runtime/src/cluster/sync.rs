@@ -45,6 +45,21 @@ async fn follow(node: &Arc<Node>, registry: &ClusterRegistry) -> Result<(), Clus
             remove(node, &name).await;
         }
     }
+    // Secrets: take every one the registry has, drop those it no longer has.
+    let secrets = registry.secrets(None).await?;
+    for (function, key, sealed) in &secrets {
+        put_secret(node, function, key, sealed);
+    }
+    match node.sealed_secrets() {
+        Ok(local) => {
+            for (function, key, _) in local {
+                if !secrets.iter().any(|(f, k, _)| *f == function && *k == key) {
+                    remove_secret(node, &function, &key);
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot list this node's secrets"),
+    }
     tracing::info!(
         functions = wanted.len(),
         "in step with the cluster registry"
@@ -53,6 +68,8 @@ async fn follow(node: &Arc<Node>, registry: &ClusterRegistry) -> Result<(), Clus
         match change? {
             Change::Deployed(record) => apply(node, registry, record).await,
             Change::Removed(name) => remove(node, &name).await,
+            Change::SecretSet(function, key, sealed) => put_secret(node, &function, &key, &sealed),
+            Change::SecretRemoved(function, key) => remove_secret(node, &function, &key),
         }
     }
     Err(ClusterError::Nats {
@@ -91,5 +108,17 @@ async fn remove(node: &Arc<Node>, name: &str) {
     node.clear_failed(name);
     if let Err(e) = node.remove(name).await {
         tracing::error!(function = name, error = %e, "cannot remove a function the cluster removed");
+    }
+}
+
+fn put_secret(node: &Node, function: &str, key: &str, sealed: &[u8]) {
+    if let Err(e) = node.put_secret(function, key, sealed) {
+        tracing::error!(function, key, error = %e, "cannot take a secret from the cluster registry");
+    }
+}
+
+fn remove_secret(node: &Node, function: &str, key: &str) {
+    if let Err(e) = node.remove_secret(function, key) {
+        tracing::error!(function, key, error = %e, "cannot remove a secret the cluster removed");
     }
 }

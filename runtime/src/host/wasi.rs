@@ -24,5 +24,6 @@ pub fn context(spec: &SandboxSpec, logs: &CapturedOutput) -> WasiCtx {
     b.allow_ip_name_lookup(false);
     b.allow_tcp(false);
     b.allow_udp(false);
+    b.max_random_size(super::HostLimits::RANDOM_BYTES);
     b.build()
 }

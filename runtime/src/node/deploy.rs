@@ -9,6 +9,7 @@ use super::{Deployment, Node, Snapshot};
 use crate::engine::{CodeSource, CompileError};
 use crate::events::ConsumerSpec;
 use crate::host::SandboxSpec;
+use crate::host::config::ConfigCell;
 use crate::host::bindings::GuestPre;
 use crate::host::http::{OriginError, OutboundPolicy};
 use crate::limits::{FunctionLimits, LimitError};
@@ -154,7 +155,11 @@ impl Node {
             });
         }
         let limits = self.limits.resolve(&manifest.limits)?;
-        let outbound = Arc::new(OutboundPolicy::new(&manifest.allowed_outbound_hosts)?);
+        let outbound = Arc::new(OutboundPolicy::new(
+            name.as_str(),
+            &manifest.allowed_outbound_hosts,
+            self.admin,
+        )?);
         let route = manifest.route()?;
         if !self.registry.has_artifact(artifact) {
             return Err(RegistryError::MissingArtifact(artifact.to_string()).into());
@@ -230,8 +235,10 @@ impl Node {
                 (t.clone(), spec)
             })
             .collect();
+        let secrets = self.function_secrets(&record.name);
         let deployment = Arc::new(Deployment {
             spec: SandboxSpec {
+                config: ConfigCell::new(p.manifest.config, &secrets),
                 function: record.name.clone(),
                 version: record.version,
                 limits: p.limits,

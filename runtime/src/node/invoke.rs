@@ -4,7 +4,7 @@
 use super::body::{GatedBody, LimitedBody, reply};
 use super::{Deployment, Node};
 use crate::events::Event;
-use crate::host::InstanceState;
+use crate::host::{HostLimits, InstanceState};
 use crate::host::bindings::skiff::function::events as wit_events;
 use crate::host::limiter::MemoryLimitExceeded;
 use crate::manifest::{Size, Timeout};
@@ -86,6 +86,8 @@ fn new_store(
         InstanceState::new(&dep.spec, started, cause, trace.traceparent()),
     );
     store.limiter(|s| &mut s.limiter);
+    store.set_hostcall_fuel(HostLimits::hostcall_bytes(&dep.spec.limits));
+    store.set_max_component_handles(HostLimits::HANDLES);
     // Every epoch tick the guest yields to the executor (so a busy guest cannot starve
     // others on its thread) and is interrupted once past its deadline.
     store.set_epoch_deadline(1);

@@ -10,6 +10,7 @@
 mod body;
 pub mod deploy;
 pub mod invoke;
+pub mod secrets;
 
 use crate::api::{FunctionInfo, NodeStatus};
 use crate::engine::{CodeSource, NodeEngine};
@@ -122,6 +123,10 @@ pub struct Node {
     pub(crate) logs: Arc<crate::logs::LogStore>,
     pub(crate) traces: Arc<crate::traces::TraceStore>,
     limits: NodeLimits,
+    /// The admin API's address: functions may never call it.
+    admin: Option<std::net::SocketAddr>,
+    /// Seals and opens the functions' secrets (none: secrets cannot be set or read).
+    secrets_key: Option<Arc<crate::secrets::SecretKey>>,
     slots: Arc<Semaphore>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises deploys and removals so that route checks and swaps do not interleave.
@@ -156,6 +161,10 @@ pub struct NodeConfig {
     pub url: String,
     /// Limits and maxima.
     pub limits: NodeLimits,
+    /// The admin API's bound address, which outgoing requests may never reach.
+    pub admin: Option<std::net::SocketAddr>,
+    /// The key the functions' secrets are sealed with.
+    pub secrets_key: Option<Arc<crate::secrets::SecretKey>>,
 }
 
 impl Node {
@@ -176,6 +185,8 @@ impl Node {
             started: Instant::now(),
             slots: Arc::new(Semaphore::new(config.limits.node_concurrency as usize)),
             limits: config.limits,
+            admin: config.admin,
+            secrets_key: config.secrets_key,
             engine,
             linker,
             registry,

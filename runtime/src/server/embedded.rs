@@ -57,6 +57,8 @@ pub struct UpOptions {
     /// The host (or host:port) the scheduler reaches this node at, when the bound address
     /// is not reachable as it is (e.g. bound to 0.0.0.0).
     pub advertise: Option<String>,
+    /// The secrets key file (default: `<data_dir>/secrets.key`, made if absent).
+    pub secrets_key: Option<PathBuf>,
 }
 
 /// Addresses a running server actually bound.
@@ -120,6 +122,12 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         listen: listener.local_addr()?,
         admin: admin_listener.local_addr()?,
     };
+    let secrets_key = match &opts.secrets_key {
+        Some(path) => crate::secrets::SecretKey::load(path)?,
+        None => crate::secrets::SecretKey::load_or_create(
+            &opts.data_dir.join(crate::secrets::KEY_FILE),
+        )?,
+    };
     let node = Arc::new(
         Node::new(
             NodeConfig {
@@ -127,6 +135,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 mode: if opts.cluster { "cluster" } else { "embedded" },
                 url: format!("http://{}", bound.listen),
                 limits: opts.limits.clone(),
+                admin: Some(bound.admin),
+                secrets_key: Some(Arc::new(secrets_key)),
             },
             engine,
             registry,

@@ -5,6 +5,7 @@
 pub mod events;
 pub mod kv;
 pub mod logs;
+pub mod secrets;
 
 use crate::api::{DeployRequest, ErrorBody};
 use crate::engine::check_component_header;
@@ -169,12 +170,14 @@ impl Admin {
             (&Method::PUT, ["v1", "functions", _])
                 | (&Method::DELETE, ["v1", "functions", _])
                 | (&Method::PUT, ["v1", "artifacts", _])
+                | (&Method::PUT, ["v1", "functions", _, "secrets", _])
+                | (&Method::DELETE, ["v1", "functions", _, "secrets", _])
         );
         if changes_functions && self.node.is_cluster() {
             return error(
                 StatusCode::CONFLICT,
                 format!(
-                    "node `{}` is part of a cluster and takes its functions from the cluster registry; deploy and remove through the scheduler (--server http://SCHEDULER:7071)",
+                    "node `{}` is part of a cluster and takes its functions and secrets from the cluster registry; deploy, remove and set secrets through the scheduler (--server http://SCHEDULER:7071)",
                     self.node.name()
                 ),
             );
@@ -226,6 +229,14 @@ impl Admin {
             }
             (_, ["v1", "functions", name, "dead-letters", rest @ ..]) => {
                 events::dead_letters(&self.node, name, rest, req.method()).await
+            }
+            (_, ["v1", "functions", name, "secrets"]) => {
+                let name = name.to_string();
+                secrets::handle(&self.node, &name, None, req).await
+            }
+            (_, ["v1", "functions", name, "secrets", key]) => {
+                let (name, key) = (name.to_string(), key.to_string());
+                secrets::handle(&self.node, &name, Some(&key), req).await
             }
             (_, ["v1", "functions", name, "kv", rest @ ..]) => {
                 let name = name.to_string();

@@ -9,6 +9,13 @@
 //! `/publish/<topic>` publishes the body and answers 200, `/publish-then-trap/<topic>`
 //! publishes and then traps.
 //!
+//! Sandbox probes: `/fetch/<url>` (percent-encoded) makes an outgoing GET and answers
+//! 200 with the body, 403 `denied` for `HTTP-request-denied`, 502 for other failures;
+//! `/config/get/<key>` and `/config/all` read wasi:config; `/ambient/files`,
+//! `/ambient/env` and `/ambient/socket/<port>` try what the sandbox must not allow and
+//! say what happened; `/huge/random`, `/huge/kv`, `/huge/resources` and `/huge/fields`
+//! ask the host to allocate more than it allows (each should trap or fail).
+//!
 //! Its event handler logs every run (`event-run topic=… id=… attempt=…`) and, by topic:
 //! `*.fail-twice` fails on attempts 1 and 2, `*.always` always fails, `*.trap` traps,
 //! `*.slow` takes 200 ms,
@@ -97,6 +104,9 @@ fn handle(req: Request) -> Response {
                 }
                 return text(StatusCode::OK, format!("fast on {host}"));
             }
+            if let Some(r) = probe(rest) {
+                return r;
+            }
             if let Some(ms) = rest.strip_prefix("/sleep/") {
                 let ms: u64 = ms.parse().unwrap_or(100);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -105,6 +115,126 @@ fn handle(req: Request) -> Response {
             text(StatusCode::NOT_FOUND, format!("no behaviour at {rest}"))
         }
     }
+}
+
+/// The sandbox probes (see the crate docs); `None` when `rest` is not one.
+fn probe(rest: &str) -> Option<Response> {
+    use skiff_sdk::outbound;
+    if let Some(url) = rest.strip_prefix("/fetch/") {
+        let req = match http::Request::get(decode(url)).body(Vec::new()) {
+            Ok(r) => r,
+            Err(e) => return Some(text(StatusCode::BAD_REQUEST, e.to_string())),
+        };
+        return Some(match outbound::send(req) {
+            Ok(res) => text(
+                StatusCode::OK,
+                format!("{} {}", res.status().as_u16(), String::from_utf8_lossy(res.body())),
+            ),
+            Err(outbound::Error::Denied) => text(StatusCode::FORBIDDEN, "denied"),
+            Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
+        });
+    }
+    if let Some(key) = rest.strip_prefix("/config/get/") {
+        return Some(match skiff_sdk::config::get(key) {
+            Ok(Some(v)) => text(StatusCode::OK, v),
+            Ok(None) => text(StatusCode::NOT_FOUND, "unset"),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        });
+    }
+    Some(match rest {
+        "/config/all" => match skiff_sdk::config::get_all() {
+            Ok(mut all) => {
+                all.sort();
+                let keys: Vec<String> = all.into_iter().map(|(k, _)| k).collect();
+                text(StatusCode::OK, keys.join(","))
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        "/ambient/files" => {
+            let preopens = wasip2::filesystem::preopens::get_directories().len();
+            let read = std::fs::read("/etc/passwd").map(|b| b.len());
+            let list = std::fs::read_dir("/").map(|d| d.count());
+            text(
+                StatusCode::OK,
+                format!("preopens={preopens} read={read:?} list={list:?}"),
+            )
+        }
+        "/ambient/env" => {
+            let mut keys: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            keys.sort();
+            text(StatusCode::OK, keys.join(","))
+        }
+        _ => {
+            if let Some(port) = rest.strip_prefix("/ambient/socket/") {
+                return Some(text(StatusCode::OK, connect(port.parse().unwrap_or(80))));
+            }
+            return huge(rest);
+        }
+    })
+}
+
+/// Tries a TCP connection to 127.0.0.1:`port` through wasi:sockets directly.
+fn connect(port: u16) -> String {
+    use wasip2::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    let network = wasip2::sockets::instance_network::instance_network();
+    let socket =
+        match wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+            Ok(s) => s,
+            Err(e) => return format!("create refused: {e:?}"),
+        };
+    let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port,
+        address: (127, 0, 0, 1),
+    });
+    if let Err(e) = socket.start_connect(&network, addr) {
+        return format!("connect refused: {e:?}");
+    }
+    socket.subscribe().block();
+    match socket.finish_connect() {
+        Ok(_) => "connected".to_string(),
+        Err(e) => format!("connect failed: {e:?}"),
+    }
+}
+
+/// Asks the host to allocate without bound; each of these should trap or fail.
+fn huge(rest: &str) -> Option<Response> {
+    Some(match rest {
+        "/huge/random" => {
+            let bytes = wasip2::random::random::get_random_bytes(8 << 20);
+            text(StatusCode::OK, format!("got {} random bytes", bytes.len()))
+        }
+        "/huge/kv" => {
+            let value = vec![7u8; 32 << 20];
+            match Store::open_default().and_then(|s| s.set("huge", &value)) {
+                Ok(()) => text(StatusCode::OK, "stored 32 MiB"),
+                Err(e) => text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            }
+        }
+        "/huge/resources" => {
+            let mut held = Vec::new();
+            loop {
+                held.push(wasip2::http::types::Fields::new());
+                if held.len() % 100_000 == 0 {
+                    std::hint::black_box(&held);
+                }
+            }
+        }
+        "/huge/fields" => {
+            // 96 KiB of headers: within wasmtime's default bound, over Skiff's 64 KiB.
+            let fields = wasip2::http::types::Fields::new();
+            let value = vec![b'x'; 8 << 10];
+            for i in 0..12u32 {
+                if let Err(e) = fields.append(&format!("x-h{i}"), &value) {
+                    return Some(text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("refused after {i} headers: {e:?}"),
+                    ));
+                }
+            }
+            text(StatusCode::OK, "added 96 KiB of headers")
+        }
+        _ => return None,
+    })
 }
 
 fn get(store: Result<Store, skiff_sdk::kv::Error>, key: &str) -> Response {
