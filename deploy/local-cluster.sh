@@ -106,13 +106,15 @@ CONF
     }
   done
   local urls; urls="$(nats_urls)"
+  # One secrets key for the whole cluster: the scheduler seals, every node opens.
+  [[ -f "$dir/secrets.key" ]] || "$bin" secret keygen "$dir/secrets.key" >/dev/null
   for i in $(seq 1 $nodes); do
     start "node$i" "$dir/logs/node$i.log" "$bin" node --nats "$urls" --name "node$i" --replicas 3 \
       --listen "127.0.0.1:$((node_port + i))" --admin "127.0.0.1:$((node_port + 10 + i))" \
-      --data-dir "$dir/node$i"
+      --data-dir "$dir/node$i" --secrets-key "$dir/secrets.key"
   done
   start scheduler "$dir/logs/scheduler.log" "$bin" scheduler --nats "$urls" --replicas 3 \
-    --listen "$listen" --admin "$admin"
+    --listen "$listen" --admin "$admin" --secrets-key "$dir/secrets.key"
   if ! wait_for bash -c "'$bin' --server 'http://$admin' status | grep -q '$nodes live node(s)'"; then
     echo "error: the cluster did not come up within 30 s; logs in $dir/logs" >&2
     exit 1

@@ -34,6 +34,8 @@ pub struct NodeLimits {
     pub max_header_bytes: usize,
     /// How long a client may take to send its request head.
     pub header_read_timeout: Duration,
+    /// Largest component the admin API accepts for upload.
+    pub max_artifact_bytes: usize,
 }
 
 impl Default for NodeLimits {
@@ -61,6 +63,7 @@ impl Default for NodeLimits {
             node_concurrency: 512,
             max_header_bytes: 32 << 10,
             header_read_timeout: Duration::from_secs(10),
+            max_artifact_bytes: crate::server::admin::MAX_ARTIFACT_BYTES,
         }
     }
 }

@@ -359,10 +359,16 @@ topic = "payments.completed"
         assert_eq!(m.limits.body, Some(Size(1 << 20)));
         assert_eq!(m.env.get("GREETING").map(String::as_str), Some("hi"));
         assert_eq!(m.config.get("greeting").map(String::as_str), Some("hello"));
-        let err = Manifest::parse("name = \"a\"\ncomponent = \"x\"\n[config]\n\"a b\" = \"1\"\n", "t")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("[config] invalid config or secret key `a b`"), "{err}");
+        let err = Manifest::parse(
+            "name = \"a\"\ncomponent = \"x\"\n[config]\n\"a b\" = \"1\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[config] invalid config or secret key `a b`"),
+            "{err}"
+        );
         assert_eq!(m.route().unwrap().to_string(), "/hi/...");
         assert_eq!(m.events.len(), 2);
         assert_eq!(m.events[0].max_attempts, 3);

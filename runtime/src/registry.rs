@@ -278,7 +278,12 @@ impl Registry {
 
 impl Registry {
     /// Stores a sealed secret of `function` (function and key names are validated).
-    pub fn put_secret(&self, function: &str, key: &str, sealed: &[u8]) -> Result<(), RegistryError> {
+    pub fn put_secret(
+        &self,
+        function: &str,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<(), RegistryError> {
         let id = format!("{function}/{key}");
         self.write(|tx| {
             tx.open_table(SECRETS)?.insert(id.as_str(), sealed)?;
@@ -302,10 +307,7 @@ impl Registry {
         let table = tx.open_table(SECRETS).map_err(|e| self.db_err(e))?;
         let prefix = function.map(|f| format!("{f}/")).unwrap_or_default();
         let mut out = Vec::new();
-        for entry in table
-            .range(prefix.as_str()..)
-            .map_err(|e| self.db_err(e))?
-        {
+        for entry in table.range(prefix.as_str()..).map_err(|e| self.db_err(e))? {
             let (k, v) = entry.map_err(|e| self.db_err(e))?;
             let id = k.value();
             if !id.starts_with(&prefix) {

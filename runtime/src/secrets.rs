@@ -81,8 +81,9 @@ pub fn check_value(value: &[u8]) -> Result<&str, SecretError> {
             value.len()
         )));
     }
-    std::str::from_utf8(value)
-        .map_err(|_| SecretError::BadValue("is not UTF-8 text; wasi:config values are strings".into()))
+    std::str::from_utf8(value).map_err(|_| {
+        SecretError::BadValue("is not UTF-8 text; wasi:config values are strings".into())
+    })
 }
 
 /// The key secrets are sealed with.
@@ -133,7 +134,13 @@ impl SecretKey {
         let aad = associated(function, key);
         let sealed = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: value, aad: &aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: value,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| SecretError::BadValue("cannot be encrypted".into()))?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(SEALED_V1);

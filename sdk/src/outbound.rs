@@ -74,7 +74,9 @@ pub fn send(req: http::Request<Vec<u8>>) -> Result<Response, Error> {
         Some("https") | None => Scheme::Https,
         Some(other) => Scheme::Other(other.to_string()),
     };
-    request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| bad("scheme"))?;
     request
         .set_authority(parts.uri.authority().map(|a| a.as_str()))
         .map_err(|()| bad("authority"))?;
@@ -115,7 +117,10 @@ pub fn send(req: http::Request<Vec<u8>>) -> Result<Response, Error> {
                 Ok(chunk) => out.extend_from_slice(&chunk),
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(Error::Failed(format!("reading the body: {}", e.to_debug_string())));
+                    return Err(Error::Failed(format!(
+                        "reading the body: {}",
+                        e.to_debug_string()
+                    )));
                 }
             }
         }

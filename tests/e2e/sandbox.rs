@@ -17,15 +17,17 @@ async fn upstream() -> String {
             };
             tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
                 hyper_util::rt::TokioIo::new(stream),
-                hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let body = match req.uri().path() {
-                        "/big" => Bytes::from(vec![b'z'; 70 << 20]),
-                        _ => Bytes::from_static(b"pong"),
-                    };
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(body),
-                    ))
-                }),
+                hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = match req.uri().path() {
+                            "/big" => Bytes::from(vec![b'z'; 70 << 20]),
+                            _ => Bytes::from_static(b"pong"),
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(body),
+                        ))
+                    },
+                ),
             ));
         }
     });
@@ -69,7 +71,12 @@ async fn outgoing_http_follows_the_allowlist_and_never_reaches_the_admin_api() {
     );
 
     let r = fetch(&skiff, "out", &format!("{origin}/pong")).await;
-    assert_eq!((r.status, r.text().as_str()), (200, "200 pong"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "200 pong"),
+        "{}",
+        r.text()
+    );
 
     // Not listed: another port of the same host, another host.
     let other = format!("http://127.0.0.1:{}/pong", port_of(&skiff.listen));
@@ -90,7 +97,8 @@ async fn outgoing_http_follows_the_allowlist_and_never_reaches_the_admin_api() {
 
     let metrics = get(&format!("{}/metrics", skiff.admin)).await.text();
     let count = |outcome: &str| -> f64 {
-        let series = format!("skiff_outbound_requests_total{{function=\"out\",outcome=\"{outcome}\"}} ");
+        let series =
+            format!("skiff_outbound_requests_total{{function=\"out\",outcome=\"{outcome}\"}} ");
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(series.as_str()))
@@ -104,7 +112,11 @@ async fn outgoing_http_follows_the_allowlist_and_never_reaches_the_admin_api() {
         log.contains("outgoing request denied") && log.contains("admin API"),
         "{log}"
     );
-    skiff.cli_ok(&["deploy", repo().join("functions/hello").to_str().unwrap(), "--no-build"]);
+    skiff.cli_ok(&[
+        "deploy",
+        repo().join("functions/hello").to_str().unwrap(),
+        "--no-build",
+    ]);
     skiff.assert_hello_serves().await;
 }
 
@@ -164,7 +176,11 @@ async fn huge_host_allocations_are_refused_and_memory_stays_flat() {
     let grew = skiff.rss_kib().saturating_sub(before);
     assert!(grew < 64 << 10, "the node grew by {grew} KiB");
     assert!(skiff.log().contains("big"), "the traps are logged");
-    skiff.cli_ok(&["deploy", repo().join("functions/hello").to_str().unwrap(), "--no-build"]);
+    skiff.cli_ok(&[
+        "deploy",
+        repo().join("functions/hello").to_str().unwrap(),
+        "--no-build",
+    ]);
     skiff.assert_hello_serves().await;
 }
 
@@ -225,18 +241,36 @@ async fn config_and_secrets_reach_the_guest_and_nowhere_else() {
     // A secret overrides [config] and applies to the next invocation.
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, format!("{secret}-token")).unwrap();
-    skiff.cli_ok(&["secret", "set", "cfg", "api_token", &format!("@{}", token_file.display())]);
-    assert_eq!(read(&skiff, "api_token").await, (200, format!("{secret}-token")));
-    let all = get(&format!("{}/cfg/config/all", skiff.listen)).await.text();
+    skiff.cli_ok(&[
+        "secret",
+        "set",
+        "cfg",
+        "api_token",
+        &format!("@{}", token_file.display()),
+    ]);
+    assert_eq!(
+        read(&skiff, "api_token").await,
+        (200, format!("{secret}-token"))
+    );
+    let all = get(&format!("{}/cfg/config/all", skiff.listen))
+        .await
+        .text();
     assert_eq!(all, "api_token,db_password,greeting");
 
     // Keys are listed, values never shown: not by the CLI, the API, metrics or logs.
-    assert_eq!(skiff.cli_ok(&["secret", "ls", "cfg"]), "api_token\ndb_password\n");
+    assert_eq!(
+        skiff.cli_ok(&["secret", "ls", "cfg"]),
+        "api_token\ndb_password\n"
+    );
     let shown = [
         skiff.cli_ok(&["ls"]),
         skiff.cli_ok(&["status"]),
-        get(&format!("{}/v1/functions/cfg", skiff.admin)).await.text(),
-        get(&format!("{}/v1/functions/cfg/secrets", skiff.admin)).await.text(),
+        get(&format!("{}/v1/functions/cfg", skiff.admin))
+            .await
+            .text(),
+        get(&format!("{}/v1/functions/cfg/secrets", skiff.admin))
+            .await
+            .text(),
         get(&format!("{}/metrics", skiff.admin)).await.text(),
         skiff.log(),
     ];
@@ -260,4 +294,92 @@ async fn config_and_secrets_reach_the_guest_and_nowhere_else() {
     assert_eq!(read(&skiff, "db_password").await, (200, secret.clone()));
     skiff.cli_ok(&["secret", "rm", "cfg", "api_token"]);
     assert_eq!(read(&skiff, "api_token").await, (200, "from-config".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_secrets_travel_sealed_and_reach_every_node() {
+    let _one = crate::cluster::one_at_a_time().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = skiff_runtime::testkit::NatsServer::start(&tmp.path().join("nats")).expect("nats");
+    let key = tmp.path().join("cluster.key");
+    let out = std::process::Command::new(skiff_bin())
+        .args(["secret", "keygen", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let with_key = ["--secrets-key", key.to_str().unwrap()];
+    let nodes: Vec<Skiff> = ["s1", "s2"]
+        .iter()
+        .map(|n| Skiff::node(&tmp.path().join(n), &nats.url(), n, &with_key))
+        .collect();
+    let scheduler = Skiff::scheduler(&nats.url(), &with_key);
+    let manifest = format!(
+        "name = \"vault\"\ncomponent = \"{}\"\n",
+        guest("tests/guests", "misbehave.wasm").display()
+    );
+    let dir = function_dir(tmp.path(), "vault", &manifest);
+    scheduler.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build", "--wait-all"]);
+
+    let secret = fresh_secret();
+    scheduler.cli_ok(&["secret", "set", "vault", "token", &secret]);
+    assert_eq!(scheduler.cli_ok(&["secret", "ls", "vault"]), "token\n");
+    // Every node has it within moments, each from the registry.
+    for node in &nodes {
+        let url = format!("{}/vault/config/get/token", node.listen);
+        let ok = wait_until(std::time::Duration::from_secs(10), async || {
+            get(&url).await.text() == secret
+        })
+        .await;
+        assert!(ok, "{} never saw the secret", node.listen);
+    }
+    // Nodes refuse to take secrets directly: they come from the registry.
+    let err = nodes[0].cli_err(&["secret", "set", "vault", "token", "x"]);
+    assert!(err.contains("through the scheduler"), "{err}");
+    // Removal reaches the nodes too.
+    scheduler.cli_ok(&["secret", "rm", "vault", "token"]);
+    for node in &nodes {
+        let url = format!("{}/vault/config/get/token", node.listen);
+        let ok = wait_until(std::time::Duration::from_secs(10), async || {
+            get(&url).await.status == 404
+        })
+        .await;
+        assert!(ok, "{} kept a removed secret", node.listen);
+    }
+    for s in nodes.iter().chain([&scheduler]) {
+        assert!(!s.log().contains(&secret), "a log shows the secret");
+    }
+    // Neither NATS's store nor any node's data dir ever held the plain value.
+    drop(nodes);
+    drop(scheduler);
+    let leaked = files_containing(tmp.path(), secret.as_bytes());
+    assert!(leaked.is_empty(), "plain secret in {leaked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_components_are_refused_before_they_are_read() {
+    let skiff = Skiff::start(&["--max-artifact", "1KiB"]);
+    let hello = repo().join("functions/hello");
+    let err = skiff.cli_err(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    assert!(
+        err.contains("larger than this server's limit of 1.0 KiB")
+            && err.contains("--max-artifact"),
+        "{err}"
+    );
+    // Nothing was stored or compiled: the function does not exist.
+    let r = get(&format!("{}/v1/functions/hello", skiff.admin)).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    // A body that lies about its length (none declared, streamed) is cut off too.
+    let sha = "0".repeat(64);
+    let r = request(
+        "PUT",
+        &format!("{}/v1/artifacts/{sha}", skiff.admin),
+        &[],
+        Bytes::from(vec![0u8; 4096]),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
 }

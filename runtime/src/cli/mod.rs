@@ -170,6 +170,10 @@ struct UpArgs {
     /// The largest request body any function may accept.
     #[arg(long, default_value = "100MiB", value_parser = Size::parse)]
     max_body: Size,
+    /// The largest component the admin API accepts for upload (refused before it is
+    /// read whole, let alone compiled).
+    #[arg(long, default_value = "50MiB", value_parser = Size::parse)]
+    max_artifact: Size,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +215,9 @@ struct SchedulerArgs {
     /// `--secrets-key` (without it, secrets cannot be set through this scheduler).
     #[arg(long, env = "SKIFF_SECRETS_KEY", value_name = "FILE")]
     secrets_key: Option<PathBuf>,
+    /// The largest component accepted for upload.
+    #[arg(long, default_value = "50MiB", value_parser = Size::parse)]
+    max_artifact: Size,
 }
 
 impl UpArgs {
@@ -220,6 +227,7 @@ impl UpArgs {
             node_concurrency: self.max_concurrency.max(1),
             max_header_bytes: usize::try_from(self.max_header_bytes.0).unwrap_or(usize::MAX),
             header_read_timeout: self.header_read_timeout.0,
+            max_artifact_bytes: usize::try_from(self.max_artifact.0).unwrap_or(usize::MAX),
             ..defaults
         };
         limits.max.memory = self.max_memory.0;
@@ -350,6 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 deploy_timeout: args.deploy_timeout.0,
                 replicas: args.replicas,
                 secrets_key: args.secrets_key,
+                max_artifact: usize::try_from(args.max_artifact.0).unwrap_or(usize::MAX),
                 placement: if args.placement == "round-robin" {
                     skiff_scheduler::live::Placement::RoundRobin
                 } else {

@@ -44,7 +44,10 @@ pub enum SecretCommand {
 }
 
 /// Runs a `skiff secret` subcommand.
-pub async fn run(client: impl Fn() -> anyhow::Result<AdminClient>, cmd: SecretCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    client: impl Fn() -> anyhow::Result<AdminClient>,
+    cmd: SecretCommand,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         SecretCommand::Set { name, key, value } => {
             let bytes = match value {
@@ -79,7 +82,11 @@ pub async fn run(client: impl Fn() -> anyhow::Result<AdminClient>, cmd: SecretCo
         }
         SecretCommand::Rm { name, key } => {
             let _: serde_json::Value = client()?
-                .call(Method::DELETE, &path(&name, Some(&key)), full(bytes::Bytes::new()))
+                .call(
+                    Method::DELETE,
+                    &path(&name, Some(&key)),
+                    full(bytes::Bytes::new()),
+                )
                 .await?;
             println!("removed secret {key} of {name}");
         }

@@ -14,13 +14,13 @@ use super::registry::{ClusterError, ClusterRegistry};
 use crate::api::{ClusterStatus, FunctionInfo, NodeView};
 use crate::manifest::{FunctionName, Manifest};
 use crate::registry::FunctionRecord;
-use crate::server::admin::{
-    AdminBody, MAX_ARTIFACT_BYTES, Response, authorized, error, full, json, read_artifact,
-    read_deploy_request, serve_http, text,
-};
 use crate::secrets::{MAX_SECRET_BYTES, SecretError, SecretKey, check_key, check_value};
 use crate::server::admin::read_body;
 use crate::server::admin::secrets::{SecretKeys, segment};
+use crate::server::admin::{
+    AdminBody, Response, authorized, error, full, json, read_artifact, read_deploy_request,
+    serve_http, text,
+};
 use crate::server::shutdown_signal;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -61,6 +61,8 @@ pub struct SchedulerOptions {
     pub replicas: Option<usize>,
     /// The secrets key file shared with the nodes (without it, secrets cannot be set).
     pub secrets_key: Option<std::path::PathBuf>,
+    /// Largest component accepted for upload.
+    pub max_artifact: usize,
 }
 
 /// The scheduler's shared state.
@@ -79,6 +81,8 @@ pub struct Scheduler {
     heard_since: Mutex<Option<Instant>>,
     /// Seals secrets before they enter the registry.
     secrets_key: Option<SecretKey>,
+    /// Largest component accepted for upload.
+    max_artifact: usize,
 }
 
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
@@ -113,6 +117,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         deploys: tokio::sync::Mutex::new(()),
         heard_since: Mutex::new(Some(Instant::now())),
         secrets_key,
+        max_artifact: opts.max_artifact,
     });
 
     // Reports in.
@@ -298,7 +303,12 @@ impl Scheduler {
     }
 
     /// Secrets go into the registry sealed; nodes take them from there.
-    async fn secrets(&self, name: &str, key: Option<&str>, req: http::Request<Incoming>) -> Response {
+    async fn secrets(
+        &self,
+        name: &str,
+        key: Option<&str>,
+        req: http::Request<Incoming>,
+    ) -> Response {
         if let Err(e) = FunctionName::new(name) {
             return error(StatusCode::BAD_REQUEST, e.to_string());
         }
@@ -347,7 +357,9 @@ impl Scheduler {
                 ),
                 Ok(false) => error(
                     StatusCode::NOT_FOUND,
-                    format!("function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"),
+                    format!(
+                        "function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"
+                    ),
                 ),
                 Err(e) => registry_error(e),
             },
@@ -514,7 +526,7 @@ impl Scheduler {
     }
 
     async fn upload(&self, sha: &str, req: http::Request<Incoming>) -> Response {
-        let bytes = match read_artifact(sha, req).await {
+        let bytes = match read_artifact(sha, req, self.max_artifact).await {
             Ok(b) => b,
             Err(resp) => return resp,
         };
@@ -725,7 +737,7 @@ impl Scheduler {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_default();
-        let body = match http_body_util::Limited::new(body, MAX_ARTIFACT_BYTES)
+        let body = match http_body_util::Limited::new(body, self.max_artifact)
             .collect()
             .await
         {

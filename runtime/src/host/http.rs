@@ -168,7 +168,10 @@ impl OutboundPolicy {
             return Err((Denied::NotAllowed, request));
         };
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(a) => a.collect(),
             Err(e) => return Err((Denied::Unresolved(format!("{authority}: {e}")), request)),

@@ -4,9 +4,9 @@
 use super::body::{GatedBody, LimitedBody, reply};
 use super::{Deployment, Node};
 use crate::events::Event;
-use crate::host::{HostLimits, InstanceState};
 use crate::host::bindings::skiff::function::events as wit_events;
 use crate::host::limiter::MemoryLimitExceeded;
+use crate::host::{HostLimits, InstanceState};
 use crate::manifest::{Size, Timeout};
 use crate::metrics::{self, InFlight, Metrics};
 use crate::traces::TraceContext;

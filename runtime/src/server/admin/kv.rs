@@ -27,30 +27,55 @@ pub struct KeyPage {
     pub cursor: Option<u64>,
 }
 
-struct Query {
-    consistent: bool,
-    bucket: String,
-    prefix: String,
-    cursor: u64,
+/// What a key-value request addresses, read and checked from its path and query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvTarget {
+    /// The function's bucket.
+    pub ns: Namespace,
+    /// The key (percent-decoded), when the path names one.
+    pub key: Option<String>,
+    /// Read the value as last written anywhere in the cluster.
+    pub consistent: bool,
+    /// Listing: only keys starting with this.
+    pub prefix: String,
+    /// Listing: where the previous page ended.
+    pub cursor: u64,
 }
 
-fn query(req: &http::Request<Incoming>) -> Query {
-    let mut q = Query {
-        consistent: false,
-        bucket: DEFAULT_BUCKET.to_string(),
-        prefix: String::new(),
-        cursor: 0,
-    };
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+/// Parses a `/v1/functions/{name}/kv[/{key}]?bucket=&prefix=&cursor=&consistent=`
+/// request's parts, refusing an invalid name, an oversized bucket or a non-UTF-8 key.
+pub fn parse_target(name: &str, key_path: Option<&str>, query: &str) -> Result<KvTarget, String> {
+    FunctionName::new(name).map_err(|e| e.to_string())?;
+    let mut bucket = DEFAULT_BUCKET.to_string();
+    let (mut prefix, mut cursor, mut consistent) = (String::new(), 0, false);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
-            "bucket" if !v.is_empty() => q.bucket = v.into_owned(),
-            "prefix" => q.prefix = v.into_owned(),
-            "cursor" => q.cursor = v.parse().unwrap_or(0),
-            "consistent" => q.consistent = v == "true",
+            "bucket" if !v.is_empty() => bucket = v.into_owned(),
+            "prefix" => prefix = v.into_owned(),
+            "cursor" => cursor = v.parse().unwrap_or(0),
+            "consistent" => consistent = v == "true",
             _ => {}
         }
     }
-    q
+    if bucket.len() > MAX_BUCKET_BYTES {
+        return Err(format!("bucket names are at most {MAX_BUCKET_BYTES} bytes"));
+    }
+    let key = match key_path.filter(|k| !k.is_empty()) {
+        Some(raw) => Some(
+            percent_encoding::percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| "keys must be UTF-8 text, percent-encoded in the path".to_string())?
+                .into_owned(),
+        ),
+        None => None,
+    };
+    Ok(KvTarget {
+        ns: Namespace::new(name, &bucket),
+        key,
+        consistent,
+        prefix,
+        cursor,
+    })
 }
 
 fn state_error(e: StateError) -> Response {
@@ -67,19 +92,19 @@ pub async fn handle(
     key_path: Option<&str>,
     req: http::Request<Incoming>,
 ) -> Response {
-    if let Err(e) = FunctionName::new(name) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
-    }
-    let q = query(&req);
-    if q.bucket.len() > MAX_BUCKET_BYTES {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("bucket names are at most {MAX_BUCKET_BYTES} bytes"),
-        );
-    }
-    let ns = Namespace::new(name, &q.bucket);
+    let target = match parse_target(name, key_path, req.uri().query().unwrap_or("")) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let KvTarget {
+        ns,
+        key,
+        consistent,
+        prefix,
+        cursor,
+    } = target;
     let state = node.state();
-    let Some(raw) = key_path.filter(|k| !k.is_empty()) else {
+    let Some(key) = key else {
         if req.method() != Method::GET {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -87,19 +112,10 @@ pub async fn handle(
                     .into(),
             );
         }
-        return match state.list(&ns, &q.prefix, q.cursor) {
+        return match state.list(&ns, &prefix, cursor) {
             Ok((keys, cursor)) => json(StatusCode::OK, &KeyPage { keys, cursor }),
             Err(e) => state_error(e),
         };
-    };
-    let key = match percent_encoding::percent_decode_str(raw).decode_utf8() {
-        Ok(k) => k.into_owned(),
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "keys must be UTF-8 text, percent-encoded in the path".into(),
-            );
-        }
     };
     // A deployed function's own limits apply; a removed one's state is still repairable.
     let limits = node
@@ -108,7 +124,7 @@ pub async fn handle(
         .map(|d| d.spec.limits.kv)
         .unwrap_or_default();
     match *req.method() {
-        Method::GET => match if q.consistent {
+        Method::GET => match if consistent {
             state.get_consistent(&ns, &key).await
         } else {
             state.get(&ns, &key)
@@ -125,7 +141,7 @@ pub async fn handle(
                 StatusCode::NOT_FOUND,
                 format!(
                     "key `{key}` is not set in function `{name}` (bucket `{}`)",
-                    q.bucket
+                    ns.bucket
                 ),
             ),
             Err(e) => state_error(e),

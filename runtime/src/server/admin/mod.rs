@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Largest component accepted for upload.
+/// Largest component accepted for upload unless `--max-artifact` says otherwise.
 pub const MAX_ARTIFACT_BYTES: usize = 50 << 20;
 /// Largest JSON request body.
 const MAX_JSON_BYTES: usize = 1 << 20;
@@ -41,11 +41,14 @@ pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
     Full::new(bytes.into()).boxed_unsync()
 }
 
-/// Reads an uploaded component named by its sha256 and checks it: the name is a sha256,
-/// the body hashes to it, and it starts like a component.
+/// Reads an uploaded component named by its sha256 and checks it, before anything
+/// compiles it: the name is a sha256, the body is at most `max` bytes (a larger
+/// declared length is refused before the body is read) and hashes to the name, and it
+/// starts like a component.
 pub(crate) async fn read_artifact(
     sha: &str,
     req: http::Request<Incoming>,
+    max: usize,
 ) -> Result<Bytes, Response> {
     if !is_sha256_hex(sha) {
         return Err(error(
@@ -53,7 +56,28 @@ pub(crate) async fn read_artifact(
             format!("`{sha}` is not a sha256; upload to /v1/artifacts/<hex sha256 of the body>"),
         ));
     }
-    let bytes = read_body(req, MAX_ARTIFACT_BYTES).await?;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the component is larger than this server's limit of {}; build it smaller (a release build, wasm-opt) or start the server with a larger --max-artifact",
+                crate::manifest::Size(max as u64)
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let bytes = match read_body(req, max).await {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+        Err(r) => return Err(r),
+    };
     let actual = sha256_hex(&bytes);
     if actual != sha {
         return Err(error(
@@ -313,7 +337,8 @@ impl Admin {
     }
 
     async fn upload(&self, sha: &str, req: http::Request<Incoming>) -> Response {
-        let bytes = match read_artifact(sha, req).await {
+        let max = self.node.limits().max_artifact_bytes;
+        let bytes = match read_artifact(sha, req, max).await {
             Ok(b) => b,
             Err(resp) => return resp,
         };

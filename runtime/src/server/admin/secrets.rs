@@ -79,7 +79,9 @@ pub async fn handle(
             ),
             Ok(false) => error(
                 StatusCode::NOT_FOUND,
-                format!("function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"),
+                format!(
+                    "function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"
+                ),
             ),
             Err(e) => secret_error(e),
         },

@@ -128,7 +128,11 @@ fn probe(rest: &str) -> Option<Response> {
         return Some(match outbound::send(req) {
             Ok(res) => text(
                 StatusCode::OK,
-                format!("{} {}", res.status().as_u16(), String::from_utf8_lossy(res.body())),
+                format!(
+                    "{} {}",
+                    res.status().as_u16(),
+                    String::from_utf8_lossy(res.body())
+                ),
             ),
             Err(outbound::Error::Denied) => text(StatusCode::FORBIDDEN, "denied"),
             Err(e) => text(StatusCode::BAD_GATEWAY, e.to_string()),
@@ -177,11 +181,11 @@ fn probe(rest: &str) -> Option<Response> {
 fn connect(port: u16) -> String {
     use wasip2::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
     let network = wasip2::sockets::instance_network::instance_network();
-    let socket =
-        match wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
-            Ok(s) => s,
-            Err(e) => return format!("create refused: {e:?}"),
-        };
+    let socket = match wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4)
+    {
+        Ok(s) => s,
+        Err(e) => return format!("create refused: {e:?}"),
+    };
     let addr = IpSocketAddress::Ipv4(Ipv4SocketAddress {
         port,
         address: (127, 0, 0, 1),
@@ -252,7 +256,9 @@ fn decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(b);
             i += 3;
@@ -314,10 +320,16 @@ fn on_event(e: Event) -> Result<(), String> {
             .unwrap_or(0);
         let store = Store::open_default().map_err(|e| e.to_string())?;
         return store
-            .set(&format!("lat:{}", e.id), now.saturating_sub(sent).to_string())
+            .set(
+                &format!("lat:{}", e.id),
+                now.saturating_sub(sent).to_string(),
+            )
             .map_err(|e| e.to_string());
     }
-    println!("event-run topic={} id={} attempt={}", e.topic, e.id, e.attempt);
+    println!(
+        "event-run topic={} id={} attempt={}",
+        e.topic, e.id, e.attempt
+    );
     let last = e.topic.rsplit('.').next().unwrap_or("");
     match last {
         "fail-twice" if e.attempt < 3 => Err(format!("attempt {} fails on purpose", e.attempt)),
