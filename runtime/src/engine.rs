@@ -67,6 +67,8 @@ pub enum CodeSource {
     Cache,
     /// Compiled from the artifact.
     Compiled,
+    /// Not in memory now: loaded on the next invocation (see [`crate::node::code`]).
+    Unloaded,
 }
 
 /// Checks the 8-byte header: `\0asm`, then version and layer (component = layer 1).

@@ -36,6 +36,8 @@ pub struct NodeLimits {
     pub header_read_timeout: Duration,
     /// Largest component the admin API accepts for upload.
     pub max_artifact_bytes: usize,
+    /// Components kept loaded and linked in memory at once (least recently used go).
+    pub code_cache: usize,
 }
 
 impl Default for NodeLimits {
@@ -64,6 +66,7 @@ impl Default for NodeLimits {
             max_header_bytes: 32 << 10,
             header_read_timeout: Duration::from_secs(10),
             max_artifact_bytes: crate::server::admin::MAX_ARTIFACT_BYTES,
+            code_cache: 512,
         }
     }
 }

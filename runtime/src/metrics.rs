@@ -119,6 +119,8 @@ pub struct Metrics {
     pub node_capacity: Gauge,
     /// `skiff_node_in_flight` (set at scrape time).
     pub node_in_flight: Gauge,
+    /// `skiff_code_cache_components` (set at scrape time).
+    pub code_loaded: Gauge,
     /// `skiff_kv_operations_total`.
     pub kv_ops: Family<KvOp, Counter>,
     /// `skiff_outbound_requests_total`.
@@ -160,6 +162,7 @@ impl Metrics {
             lag: Family::default(),
             node_capacity: Gauge::default(),
             node_in_flight: Gauge::default(),
+            code_loaded: Gauge::default(),
             kv_ops: Family::default(),
             outbound: Family::default(),
             kv_duration: Family::new_with_constructor(latency_histogram),
@@ -228,6 +231,11 @@ impl Metrics {
             "skiff_node_in_flight",
             "Invocations running on this node now",
             m.node_in_flight.clone(),
+        );
+        registry.register(
+            "skiff_code_cache_components",
+            "Components loaded and linked in memory now (the rest load when called)",
+            m.code_loaded.clone(),
         );
         registry.register(
             "skiff_kv_operations",

@@ -19,6 +19,7 @@ const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions"
 const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
 const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+const EXPORTS: TableDefinition<&str, u8> = TableDefinition::new("exports");
 
 /// A failure of the control store.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +122,7 @@ impl Registry {
             tx.open_table(VERSIONS)?;
             tx.open_table(COMPILED)?;
             tx.open_table(SECRETS)?;
+            tx.open_table(EXPORTS)?;
             Ok(())
         })?;
         Ok(reg)
@@ -277,6 +279,25 @@ impl Registry {
 }
 
 impl Registry {
+    /// What a linked artifact exports (bits), by artifact, engine and Skiff version.
+    pub fn exports(&self, key: &str) -> Result<Option<u8>, RegistryError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(EXPORTS).map_err(|e| self.db_err(e))?;
+        let v = table.get(key).map_err(|e| self.db_err(e))?;
+        Ok(v.map(|v| v.value()))
+    }
+
+    /// Records what a linked artifact exports.
+    pub fn set_exports(&self, key: &str, bits: u8) -> Result<(), RegistryError> {
+        if self.exports(key)? == Some(bits) {
+            return Ok(());
+        }
+        self.write(|tx| {
+            tx.open_table(EXPORTS)?.insert(key, bits)?;
+            Ok(())
+        })
+    }
+
     /// Stores a sealed secret of `function` (function and key names are validated).
     pub fn put_secret(
         &self,

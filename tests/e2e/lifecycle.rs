@@ -182,3 +182,40 @@ async fn sigterm_drains_running_invocations_before_exit() {
         (200, "slept 1000ms".to_string())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn code_loads_on_demand_within_a_bounded_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // Room for one component: two functions with different components take turns.
+    let mut skiff = Skiff::start_in(&data, &["--code-cache", "1"]);
+    for f in ["hello", "counter"] {
+        skiff.cli_ok(&["deploy", repo().join("functions").join(f).to_str().unwrap(), "--no-build"]);
+    }
+    let code = async |skiff: &Skiff, f: &str| -> String {
+        let info = get(&format!("{}/v1/functions/{f}", skiff.admin)).await;
+        let info: serde_json::Value = serde_json::from_slice(&info.body).unwrap();
+        info["code"].as_str().unwrap_or_default().to_string()
+    };
+    for round in 0..3 {
+        let r = get(&format!("{}/hello/r{round}", skiff.listen)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_ne!(code(&skiff, "hello").await, "unloaded");
+        assert_eq!(code(&skiff, "counter").await, "unloaded");
+        let r = request("POST", &format!("{}/counter/c", skiff.listen), &[], bytes::Bytes::new()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text().trim(), (round + 1).to_string());
+        assert_eq!(code(&skiff, "hello").await, "unloaded");
+    }
+    let metrics = get(&format!("{}/metrics", skiff.admin)).await.text();
+    assert!(metrics.contains("skiff_code_cache_components 1"), "{metrics}");
+
+    // A restart loads nothing until a function is called.
+    skiff.kill();
+    let skiff = Skiff::start_in(&data, &[]);
+    assert_eq!(code(&skiff, "hello").await, "unloaded");
+    assert_eq!(code(&skiff, "counter").await, "unloaded");
+    let r = get(&format!("{}/hello/after", skiff.listen)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(code(&skiff, "hello").await, "cache");
+}

@@ -174,6 +174,10 @@ struct UpArgs {
     /// read whole, let alone compiled).
     #[arg(long, default_value = "50MiB", value_parser = Size::parse)]
     max_artifact: Size,
+    /// Components kept loaded in memory at once; the least recently used is dropped and
+    /// loads again (from the precompiled cache) when next called.
+    #[arg(long, default_value_t = NodeLimits::default().code_cache)]
+    code_cache: usize,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +232,7 @@ impl UpArgs {
             max_header_bytes: usize::try_from(self.max_header_bytes.0).unwrap_or(usize::MAX),
             header_read_timeout: self.header_read_timeout.0,
             max_artifact_bytes: usize::try_from(self.max_artifact.0).unwrap_or(usize::MAX),
+            code_cache: self.code_cache.max(1),
             ..defaults
         };
         limits.max.memory = self.max_memory.0;

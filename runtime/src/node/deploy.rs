@@ -2,14 +2,15 @@
 //!
 //! Everything that can be done once per version happens here, not per request: manifest
 //! validation, limit resolution, outbound policy parsing, compilation (or a verified cache
-//! load), linking, and `ProxyPre` construction. Only a version that passed all of it is
+//! load) and linking into the code cache ([`super::code`]). Only a version that passed all of it is
 //! recorded and swapped in.
 
 use super::{Deployment, Node, Snapshot};
-use crate::engine::{CodeSource, CompileError};
+use super::Exports;
+use super::code::LoadError;
+use crate::engine::CompileError;
 use crate::events::ConsumerSpec;
 use crate::host::SandboxSpec;
-use crate::host::bindings::GuestPre;
 use crate::host::config::ConfigCell;
 use crate::host::http::{OriginError, OutboundPolicy};
 use crate::limits::{FunctionLimits, LimitError};
@@ -18,8 +19,6 @@ use crate::registry::{FunctionRecord, RegistryError};
 use skiff_scheduler::{Route, RouteError};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use wasmtime::component::Component;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Why a deploy (or a restore at start) failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,9 +126,7 @@ struct Prepared {
     route: Option<Route>,
     limits: FunctionLimits,
     outbound: Arc<OutboundPolicy>,
-    http: Option<ProxyPre<crate::host::InstanceState>>,
-    handler: Option<GuestPre<crate::host::InstanceState>>,
-    code: CodeSource,
+    exports: Exports,
 }
 
 /// How long a delivery may stay unacknowledged: the handler's timeout plus a margin.
@@ -145,6 +142,7 @@ impl Node {
         manifest_text: &str,
         artifact: &str,
         snapshot: &Snapshot,
+        lazy: bool,
     ) -> Result<Prepared, DeployError> {
         let manifest = Manifest::parse(manifest_text, "skiff.toml")?;
         let name = manifest.name.clone();
@@ -164,54 +162,26 @@ impl Node {
         if !self.registry.has_artifact(artifact) {
             return Err(RegistryError::MissingArtifact(artifact.to_string()).into());
         }
-        let engine = self.engine.clone();
-        let registry = self.registry.clone();
-        let artifact_owned = artifact.to_string();
-        let (component, code): (Component, CodeSource) =
-            tokio::task::spawn_blocking(move || engine.load(&registry, &artifact_owned))
-                .await
-                .map_err(|e| DeployError::Internal {
-                    name: name.to_string(),
-                    detail: e.to_string(),
-                })?
-                .map_err(|source| DeployError::Compile {
-                    name: name.to_string(),
-                    source,
-                })?;
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| DeployError::Imports {
-                    name: name.to_string(),
-                    detail: format!("{e:#}"),
-                })?;
+        let exports = self.exports(&name, artifact, !lazy).await?;
         // A function handles HTTP, events, or both: whichever it exports.
-        let http = ProxyPre::new(instance_pre.clone());
-        let handler = GuestPre::new(instance_pre);
-        if !manifest.events.is_empty()
-            && let Err(e) = &handler
-        {
+        if !manifest.events.is_empty() && !exports.events {
             return Err(DeployError::NoEventHandler {
                 name: name.to_string(),
-                detail: format!("{e:#}"),
+                detail: exports.events_error.clone().unwrap_or_default(),
             });
         }
-        let http = match http {
-            Ok(pre) => Some(pre),
-            Err(e) if manifest.events.is_empty() || manifest.http.route.is_some() => {
-                return Err(DeployError::NoHandler {
-                    name: name.to_string(),
-                    detail: format!("{e:#}"),
-                });
-            }
-            Err(_) => None,
-        };
-        let route = match http {
-            Some(_) => {
+        if !exports.http && (manifest.events.is_empty() || manifest.http.route.is_some()) {
+            return Err(DeployError::NoHandler {
+                name: name.to_string(),
+                detail: exports.http_error.clone().unwrap_or_default(),
+            });
+        }
+        let route = match exports.http {
+            true => {
                 snapshot.routes.check(&route, &name)?;
                 Some(route)
             }
-            None => None,
+            false => None,
         };
         Ok(Prepared {
             name,
@@ -219,10 +189,55 @@ impl Node {
             route,
             limits,
             outbound,
-            http,
-            handler: handler.ok(),
-            code,
+            exports,
         })
+    }
+
+    /// What `artifact` exports. Loads (and so verifies, compiles if needed, links) its
+    /// code unless `lazy` and this node has linked it before (a restart), in which case
+    /// the facts recorded then serve and the code loads on the first invocation.
+    async fn exports(
+        &self,
+        name: &FunctionName,
+        artifact: &str,
+        load: bool,
+    ) -> Result<Exports, DeployError> {
+        let key = self.exports_key(artifact);
+        if !load && let Some(bits) = self.registry.exports(&key)? {
+            return Ok(Exports::from_bits(bits));
+        }
+        let linked = self.code.get(artifact).await.map_err(|e| match e {
+            LoadError::Compile(source) => DeployError::Compile {
+                name: name.to_string(),
+                source,
+            },
+            LoadError::Imports(detail) => DeployError::Imports {
+                name: name.to_string(),
+                detail,
+            },
+            LoadError::Task(detail) => DeployError::Internal {
+                name: name.to_string(),
+                detail,
+            },
+        })?;
+        let exports = Exports {
+            http: linked.http.is_some(),
+            events: linked.handler.is_some(),
+            http_error: linked.http_error.clone(),
+            events_error: linked.handler_error.clone(),
+        };
+        self.registry.set_exports(&key, exports.bits())?;
+        Ok(exports)
+    }
+
+    /// Where what an artifact exports is recorded: per engine and Skiff version, since
+    /// both decide whether it links.
+    fn exports_key(&self, artifact: &str) -> String {
+        format!(
+            "{artifact}-{}-{}",
+            self.engine.compat(),
+            env!("CARGO_PKG_VERSION")
+        )
     }
 
     fn install(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
@@ -250,14 +265,12 @@ impl Node {
             slots: Arc::new(Semaphore::new(p.limits.concurrency as usize)),
             record,
             route: p.route,
-            http: p.http,
-            handler: p.handler,
+            exports: p.exports,
             triggers,
-            code: p.code,
         });
         self.metrics.prepare(
             &deployment.record.name,
-            deployment.http.is_some(),
+            deployment.exports.http,
             !deployment.triggers.is_empty(),
         );
         let d = deployment.clone();
@@ -288,12 +301,12 @@ impl Node {
         let path_name = FunctionName::new(name)?;
         let _guard = self.changes.lock().await;
         let prepared = self
-            .prepare(&path_name, manifest_text, artifact, &self.snapshot())
+            .prepare(&path_name, manifest_text, artifact, &self.snapshot(), false)
             .await?;
         let record = self.registry.put_function(name, manifest_text, artifact)?;
         let d = self.install(prepared, record);
         self.start_triggers(&d).await?;
-        tracing::info!(function = name, version = d.record.version, route = ?d.route.as_ref().map(ToString::to_string), code = ?d.code, "deployed");
+        tracing::info!(function = name, version = d.record.version, route = ?d.route.as_ref().map(ToString::to_string), "deployed");
         Ok(d)
     }
 
@@ -310,12 +323,12 @@ impl Node {
             return Ok(false);
         }
         let prepared = self
-            .prepare(&name, &record.manifest, &record.artifact, &snapshot)
+            .prepare(&name, &record.manifest, &record.artifact, &snapshot, false)
             .await?;
         self.registry.put_record(&record)?;
         let d = self.install(prepared, record);
         self.start_triggers(&d).await?;
-        tracing::info!(function = %d.record.name, version = d.record.version, code = ?d.code, "deployed from the cluster registry");
+        tracing::info!(function = %d.record.name, version = d.record.version, "deployed from the cluster registry");
         Ok(true)
     }
 
@@ -327,8 +340,14 @@ impl Node {
         for record in self.registry.functions()? {
             let prepared = match FunctionName::new(&record.name) {
                 Ok(name) => {
-                    self.prepare(&name, &record.manifest, &record.artifact, &self.snapshot())
-                        .await
+                    self.prepare(
+                        &name,
+                        &record.manifest,
+                        &record.artifact,
+                        &self.snapshot(),
+                        true,
+                    )
+                    .await
                 }
                 Err(e) => Err(e.into()),
             };
@@ -338,7 +357,7 @@ impl Node {
                     if let Err(e) = self.start_triggers(&d).await {
                         tracing::error!(function = %d.record.name, error = %e, "cannot start event triggers; redeploy the function");
                     }
-                    tracing::info!(function = %d.record.name, version = d.record.version, code = ?d.code, "restored");
+                    tracing::info!(function = %d.record.name, version = d.record.version, "restored");
                     restored += 1;
                 }
                 Err(e) => {

@@ -170,7 +170,19 @@ impl Node {
         permits: [OwnedSemaphorePermit; 2],
         started: Instant,
     ) -> Response {
-        let Some(pre) = dep.http.clone() else {
+        let pre = match self.code.get(&dep.record.artifact).await {
+            Ok(linked) => linked.http.clone(),
+            Err(e) => {
+                return reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "cannot load function `{}`: {e}; redeploy it",
+                        dep.record.name
+                    ),
+                );
+            }
+        };
+        let Some(pre) = pre else {
             return reply(
                 StatusCode::NOT_FOUND,
                 format!("function `{}` does not handle HTTP", dep.record.name),
@@ -341,7 +353,12 @@ impl Node {
         event: &Event,
         attempt: u32,
     ) -> Result<Vec<Event>, String> {
-        let Some(pre) = dep.handler.clone() else {
+        let linked = self
+            .code
+            .get(&dep.record.artifact)
+            .await
+            .map_err(|e| format!("cannot load function `{}`: {e}", dep.record.name))?;
+        let Some(pre) = linked.handler.clone() else {
             return Err(format!(
                 "function `{}` no longer handles events",
                 dep.record.name

@@ -8,6 +8,7 @@
 //! invocations finish on the version they started with.
 
 mod body;
+pub mod code;
 pub mod deploy;
 pub mod invoke;
 pub mod secrets;
@@ -15,8 +16,7 @@ pub mod secrets;
 use crate::api::{FunctionInfo, NodeStatus};
 use crate::engine::{CodeSource, NodeEngine};
 use crate::events::{Bus, ConsumerSpec};
-use crate::host::bindings::GuestPre;
-use crate::host::{InstanceState, SandboxSpec};
+use crate::host::SandboxSpec;
 use crate::limits::NodeLimits;
 use crate::manifest::EventTrigger;
 use crate::manifest::FunctionName;
@@ -27,8 +27,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::Semaphore;
-use wasmtime::component::Linker;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use deploy::DeployError;
 
@@ -40,16 +38,41 @@ pub struct Deployment {
     pub route: Option<Route>,
     /// Per-invocation sandbox facts.
     pub spec: SandboxSpec,
-    /// Pre-linked component, as an HTTP handler.
-    pub http: Option<ProxyPre<InstanceState>>,
-    /// Pre-linked component, as an event handler.
-    pub handler: Option<GuestPre<InstanceState>>,
+    /// What its component exports; the linked code itself is in the node's code cache.
+    pub exports: Exports,
     /// Its event triggers and their durable consumers.
     pub triggers: Vec<(EventTrigger, ConsumerSpec)>,
     /// Bounds this version's concurrent invocations.
     pub slots: Arc<Semaphore>,
-    /// Where its code came from.
-    pub code: CodeSource,
+}
+
+/// What a component exports, known from linking it once.
+#[derive(Debug, Clone, Default)]
+pub struct Exports {
+    /// `wasi:http/incoming-handler`.
+    pub http: bool,
+    /// `skiff:function/event-handler`.
+    pub events: bool,
+    /// Why it is not an HTTP handler (when linked in this process).
+    pub http_error: Option<String>,
+    /// Why it is not an event handler (when linked in this process).
+    pub events_error: Option<String>,
+}
+
+impl Exports {
+    /// As recorded in the control store.
+    pub fn bits(&self) -> u8 {
+        u8::from(self.http) | (u8::from(self.events) << 1)
+    }
+
+    /// From the recorded bits.
+    pub fn from_bits(bits: u8) -> Exports {
+        Exports {
+            http: bits & 1 != 0,
+            events: bits & 2 != 0,
+            ..Exports::default()
+        }
+    }
 }
 
 impl Deployment {
@@ -115,7 +138,8 @@ pub struct Node {
     url: String,
     started: Instant,
     engine: NodeEngine,
-    linker: Linker<InstanceState>,
+    /// Linked components, loaded on demand and bounded.
+    pub(crate) code: code::CodeCache,
     registry: Arc<Registry>,
     state: Arc<StateStore>,
     bus: Arc<dyn Bus>,
@@ -177,6 +201,12 @@ impl Node {
         bus: Arc<dyn Bus>,
     ) -> wasmtime::Result<Node> {
         let linker = crate::host::linker(engine.engine())?;
+        let code = code::CodeCache::new(
+            engine.clone(),
+            linker,
+            registry.clone(),
+            config.limits.code_cache,
+        );
         let logs = Arc::new(crate::logs::LogStore::new(&config.name));
         Ok(Node {
             name: config.name,
@@ -188,7 +218,7 @@ impl Node {
             admin: config.admin,
             secrets_key: config.secrets_key,
             engine,
-            linker,
+            code,
             registry,
             state,
             bus,
@@ -358,6 +388,7 @@ impl Node {
             .node_capacity
             .set(i64::from(self.limits.node_concurrency));
         self.metrics.node_in_flight.set(i64::from(self.in_flight()));
+        self.metrics.code_loaded.set(self.code.len() as i64);
         self.metrics.encode()
     }
 
@@ -381,7 +412,10 @@ impl Node {
             artifact: d.record.artifact.clone(),
             limits: d.spec.limits,
             in_flight: d.in_flight(),
-            code: d.code,
+            code: self
+                .code
+                .loaded(&d.record.artifact)
+                .unwrap_or(CodeSource::Unloaded),
             deployed_at_ms: d.record.deployed_at_ms,
             nodes: vec![self.name.clone()],
         }

@@ -1,0 +1,189 @@
+//! Linked code on demand, in a bounded cache.
+//!
+//! A deployment names its artifact; the code that runs it — the component loaded from
+//! the verified precompiled cache (or compiled) and pre-linked as an HTTP handler and an
+//! event handler — is loaded the first time an invocation needs it and kept in a cache
+//! of at most `capacity` components, shared by every deployment of the same artifact.
+//! The least recently used component is dropped when a new one needs room; invocations
+//! already holding it finish on it. So a node holds thousands of idle functions at the
+//! cost of their records, and pays a load (a few milliseconds from the precompiled file)
+//! when a function that was evicted is called again.
+
+use crate::engine::{CodeSource, CompileError, NodeEngine};
+use crate::host::InstanceState;
+use crate::host::bindings::GuestPre;
+use crate::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// A component loaded and pre-linked, ready to instantiate.
+pub struct Linked {
+    /// As an HTTP handler, when it exports `wasi:http/incoming-handler`.
+    pub http: Option<ProxyPre<InstanceState>>,
+    /// As an event handler, when it exports `skiff:function/event-handler`.
+    pub handler: Option<GuestPre<InstanceState>>,
+    /// Where its code came from.
+    pub source: CodeSource,
+    /// Why it is not an HTTP handler (wasmtime's words), for deploy errors.
+    pub http_error: Option<String>,
+    /// Why it is not an event handler, for deploy errors.
+    pub handler_error: Option<String>,
+}
+
+/// Why code could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The artifact did not load or compile.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The component imports something the node does not provide (wasmtime's words).
+    #[error("the component needs an import Skiff does not provide: {0}")]
+    Imports(String),
+    /// The blocking load task died.
+    #[error("the loading task failed: {0}")]
+    Task(String),
+}
+
+type Slot = Arc<OnceCell<Arc<Linked>>>;
+
+struct Entry {
+    slot: Slot,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Lru {
+    entries: HashMap<String, Entry>,
+    tick: u64,
+}
+
+/// The node's loaded components, by artifact sha256.
+pub struct CodeCache {
+    engine: NodeEngine,
+    linker: Linker<InstanceState>,
+    registry: Arc<Registry>,
+    capacity: usize,
+    lru: Mutex<Lru>,
+}
+
+impl CodeCache {
+    /// A cache of at most `capacity` (at least 1) loaded components.
+    pub fn new(
+        engine: NodeEngine,
+        linker: Linker<InstanceState>,
+        registry: Arc<Registry>,
+        capacity: usize,
+    ) -> Self {
+        CodeCache {
+            engine,
+            linker,
+            registry,
+            capacity: capacity.max(1),
+            lru: Mutex::new(Lru::default()),
+        }
+    }
+
+    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
+        match self.lru.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The slot for `artifact`, marked as just used; makes room for it if it is new.
+    fn slot(&self, artifact: &str) -> Slot {
+        let mut lru = self.lru();
+        lru.tick += 1;
+        let tick = lru.tick;
+        if let Some(e) = lru.entries.get_mut(artifact) {
+            e.used = tick;
+            return e.slot.clone();
+        }
+        while lru.entries.len() >= self.capacity {
+            let Some(oldest) = lru
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            lru.entries.remove(&oldest);
+        }
+        let slot = Slot::default();
+        lru.entries.insert(
+            artifact.to_string(),
+            Entry {
+                slot: slot.clone(),
+                used: tick,
+            },
+        );
+        slot
+    }
+
+    /// The linked code of `artifact`, loading it if it is not in memory. Concurrent
+    /// callers share one load; a failed load is not cached.
+    pub async fn get(&self, artifact: &str) -> Result<Arc<Linked>, LoadError> {
+        let slot = self.slot(artifact);
+        slot.get_or_try_init(|| self.load(artifact)).await.cloned()
+    }
+
+    /// Whether `artifact`'s code is in memory now, and from where it came.
+    pub fn loaded(&self, artifact: &str) -> Option<CodeSource> {
+        self.lru()
+            .entries
+            .get(artifact)
+            .and_then(|e| e.slot.get().map(|l| l.source))
+    }
+
+    /// Components in memory now.
+    pub fn len(&self) -> usize {
+        self.lru()
+            .entries
+            .values()
+            .filter(|e| e.slot.initialized())
+            .count()
+    }
+
+    /// Whether no component is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most components kept in memory.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    async fn load(&self, artifact: &str) -> Result<Arc<Linked>, LoadError> {
+        let engine = self.engine.clone();
+        let registry = self.registry.clone();
+        let owned = artifact.to_string();
+        let (component, source) =
+            tokio::task::spawn_blocking(move || engine.load(&registry, &owned))
+                .await
+                .map_err(|e| LoadError::Task(e.to_string()))??;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
+        let (http, http_error) = match ProxyPre::new(pre.clone()) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        let (handler, handler_error) = match GuestPre::new(pre) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        Ok(Arc::new(Linked {
+            http,
+            handler,
+            source,
+            http_error,
+            handler_error,
+        }))
+    }
+}
