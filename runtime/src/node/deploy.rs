@@ -5,9 +5,9 @@
 //! load) and linking into the code cache ([`super::code`]). Only a version that passed all of it is
 //! recorded and swapped in.
 
-use super::{Deployment, Node, Snapshot};
 use super::Exports;
 use super::code::LoadError;
+use super::{Deployment, Node, Snapshot};
 use crate::engine::CompileError;
 use crate::events::ConsumerSpec;
 use crate::host::SandboxSpec;
@@ -241,6 +241,14 @@ impl Node {
     }
 
     fn install(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
+        let name = p.name.clone();
+        let d = self.build(p, record);
+        self.swap_in(vec![(name, d.clone())]);
+        d
+    }
+
+    /// The deployment a prepared version becomes (not yet serving).
+    fn build(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
         let triggers = p
             .manifest
             .events
@@ -273,22 +281,30 @@ impl Node {
             deployment.exports.http,
             !deployment.triggers.is_empty(),
         );
-        let d = deployment.clone();
-        let name = p.name;
+        deployment
+    }
+
+    /// Makes `deployments` serve, in one swap of the snapshot (a restart brings back
+    /// thousands at once: one copy of the tables, not one per function).
+    fn swap_in(&self, deployments: Vec<(FunctionName, Arc<Deployment>)>) {
         self.swap(move |old| {
             let mut routes = old.routes.clone();
-            routes.remove_owner(&name);
-            // Checked under the same lock in `prepare`; an error here would be a bug.
-            if let Some(route) = &d.route
-                && let Err(e) = routes.insert(route, name.clone())
-            {
-                tracing::error!(error = %e, "route conflict after check");
-            }
             let mut functions = old.functions.clone();
-            functions.insert(name, d);
+            for (name, d) in deployments {
+                // Only a function already deployed can own routes (and the scan is O(n)).
+                if functions.contains_key(&name) {
+                    routes.remove_owner(&name);
+                }
+                // Checked under the same lock in `prepare`; an error here would be a bug.
+                if let Some(route) = &d.route
+                    && let Err(e) = routes.insert(route, name.clone())
+                {
+                    tracing::error!(function = %name, error = %e, "route conflict after check");
+                }
+                functions.insert(name, d);
+            }
             Snapshot { routes, functions }
         });
-        deployment
     }
 
     /// Deploys a new version of `name`; returns it once it serves.
@@ -336,36 +352,36 @@ impl Node {
     /// is logged and skipped so that one broken function does not keep the node down.
     pub async fn restore(self: &Arc<Self>) -> Result<usize, RegistryError> {
         let _guard = self.changes.lock().await;
-        let mut restored = 0;
+        let mut ready = Vec::new();
+        let empty = Snapshot::default();
         for record in self.registry.functions()? {
             let prepared = match FunctionName::new(&record.name) {
                 Ok(name) => {
-                    self.prepare(
-                        &name,
-                        &record.manifest,
-                        &record.artifact,
-                        &self.snapshot(),
-                        true,
-                    )
-                    .await
+                    self.prepare(&name, &record.manifest, &record.artifact, &empty, true)
+                        .await
                 }
                 Err(e) => Err(e.into()),
             };
             match prepared {
                 Ok(p) => {
-                    let d = self.install(p, record);
-                    if let Err(e) = self.start_triggers(&d).await {
-                        tracing::error!(function = %d.record.name, error = %e, "cannot start event triggers; redeploy the function");
-                    }
-                    tracing::info!(function = %d.record.name, version = d.record.version, "restored");
-                    restored += 1;
+                    let name = p.name.clone();
+                    ready.push((name, self.build(p, record)));
                 }
                 Err(e) => {
                     tracing::error!(function = %record.name, version = record.version, error = %e, "cannot restore deployment; redeploy it")
                 }
             }
         }
-        Ok(restored)
+        let restored: Vec<Arc<Deployment>> = ready.iter().map(|(_, d)| d.clone()).collect();
+        self.swap_in(ready);
+        for d in &restored {
+            if let Err(e) = self.start_triggers(d).await {
+                tracing::error!(function = %d.record.name, error = %e, "cannot start event triggers; redeploy the function");
+            }
+            tracing::debug!(function = %d.record.name, version = d.record.version, "restored");
+        }
+        tracing::info!(functions = restored.len(), "restored");
+        Ok(restored.len())
     }
 
     /// Removes `name`: new requests stop at once, running ones finish. Returns whether
