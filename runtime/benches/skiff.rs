@@ -4,14 +4,18 @@
 //! process, a native hyper server that does the same work without WebAssembly — the
 //! baseline every row is compared with, measured in the same run so that the ratio holds
 //! on a noisy machine. The load generator is a Rust client on its own single-threaded
-//! runtime with one keep-alive connection per concurrent client; each measurement is a
-//! 1 s warm-up followed by three runs, and the table shows the median run.
+//! runtime, pinned to the last core, with one keep-alive connection per concurrent
+//! client; the servers (native and Skiff's processes) are pinned to the other cores.
+//! Each measurement is a 1 s warm-up followed by three runs; the table shows the median.
 //!
-//! Sections: `hello` (requests/s and latency of a hello-world function), `kv` (guest-side
+//! Sections: `hello` (requests/s and latency of a hello-world function, at the node and
+//! through the scheduler, and the per-request instantiation time), `kv` (guest-side
 //! key-value latency, and increments/s through HTTP), `events` (events/s through a
 //! one-step trigger and publish → handler latency, on the embedded bus and on a real
 //! nats-server), `state` (state writes in this process: embedded redb against cluster
-//! mode's replicated log on three clustered nats-servers). Default: all.
+//! mode's replicated log on three clustered nats-servers), `scale` (deploy to first
+//! response, memory per idle and per loaded function, RSS with 1,000 and 10,000
+//! functions deployed, start-up with 1,000). Default: all.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -52,12 +56,56 @@ fn build_guests() {
     }
 }
 
-/// A running `skiff up`.
+/// The cores the servers run on (all but the last) and the load generator's (the last),
+/// when there are at least two.
+fn cores() -> Option<(String, usize)> {
+    // Read once, before any thread is pinned (pinning shrinks what the OS reports).
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let n = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    (n >= 2).then(|| (format!("0-{}", n - 2), n - 1))
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it; the
+    // call only changes this thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Pins the calling thread to every core below `client` (the servers' cores).
+fn pin_servers(client: usize) {
+    // SAFETY: as in `pin_thread`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..client {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A `skiff` command pinned to the server cores.
+fn skiff_command() -> Command {
+    match cores() {
+        Some((servers, _)) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &servers, env!("CARGO_BIN_EXE_skiff")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+    }
+}
+
+/// A running `skiff up`, `skiff node` or `skiff scheduler`.
 struct Skiff {
     child: Child,
     listen: String,
     admin: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Skiff {
@@ -67,11 +115,21 @@ impl Skiff {
 
     fn start_with(extra: &[&str]) -> Skiff {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["up", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir.path())
+        let mut s = Skiff::spawn(&["up"], extra, Some(dir.path()));
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts `skiff <sub> <extra>` on free loopback ports and waits for its banner.
+    fn spawn(sub: &[&str], extra: &[&str], data_dir: Option<&Path>) -> Skiff {
+        let mut cmd = skiff_command();
+        cmd.args(sub)
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(extra);
+        if let Some(d) = data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -79,7 +137,13 @@ impl Skiff {
             .expect("start skiff");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("banner");
+        let mut reader = BufReader::new(stdout);
+        while !line.contains("http://") {
+            line.clear();
+            if reader.read_line(&mut line).expect("banner") == 0 {
+                panic!("skiff {sub:?} exited before its banner");
+            }
+        }
         let urls: Vec<String> = line
             .split_whitespace()
             .filter(|w| w.starts_with("http://"))
@@ -90,13 +154,31 @@ impl Skiff {
             child,
             listen: urls[0].clone(),
             admin: urls[1].clone(),
-            _dir: dir,
+            _dir: None,
         }
+    }
+
+    /// The process's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     fn deploy(&self, manifest_dir: &Path) {
         let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["deploy", "--no-build", "--server", &self.admin])
+            .args([
+                "deploy",
+                "--no-build",
+                "--wait-all",
+                "--server",
+                &self.admin,
+            ])
             .arg(manifest_dir)
             .output()
             .expect("deploy");
@@ -281,6 +363,7 @@ fn header(title: &str) {
 
 async fn hello(skiff: &Skiff, native: &str) {
     header("hello world over HTTP/1.1 keep-alive");
+    let mut bases = Vec::new();
     for conns in [1, 32] {
         let base = measure(native, "/hello/bench", http::Method::GET, conns).await;
         row(&format!("native hyper, {conns} conn"), &base, None);
@@ -290,7 +373,302 @@ async fn hello(skiff: &Skiff, native: &str) {
             &s,
             Some(&base),
         );
+        bases.push((conns, base));
     }
+    // Through the scheduler (its own node, NATS beside them), against the same baselines;
+    // started only now so that the rows above have the server cores to themselves.
+    let cluster = Cluster::start();
+    for (conns, base) in &bases {
+        let s = measure(
+            &cluster.scheduler.listen,
+            "/hello/bench",
+            http::Method::GET,
+            *conns,
+        )
+        .await;
+        row(&format!("scheduler → 1 node, {conns} conn"), &s, Some(base));
+    }
+    drop(cluster);
+    let metrics = admin_get(&skiff.admin, "/metrics").await;
+    let series = |name: &str| -> f64 {
+        let prefix = format!("{name}{{function=\"hello\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (sum, count) = (
+        series("skiff_instantiation_duration_seconds_sum"),
+        series("skiff_instantiation_duration_seconds_count"),
+    );
+    println!(
+        "\nPer-request instantiation of hello.wasm (fresh store + instance from the pooling allocator): mean {:.1} µs over {count:.0} requests.",
+        1e6 * sum / count.max(1.0)
+    );
+}
+
+/// A nats-server, one `skiff node` and a `skiff scheduler`, hello deployed.
+struct Cluster {
+    _nats: skiff_runtime::testkit::NatsServer,
+    _node: Skiff,
+    scheduler: Skiff,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nats = skiff_runtime::testkit::NatsServer::start(&dir.path().join("nats"))
+            .expect("nats-server");
+        let url = nats.url();
+        let node = Skiff::spawn(
+            &["node", "--nats", &url, "--name", "bench"],
+            &[],
+            Some(&dir.path().join("node")),
+        );
+        let scheduler = Skiff::spawn(&["scheduler", "--nats", &url], &[], None);
+        scheduler.deploy(&repo().join("functions/hello"));
+        Cluster {
+            _nats: nats,
+            _node: node,
+            scheduler,
+            _dir: dir,
+        }
+    }
+}
+
+/// GETs `path` from an admin API; the body as text.
+async fn admin_get(admin: &str, path: &str) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let resp = client
+        .get(format!("{admin}{path}").parse().expect("url"))
+        .await
+        .expect("admin get");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Sends `body` with `method` to `url`; the status.
+async fn admin_send(url: &str, method: http::Method, body: Bytes) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body))
+        .expect("request");
+    let resp = client.request(req).await.expect("admin call");
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+/// `wasm` with a custom section appended: a different artifact (another sha256) that
+/// behaves the same, so the node has to compile it.
+fn variant(wasm: &[u8], tag: u64) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"skiff-bench";
+    let payload = tag.to_le_bytes();
+    let mut section = Vec::new();
+    leb(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(section.len(), &mut out);
+    out.extend_from_slice(&section);
+    out
+}
+
+/// Uploads `wasm` (if new) and deploys it as `name` through the admin API; the status.
+async fn deploy_raw(admin: &str, name: &str, wasm: &[u8], upload: bool) -> u16 {
+    let sha = skiff_runtime::registry::sha256_hex(wasm);
+    if upload {
+        let status = admin_send(
+            &format!("{admin}/v1/artifacts/{sha}"),
+            http::Method::PUT,
+            Bytes::copy_from_slice(wasm),
+        )
+        .await;
+        assert_eq!(status, 200, "upload of {name}");
+    }
+    let body = serde_json::json!({
+        "manifest": format!("name = \"{name}\"\ncomponent = \"hello.wasm\"\n"),
+        "artifact": sha,
+    });
+    admin_send(
+        &format!("{admin}/v1/functions/{name}"),
+        http::Method::PUT,
+        Bytes::from(body.to_string()),
+    )
+    .await
+}
+
+/// Deploys `names` (all on one artifact) with 16 deploys in flight.
+async fn deploy_many(admin: &str, wasm: &Arc<Vec<u8>>, names: std::ops::Range<usize>) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(names.start));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (admin, wasm, next) = (admin.to_string(), wasm.clone(), next.clone());
+            let end = names.end;
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= end {
+                        return;
+                    }
+                    let status = deploy_raw(&admin, &format!("f{i}"), &wasm, false).await;
+                    assert_eq!(status, 200, "deploy f{i}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("deployer");
+    }
+}
+
+/// Polls `url` until it answers 200; how long that took.
+async fn until_ok(url: &str, since: Instant) -> Duration {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    loop {
+        if let Ok(r) = client.get(url.parse().expect("url")).await
+            && r.status().is_success()
+        {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort_unstable();
+    xs[xs.len() / 2]
+}
+
+async fn scale() {
+    let hello = Arc::new(
+        std::fs::read(repo().join("functions/target/wasm32-wasip2/release/hello.wasm"))
+            .expect("hello.wasm"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let skiff = Skiff::spawn(&["up"], &[], Some(&data));
+
+    println!("\n### deploy to first response (hello.wasm, 5 runs, median)\n");
+    println!("| artifact                                  | deploy → first 200 |");
+    println!("|-------------------------------------------|--------------------|");
+    let mut fresh = Vec::new();
+    let mut known = Vec::new();
+    for i in 0..5u64 {
+        let wasm = variant(&hello, i);
+        let t = Instant::now();
+        assert_eq!(
+            deploy_raw(&skiff.admin, &format!("new{i}"), &wasm, true).await,
+            200
+        );
+        fresh.push(until_ok(&format!("{}/new{i}/", skiff.listen), t).await);
+        let t = Instant::now();
+        assert_eq!(
+            deploy_raw(&skiff.admin, &format!("again{i}"), &wasm, true).await,
+            200
+        );
+        known.push(until_ok(&format!("{}/again{i}/", skiff.listen), t).await);
+    }
+    println!(
+        "| new (upload, compile, link, record)       | {:>15.1} ms |",
+        median(fresh).as_secs_f64() * 1e3
+    );
+    println!(
+        "| already compiled, another function        | {:>15.1} ms |",
+        median(known).as_secs_f64() * 1e3
+    );
+
+    println!("\n### memory and start-up with many functions (hello.wasm under distinct names)\n");
+    println!("| functions deployed | node RSS MiB | per function KiB | loaded components |");
+    println!("|--------------------|--------------|------------------|-------------------|");
+    // Start from a node with nothing of this run deployed.
+    drop(skiff);
+    let _ = std::fs::remove_dir_all(&data);
+    let mut skiff = Skiff::spawn(&["up"], &[], Some(&data));
+    let base = deploy_raw(&skiff.admin, "f0", &hello, true).await;
+    assert_eq!(base, 200);
+    let _ = until_ok(&format!("{}/f0/", skiff.listen), Instant::now()).await;
+    let rss0 = skiff.rss_kib();
+    let report = |n: usize, rss: u64, metrics: &str| {
+        let loaded = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("skiff_code_cache_components "))
+            .unwrap_or("?")
+            .to_string();
+        println!(
+            "| {n:>18} | {:>12.1} | {:>16.1} | {loaded:>17} |",
+            rss as f64 / 1024.0,
+            (rss.saturating_sub(rss0)) as f64 / n.max(2).saturating_sub(1) as f64,
+        );
+    };
+    report(1, rss0, &admin_get(&skiff.admin, "/metrics").await);
+    let mut deployed = 1;
+    let mut startups = Vec::new();
+    for target in [1_000usize, 10_000] {
+        deploy_many(&skiff.admin, &hello, deployed..target).await;
+        deployed = target;
+        let metrics = admin_get(&skiff.admin, "/metrics").await;
+        report(target, skiff.rss_kib(), &metrics);
+        // Start-up: stop, then time a node over the same data dir to its banner and to
+        // the last function's first answer.
+        let _ = Command::new("kill")
+            .args(["-TERM", &skiff.child.id().to_string()])
+            .status();
+        let _ = skiff.child.wait();
+        let t = Instant::now();
+        skiff = Skiff::spawn(&["up"], &[], Some(&data));
+        let listening = t.elapsed();
+        let first = until_ok(&format!("{}/f{}/", skiff.listen, deployed - 1), t).await;
+        startups.push((target, listening, first, skiff.rss_kib()));
+    }
+    println!(
+        "\n| start-up with N functions | to listening | to the last one's first 200 | RSS after |"
+    );
+    println!(
+        "|---------------------------|--------------|-----------------------------|-----------|"
+    );
+    for (n, listening, first, rss) in startups {
+        println!(
+            "| {n:>25} | {:>9.0} ms | {:>24.0} ms | {:>5.1} MiB |",
+            listening.as_secs_f64() * 1e3,
+            first.as_secs_f64() * 1e3,
+            rss as f64 / 1024.0
+        );
+    }
+
+    // What a loaded component costs: 50 distinct artifacts, each called once.
+    let before = skiff.rss_kib();
+    for i in 0..50u64 {
+        let wasm = variant(&hello, 1000 + i);
+        assert_eq!(
+            deploy_raw(&skiff.admin, &format!("d{i}"), &wasm, true).await,
+            200
+        );
+        let _ = until_ok(&format!("{}/d{i}/", skiff.listen), Instant::now()).await;
+    }
+    let per = skiff.rss_kib().saturating_sub(before) as f64 / 50.0;
+    println!(
+        "\nA loaded component (hello.wasm: compiled code + linked instance template) costs about {per:.0} KiB of RSS; at most --code-cache (default 512) stay loaded."
+    );
 }
 
 async fn kv(skiff: &Skiff, native: &str) {
@@ -605,6 +983,7 @@ async fn state_writes(dir: &Path) {
 }
 
 fn main() {
+    let _ = cores();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -629,21 +1008,33 @@ fn main() {
     .expect("manifest");
     skiff.deploy(&probe);
 
+    let server_cores = cores();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || {
+            // The native server stays off the load generator's core.
+            if let Some((_, client)) = &server_cores {
+                pin_servers(*client);
+            }
+        })
         .build()
         .expect("runtime");
     let state = StateStore::open(&tmp.path().join("native-state.redb")).expect("state");
     let native = format!("http://{}", server_rt.block_on(native_server(state)));
-    // The load generator gets a single thread of its own.
+    // The load generator gets a single thread, on a core of its own.
+    if let Some((_, client)) = cores() {
+        pin_thread(client);
+    }
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     println!(
-        "## Skiff benchmark — {} cores, {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::env::consts::ARCH
+        "## Skiff benchmark — {} cores, {}; servers on cores {}, load generator on core {}",
+        cores().map_or(1, |(_, client)| client + 1),
+        std::env::consts::ARCH,
+        cores().map_or("any".to_string(), |(s, _)| s),
+        cores().map_or("any".to_string(), |(_, c)| c.to_string()),
     );
     println!(
         "(median of {RUNS} runs of {}s after a {}s warm-up)",
@@ -661,5 +1052,8 @@ fn main() {
     }
     if want("state") {
         server_rt.block_on(state_writes(tmp.path()));
+    }
+    if want("scale") {
+        client_rt.block_on(scale());
     }
 }

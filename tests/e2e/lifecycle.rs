@@ -190,7 +190,11 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
     // Room for one component: two functions with different components take turns.
     let mut skiff = Skiff::start_in(&data, &["--code-cache", "1"]);
     for f in ["hello", "counter"] {
-        skiff.cli_ok(&["deploy", repo().join("functions").join(f).to_str().unwrap(), "--no-build"]);
+        skiff.cli_ok(&[
+            "deploy",
+            repo().join("functions").join(f).to_str().unwrap(),
+            "--no-build",
+        ]);
     }
     let code = async |skiff: &Skiff, f: &str| -> String {
         let info = get(&format!("{}/v1/functions/{f}", skiff.admin)).await;
@@ -202,13 +206,22 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_ne!(code(&skiff, "hello").await, "unloaded");
         assert_eq!(code(&skiff, "counter").await, "unloaded");
-        let r = request("POST", &format!("{}/counter/c", skiff.listen), &[], bytes::Bytes::new()).await;
+        let r = request(
+            "POST",
+            &format!("{}/counter/c", skiff.listen),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text().trim(), (round + 1).to_string());
         assert_eq!(code(&skiff, "hello").await, "unloaded");
     }
     let metrics = get(&format!("{}/metrics", skiff.admin)).await.text();
-    assert!(metrics.contains("skiff_code_cache_components 1"), "{metrics}");
+    assert!(
+        metrics.contains("skiff_code_cache_components 1"),
+        "{metrics}"
+    );
 
     // A restart loads nothing until a function is called.
     skiff.kill();
