@@ -171,17 +171,21 @@ impl ClusterRegistry {
         }
     }
 
-    /// Every deployed record.
-    pub async fn records(&self) -> Result<Vec<FunctionRecord>, ClusterError> {
+    /// Every key in the bucket.
+    async fn keys(&self) -> Result<Vec<String>, ClusterError> {
         use futures::TryStreamExt;
-        let keys: Vec<String> = self
-            .kv
+        self.kv
             .keys()
             .await
             .map_err(|e| nats("list the registry")(&e))?
             .try_collect()
             .await
-            .map_err(|e| nats("list the registry")(&e))?;
+            .map_err(|e| nats("list the registry")(&e))
+    }
+
+    /// Every deployed record.
+    pub async fn records(&self) -> Result<Vec<FunctionRecord>, ClusterError> {
+        let keys = self.keys().await?;
         let mut out = Vec::new();
         for key in keys {
             if let Some(name) = key.strip_prefix("fn.")
@@ -325,15 +329,7 @@ impl ClusterRegistry {
         &self,
         function: Option<&str>,
     ) -> Result<Vec<(String, String, Vec<u8>)>, ClusterError> {
-        use futures::TryStreamExt;
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| nats("list the registry")(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| nats("list the registry")(&e))?;
+        let keys = self.keys().await?;
         let mut out = Vec::new();
         for key in keys {
             let Some((f, k)) = secret_key(&key) else {

@@ -16,7 +16,9 @@ use crate::manifest::{FunctionName, Manifest};
 use crate::registry::FunctionRecord;
 use crate::secrets::{MAX_SECRET_BYTES, SecretError, SecretKey, check_key, check_value};
 use crate::server::admin::read_body;
-use crate::server::admin::secrets::{SecretKeys, segment};
+use crate::server::admin::secrets::{
+    keys_answer, method_not_allowed, removed_answer, segment, set_answer,
+};
 use crate::server::admin::{
     AdminBody, Response, authorized, error, full, json, read_artifact, read_deploy_request,
     serve_http, text,
@@ -319,13 +321,7 @@ impl Scheduler {
         }
         match (req.method().clone(), key) {
             (Method::GET, None) => match self.registry.secrets(Some(name)).await {
-                Ok(list) => json(
-                    StatusCode::OK,
-                    &SecretKeys {
-                        function: name.to_string(),
-                        keys: list.into_iter().map(|(_, k, _)| k).collect(),
-                    },
-                ),
+                Ok(list) => keys_answer(name, list.into_iter().map(|(_, k, _)| k).collect()),
                 Err(e) => registry_error(e),
             },
             (Method::PUT, Some(key)) => {
@@ -343,30 +339,15 @@ impl Scheduler {
                     Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
                 };
                 match self.registry.put_secret(name, key, &sealed).await {
-                    Ok(()) => json(
-                        StatusCode::OK,
-                        &serde_json::json!({ "function": name, "key": key, "set": true }),
-                    ),
+                    Ok(()) => set_answer(name, key),
                     Err(e) => registry_error(e),
                 }
             }
             (Method::DELETE, Some(key)) => match self.registry.remove_secret(name, key).await {
-                Ok(true) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "function": name, "key": key, "removed": true }),
-                ),
-                Ok(false) => error(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"
-                    ),
-                ),
+                Ok(existed) => removed_answer(name, key, existed),
                 Err(e) => registry_error(e),
             },
-            (method, _) => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on the secrets endpoint"),
-            ),
+            (method, _) => method_not_allowed(&method),
         }
     }
 

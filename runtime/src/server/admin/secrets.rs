@@ -27,6 +27,50 @@ pub(crate) fn segment(raw: &str) -> String {
         .into_owned()
 }
 
+/// The answer to listing a function's secrets.
+pub(crate) fn keys_answer(name: &str, keys: Vec<String>) -> Response {
+    json(
+        StatusCode::OK,
+        &SecretKeys {
+            function: name.to_string(),
+            keys,
+        },
+    )
+}
+
+/// The answer to a secret that was set.
+pub(crate) fn set_answer(name: &str, key: &str) -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "function": name, "key": key, "set": true }),
+    )
+}
+
+/// The answer to removing a secret, by whether it existed.
+pub(crate) fn removed_answer(name: &str, key: &str, existed: bool) -> Response {
+    if existed {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "function": name, "key": key, "removed": true }),
+        )
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"),
+        )
+    }
+}
+
+/// The answer to a method the secrets endpoint does not take.
+pub(crate) fn method_not_allowed(method: &Method) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed here: GET /v1/functions/NAME/secrets lists keys; PUT and DELETE take /v1/functions/NAME/secrets/KEY"
+        ),
+    )
+}
+
 /// The answer to a failed secret operation.
 pub(crate) fn secret_error(e: SecretOpError) -> Response {
     let status = if e.is_client_error() {
@@ -47,13 +91,7 @@ pub async fn handle(
     let key = key.map(segment);
     match (req.method().clone(), key) {
         (Method::GET, None) => match node.secret_keys(name) {
-            Ok(keys) => json(
-                StatusCode::OK,
-                &SecretKeys {
-                    function: name.to_string(),
-                    keys,
-                },
-            ),
+            Ok(keys) => keys_answer(name, keys),
             Err(e) => secret_error(e),
         },
         (Method::PUT, Some(key)) => {
@@ -65,31 +103,14 @@ pub async fn handle(
                 .seal_secret(name, &key, &value)
                 .and_then(|sealed| node.put_secret(name, &key, &sealed))
             {
-                Ok(()) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "function": name, "key": key, "set": true }),
-                ),
+                Ok(()) => set_answer(name, &key),
                 Err(e) => secret_error(e),
             }
         }
         (Method::DELETE, Some(key)) => match node.remove_secret(name, &key) {
-            Ok(true) => json(
-                StatusCode::OK,
-                &serde_json::json!({ "function": name, "key": key, "removed": true }),
-            ),
-            Ok(false) => error(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"
-                ),
-            ),
+            Ok(existed) => removed_answer(name, &key, existed),
             Err(e) => secret_error(e),
         },
-        (method, _) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "{method} is not allowed here: GET /v1/functions/NAME/secrets lists keys; PUT and DELETE take /v1/functions/NAME/secrets/KEY"
-            ),
-        ),
+        (method, _) => method_not_allowed(&method),
     }
 }
