@@ -176,6 +176,11 @@ async fn deleted_consumer_gets_nothing(bus: &dyn Bus) {
     let c = spec("gone", "g.x", WAIT);
     bus.ensure_consumer(&c).await.unwrap();
     bus.publish(vec![event("g1", "g.x")]).await.unwrap();
+    // Wait until the event has reached the consumer (JetStream publishes go through a
+    // local outbox first, so without this the event could arrive after the re-creation
+    // and be new to it); it is left unacknowledged.
+    let first = bus.fetch(&c.name, 1, WAIT).await.unwrap();
+    assert_eq!(first.len(), 1, "the event reached the first consumer");
     bus.delete_consumer(&c.name).await.unwrap();
     bus.ensure_consumer(&c).await.unwrap();
     assert!(
