@@ -410,7 +410,7 @@ async fn hello(skiff: &Skiff, native: &str) {
 
 /// A nats-server, one `skiff node` and a `skiff scheduler`, hello deployed.
 struct Cluster {
-    _nats: skiff_runtime::testkit::NatsServer,
+    _nats: skiff_core::testkit::NatsServer,
     _node: Skiff,
     scheduler: Skiff,
     _dir: tempfile::TempDir,
@@ -419,8 +419,8 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nats = skiff_runtime::testkit::NatsServer::start(&dir.path().join("nats"))
-            .expect("nats-server");
+        let nats =
+            skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
         let url = nats.url();
         let node = Skiff::spawn(
             &["node", "--nats", &url, "--name", "bench"],
@@ -494,7 +494,7 @@ fn variant(wasm: &[u8], tag: u64) -> Vec<u8> {
 
 /// Uploads `wasm` (if new) and deploys it as `name` through the admin API; the status.
 async fn deploy_raw(admin: &str, name: &str, wasm: &[u8], upload: bool) -> u16 {
-    let sha = skiff_runtime::registry::sha256_hex(wasm);
+    let sha = skiff_core::record::sha256_hex(wasm);
     if upload {
         let status = admin_send(
             &format!("{admin}/v1/artifacts/{sha}"),
@@ -851,7 +851,7 @@ async fn events(dir: &Path) {
     println!(
         "|----------------------|----------------------|--------|--------|-----------------|--------|"
     );
-    let nats = skiff_runtime::testkit::NatsServer::start(&dir.join("nats")).expect("nats-server");
+    let nats = skiff_core::testkit::NatsServer::start(&dir.join("nats")).expect("nats-server");
     for (label, extra) in [
         ("embedded (redb)", None),
         ("NATS JetStream", Some(nats.url())),
@@ -960,12 +960,12 @@ async fn state_writes(dir: &Path) {
         "|-----------------------------------------|------------|------------|---------------------|------------------------|"
     );
     let embedded = StateStore::open(&dir.join("bench-embedded.redb")).expect("state");
-    let nats = skiff_runtime::testkit::NatsCluster::start(&dir.join("nats-cluster"), 3)
+    let nats = skiff_core::testkit::NatsCluster::start(&dir.join("nats-cluster"), 3)
         .expect("nats cluster");
-    let client = skiff_runtime::cluster::connect(&nats.urls(), "bench")
+    let client = skiff_core::nats::connect(&nats.urls(), "bench")
         .await
         .expect("nats");
-    let replica = skiff_runtime::cluster::until_ready("open the state stream", || {
+    let replica = skiff_core::nats::until_ready("open the state stream", || {
         skiff_runtime::state::Replica::open(async_nats::jetstream::new(client.clone()), 3)
     })
     .await

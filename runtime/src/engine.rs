@@ -6,8 +6,10 @@
 //! precompiled file's own sha256 is recorded in the control store and checked before the
 //! file is deserialized, so a truncated or altered file is recompiled, never loaded.
 
-use crate::limits::NodeLimits;
-use crate::registry::{Registry, RegistryError, sha256_hex, write_durably};
+use crate::registry::{Registry, RegistryError, write_durably};
+use skiff_core::api::CodeSource;
+use skiff_core::limits::NodeLimits;
+use skiff_core::record::{HeaderError, check_component_header, sha256_hex};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,55 +38,15 @@ pub enum EngineError {
 /// A failure to turn an artifact into a loadable component.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    /// The bytes are not WebAssembly at all.
-    #[error(
-        "the file is not WebAssembly (it does not start with the `\\0asm` magic); point `component` in skiff.toml at the .wasm your build produces"
-    )]
-    NotWasm,
-    /// A core module, not a component.
-    #[error(
-        "the file is a core WebAssembly module, not a component; build for `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
-    )]
-    CoreModule,
-    /// A WebAssembly binary of a version or layer wasmtime does not read.
-    #[error(
-        "the file is WebAssembly of an unsupported version or layer ({0:#x}); build a WASI 0.2 component for `wasm32-wasip2`"
-    )]
-    UnknownLayer(u32),
+    /// The header says it is not a component.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
     /// wasmtime could not compile it.
     #[error("the component does not compile: {0}")]
     Invalid(String),
     /// The artifact or cache could not be read or written.
     #[error(transparent)]
     Store(#[from] RegistryError),
-}
-
-/// Whether the component came from the precompiled cache or was compiled just now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CodeSource {
-    /// Loaded from a verified precompiled file.
-    Cache,
-    /// Compiled from the artifact.
-    Compiled,
-    /// Not in memory now: loaded on the next invocation (see [`crate::node::code`]).
-    Unloaded,
-}
-
-/// Checks the 8-byte header: `\0asm`, then version and layer (component = layer 1).
-pub fn check_component_header(bytes: &[u8]) -> Result<(), CompileError> {
-    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
-        return Err(CompileError::NotWasm);
-    }
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
-    match (layer, version) {
-        (0, 1) => Err(CompileError::CoreModule),
-        (1, _) => Ok(()),
-        _ => Err(CompileError::UnknownLayer(
-            u32::from(version) | (u32::from(layer) << 16),
-        )),
-    }
 }
 
 /// A node's engine together with its compiled-code cache.
@@ -197,31 +159,5 @@ impl NodeEngine {
         let component = unsafe { Component::deserialize(&self.engine, &compiled) }
             .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         Ok((component, CodeSource::Compiled))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_tells_component_from_module_from_junk() {
-        assert!(matches!(
-            check_component_header(b"hello world"),
-            Err(CompileError::NotWasm)
-        ));
-        assert!(matches!(
-            check_component_header(b"\0asm"),
-            Err(CompileError::NotWasm)
-        ));
-        assert!(matches!(
-            check_component_header(b"\0asm\x01\0\0\0"),
-            Err(CompileError::CoreModule)
-        ));
-        assert!(check_component_header(b"\0asm\x0d\0\x01\0").is_ok());
-        assert!(matches!(
-            check_component_header(b"\0asm\x01\0\x07\0"),
-            Err(CompileError::UnknownLayer(_))
-        ));
     }
 }

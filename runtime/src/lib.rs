@@ -8,21 +8,16 @@
 //! [`server::admin`], are validated and compiled once ([`node::deploy`], [`engine`]),
 //! recorded in the control store ([`registry`]) and swapped in.
 
-pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod events;
 pub mod host;
-pub mod limits;
 pub mod logs;
-pub mod manifest;
 pub mod metrics;
 pub mod node;
 pub mod otlp;
 pub mod registry;
-pub mod secrets;
 pub mod server;
 pub mod state;
-pub mod testkit;
 pub mod traces;

@@ -3,32 +3,13 @@
 //! (`skiff logs NAME -f`). Every line names its function, version, invocation, node and
 //! time.
 
-use serde::{Deserialize, Serialize};
+use skiff_core::api::LogLine;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 /// Lines kept per function.
 pub const LINES_PER_FUNCTION: usize = 2000;
-
-/// One line a guest printed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// Milliseconds since the Unix epoch (when the invocation ended).
-    pub ts_ms: u64,
-    /// The function.
-    pub function: String,
-    /// Its version.
-    pub version: u64,
-    /// The invocation that printed it.
-    pub invocation: String,
-    /// The node it ran on.
-    pub node: String,
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    /// The text, without the newline.
-    pub line: String,
-}
 
 /// The node's log store.
 pub struct LogStore {
@@ -50,7 +31,7 @@ impl LogStore {
 
     /// Records what an invocation printed.
     pub fn record(&self, function: &str, version: u64, invocation: &str, stream: &str, text: &str) {
-        let ts_ms = crate::state::now_ms();
+        let ts_ms = skiff_core::record::now_ms();
         let mut recent = match self.recent.lock() {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),

@@ -78,13 +78,6 @@ pub struct Consumer {
     pub consumer: String,
 }
 
-/// `version`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Build {
-    /// Skiff's version.
-    pub version: String,
-}
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -253,7 +246,7 @@ impl Metrics {
             "Outgoing HTTP requests by function and outcome (sent, denied, failed)",
             m.outbound.clone(),
         );
-        build_info(&mut registry);
+        skiff_core::prom::build_info(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -372,161 +365,8 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        openmetrics_to_prometheus(&out)
+        skiff_core::prom::encode(&self.registry)
     }
-}
-
-/// Registers `skiff_build_info{version} 1`: a gauge fixed at 1 rather than an OpenMetrics
-/// `info`, which Prometheus-format tools (promtool 2.x) do not parse.
-fn build_info(registry: &mut Registry) {
-    let build: Family<Build, Gauge> = Family::default();
-    build
-        .get_or_create(&Build {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        })
-        .set(1);
-    registry.register("skiff_build_info", "Build information", build);
-}
-
-/// A node as the scheduler's metrics label it.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NodeLabel {
-    /// The node's name.
-    pub node: String,
-}
-
-/// A gateway outcome label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GatewayOutcome {
-    /// proxied, unavailable, failed or not_found.
-    pub outcome: String,
-}
-
-/// The scheduler's `/metrics`: the live nodes' reported load and what the gateway did,
-/// built fresh from `nodes` (report, age, requests sent) at each scrape.
-pub fn scheduler_metrics(
-    nodes: &[(skiff_scheduler::report::NodeReport, Duration, u64)],
-    counts: &skiff_scheduler::gateway::GatewayCounts,
-) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let mut registry = Registry::default();
-    let live: Gauge = Gauge::default();
-    live.set(nodes.len() as i64);
-    registry.register(
-        "skiff_scheduler_nodes",
-        "Live nodes the scheduler routes to",
-        live,
-    );
-    let per_node = |f: &dyn Fn(&skiff_scheduler::report::NodeReport, u64) -> f64| {
-        let family = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
-        for (r, _, sent) in nodes {
-            family
-                .get_or_create(&NodeLabel {
-                    node: r.node.clone(),
-                })
-                .set(f(r, *sent));
-        }
-        family
-    };
-    registry.register(
-        "skiff_scheduler_node_in_flight",
-        "Invocations running on each node, as last reported",
-        per_node(&|r, _| f64::from(r.in_flight)),
-    );
-    registry.register(
-        "skiff_scheduler_node_capacity",
-        "Invocations each node runs at once at most",
-        per_node(&|r, _| f64::from(r.capacity)),
-    );
-    registry.register_with_unit(
-        "skiff_scheduler_node_latency",
-        "Moving average of each node's invocation durations",
-        Unit::Seconds,
-        per_node(&|r, _| r.latency_us as f64 / 1e6),
-    );
-    registry.register_with_unit(
-        "skiff_scheduler_node_memory",
-        "Resident memory of each node process",
-        Unit::Bytes,
-        per_node(&|r, _| r.memory_bytes as f64),
-    );
-    registry.register(
-        "skiff_scheduler_node_queue",
-        "Events waiting for each node's consumers",
-        per_node(&|r, _| r.queue as f64),
-    );
-    let sent = Family::<NodeLabel, Counter>::default();
-    for (r, _, n) in nodes {
-        sent.get_or_create(&NodeLabel {
-            node: r.node.clone(),
-        })
-        .inc_by(*n);
-    }
-    registry.register(
-        "skiff_scheduler_node_requests",
-        "Requests the scheduler sent to each node",
-        sent,
-    );
-    let outcomes = Family::<GatewayOutcome, Counter>::default();
-    for (o, n) in [
-        ("proxied", &counts.proxied),
-        ("unavailable", &counts.unavailable),
-        ("failed", &counts.failed),
-        ("not_found", &counts.not_found),
-    ] {
-        outcomes
-            .get_or_create(&GatewayOutcome { outcome: o.into() })
-            .inc_by(n.load(Relaxed));
-    }
-    registry.register(
-        "skiff_scheduler_requests",
-        "Requests through the scheduler by outcome",
-        outcomes,
-    );
-    let retried: Counter = Counter::default();
-    retried.inc_by(counts.retried.load(Relaxed));
-    registry.register(
-        "skiff_scheduler_retries",
-        "Requests sent again to another node after a safe failure",
-        retried,
-    );
-    build_info(&mut registry);
-    let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-    openmetrics_to_prometheus(&out)
-}
-
-/// prometheus-client writes OpenMetrics; Prometheus' own text format (what promtool and
-/// older scrapers read) names a counter family by its `_total` series and has no
-/// `# UNIT` or `# EOF` lines. Samples are identical in both.
-fn openmetrics_to_prometheus(text: &str) -> String {
-    let counters: std::collections::HashSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        match renamed {
-            Some(l) => out.push_str(&l),
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
 }
 
 /// Keeps the in-flight gauge of a function up while alive.
@@ -555,16 +395,6 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counters_are_named_by_their_total_series() {
-        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n# HELP d_seconds D.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\nd_seconds_count 1\n# EOF\n";
-        let p = openmetrics_to_prometheus(om);
-        assert_eq!(
-            p,
-            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n# HELP d_seconds D.\n# TYPE d_seconds histogram\nd_seconds_count 1\n"
-        );
-    }
 
     #[test]
     fn counts_and_names_follow_conventions() {

@@ -4,10 +4,10 @@
 //! the collector refuses or cannot take is logged and dropped — invocations never wait for
 //! the collector, and the node keeps its own copy for `skiff trace`.
 
-use crate::traces::Span;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use skiff_core::api::Span;
 use std::time::Duration;
 use tokio::sync::mpsc;
 

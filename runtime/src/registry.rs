@@ -10,8 +10,7 @@
 //!   renamed, and verified against their name whenever they are read.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use skiff_core::record::{FunctionRecord, is_sha256_hex, sha256_hex};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -61,33 +60,6 @@ pub enum RegistryError {
         /// The decode error.
         source: serde_json::Error,
     },
-}
-
-/// One deployed function version as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FunctionRecord {
-    /// The function's name.
-    pub name: String,
-    /// Monotonic per function, starting at 1.
-    pub version: u64,
-    /// The manifest text as deployed.
-    pub manifest: String,
-    /// sha256 (hex) of the component.
-    pub artifact: String,
-    /// Milliseconds since the Unix epoch.
-    pub deployed_at_ms: u64,
-}
-
-/// The hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Whether `s` looks like a hex sha256 (and so is safe as a file name).
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The control store of one node (or of `skiff up`).

@@ -3,12 +3,10 @@
 //! the invocation that published them, and the invocations they trigger join that trace.
 //! The node keeps the newest [`MAX_SPANS`] spans; `skiff trace ID` shows one trace's chain.
 
-use serde::{Deserialize, Serialize};
+pub use skiff_core::api::{MAX_SPANS, Span};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-/// Spans kept per node.
-pub const MAX_SPANS: usize = 20_000;
 /// The response header naming the trace.
 pub const TRACE_HEADER: &str = "x-skiff-trace-id";
 
@@ -66,29 +64,6 @@ pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
         return None;
     }
     Some((trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
-}
-
-/// One finished invocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Span {
-    /// The trace.
-    pub trace_id: String,
-    /// This invocation.
-    pub span_id: String,
-    /// What caused it.
-    pub parent: Option<String>,
-    /// The function.
-    pub function: String,
-    /// `http <path>` or `event <topic>`.
-    pub trigger: String,
-    /// `ok`, `error`, `trap`, `timeout`, `memory`.
-    pub outcome: String,
-    /// When it started, ms since the Unix epoch.
-    pub start_ms: u64,
-    /// How long it took, in microseconds.
-    pub duration_us: u64,
-    /// The node it ran on.
-    pub node: String,
 }
 
 /// The node's recent spans.

@@ -28,10 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The header that names the node that served a response.
-pub const NODE_HEADER: &str = "x-skiff-node";
-/// The header a node sets on a 503 it answered without running anything.
-pub const REJECTED_HEADER: &str = "x-skiff-rejected";
+pub use skiff_core::report::{NODE_HEADER, REJECTED_HEADER};
 
 /// The body of a gateway response.
 pub type GatewayBody = BoxBody<Bytes, hyper::Error>;

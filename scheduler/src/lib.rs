@@ -1,15 +1,23 @@
-//! Skiff's scheduler: the front door that decides which function, and in a cluster which
-//! node, serves a request.
+//! Skiff's scheduler: the whole `skiff scheduler` process, the cluster's front door. It
+//! never links wasmtime (CI checks `cargo tree -p skiff-scheduler`).
 //!
-//! Flow: request path → [`routes::RouteTable`] → function name → a node picked by
-//! [`placement::pick`] over the [`live::LiveSet`] that load reports ([`report`]) keep
-//! fresh → [`gateway::Gateway`] proxies to it. This crate never links wasmtime; the
-//! embedded runtime shares its route table.
+//! The layer map (each module uses only those above it, and `skiff-core`):
+//! * [`placement`] — pure: power of two choices over expected wait.
+//! * [`live`] — the live set that nodes' load reports keep fresh, and the routes.
+//! * [`gateway`] — request path → function → node → proxied, with the retry rule.
+//! * [`process`] — [`run`]: NATS, the registry client, the listeners, the background
+//!   loops that follow reports and expire silent nodes.
+//! * [`admin`] — the admin API; [`rollout`] — deploys and waiting for nodes to serve;
+//!   [`nodes`] — calls forwarded to nodes, logs and traces gathered from them;
+//!   [`metrics`] — `/metrics`.
 
+pub mod admin;
 pub mod gateway;
 pub mod live;
+pub mod metrics;
+pub mod nodes;
 pub mod placement;
-pub mod report;
-pub mod routes;
+pub mod process;
+pub mod rollout;
 
-pub use routes::{Route, RouteError, RouteTable};
+pub use process::{SchedulerOptions, run};

@@ -2,8 +2,8 @@
 //! scheduler has outstanding on it. Feeds placement.
 
 use crate::placement::Load;
-use crate::report::{EXPIRE_AFTER_MS, NodeReport, NodeState};
-use crate::routes::{Route, RouteTable};
+use skiff_core::report::{EXPIRE_AFTER_MS, NodeReport, NodeState};
+use skiff_core::routes::{Route, RouteTable};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -213,14 +213,9 @@ impl LiveSet {
             .or_else(|| read(&self.registered).lookup(path).cloned())
     }
 
-    /// Sets the routes of every registered function (name, route pattern).
-    pub fn set_registered(&self, routes: &[(String, String)]) {
-        let mut table = RouteTable::new();
-        for (name, route) in routes {
-            if let Ok(r) = Route::parse(route) {
-                let _ = table.insert(&r, name.clone());
-            }
-        }
+    /// Sets the routes of every registered function (see
+    /// [`skiff_core::deploy::route_table`]).
+    pub fn set_registered(&self, table: RouteTable<String>) {
         let mut g = match self.registered.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -305,7 +300,7 @@ impl LiveSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Served;
+    use skiff_core::report::Served;
 
     fn report(
         node: &str,
@@ -353,7 +348,11 @@ mod tests {
         assert_eq!(set.function_for("/hi/x").as_deref(), Some("hello"));
         assert_eq!(set.function_for("/hello/x"), None);
         // A registered function no node serves is still known (503, not 404).
-        set.set_registered(&[("other".into(), "/other/...".into())]);
+        let mut registered = RouteTable::new();
+        registered
+            .insert(&Route::parse("/other/...").unwrap(), "other".to_string())
+            .unwrap();
+        set.set_registered(registered);
         assert_eq!(set.function_for("/other/x").as_deref(), Some("other"));
         let later = t0 + Duration::from_millis(EXPIRE_AFTER_MS + 500);
         // NATS down: nothing expires.

@@ -169,7 +169,7 @@ async fn the_admin_api_checks_what_the_cli_would_have() {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    skiff_runtime::registry::sha256_hex(bytes)
+    skiff_core::record::sha256_hex(bytes)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,7 @@
 //! `skiff scheduler` on loopback, driven over real sockets.
 
 use crate::harness::*;
-use skiff_runtime::testkit::{NatsCluster, NatsServer};
+use skiff_core::testkit::{NatsCluster, NatsServer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 
 use crate::harness::*;
 use bytes::Bytes;
-use skiff_runtime::testkit::NatsServer;
+use skiff_core::testkit::NatsServer;
 use std::sync::Arc;
 use std::time::Duration;
 

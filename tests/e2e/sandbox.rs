@@ -300,7 +300,7 @@ async fn config_and_secrets_reach_the_guest_and_nowhere_else() {
 async fn cluster_secrets_travel_sealed_and_reach_every_node() {
     let _one = crate::cluster::one_at_a_time().await;
     let tmp = tempfile::tempdir().unwrap();
-    let nats = skiff_runtime::testkit::NatsServer::start(&tmp.path().join("nats")).expect("nats");
+    let nats = skiff_core::testkit::NatsServer::start(&tmp.path().join("nats")).expect("nats");
     let key = tmp.path().join("cluster.key");
     let out = std::process::Command::new(skiff_bin())
         .args(["secret", "keygen", key.to_str().unwrap()])

@@ -5,12 +5,12 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use skiff_runtime::api::DeployRequest;
-use skiff_runtime::engine::check_component_header;
-use skiff_runtime::events::topic::{check_pattern, check_topic, matches};
-use skiff_runtime::manifest::{FunctionName, Manifest};
-use skiff_runtime::registry::is_sha256_hex;
-use skiff_runtime::secrets::{SecretKey, check_key, check_value};
+use skiff_core::api::DeployRequest;
+use skiff_core::record::check_component_header;
+use skiff_core::topic::{check_pattern, check_topic, matches};
+use skiff_core::manifest::{FunctionName, Manifest};
+use skiff_core::record::is_sha256_hex;
+use skiff_core::secrets::{SecretKey, check_key, check_value};
 use skiff_runtime::server::admin::kv::parse_target;
 use skiff_runtime::state::keys::function_prefix;
 

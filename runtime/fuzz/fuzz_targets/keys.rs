@@ -4,7 +4,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use skiff_runtime::manifest::FunctionName;
+use skiff_core::manifest::FunctionName;
 use skiff_runtime::state::keys::{MAX_BUCKET_BYTES, Namespace, function_prefix};
 use skiff_runtime::state::replica::{parse_subject, subject};
 

@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use skiff_runtime::host::http::OutboundPolicy;
-use skiff_runtime::limits::NodeLimits;
-use skiff_runtime::manifest::{FunctionName, Manifest};
+use skiff_core::limits::NodeLimits;
+use skiff_core::manifest::{FunctionName, Manifest};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

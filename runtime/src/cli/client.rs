@@ -1,7 +1,6 @@
 //! The admin API client the CLI uses: JSON in and out, clear errors when the server is
 //! unreachable or refuses.
 
-use crate::api::ErrorBody;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -10,6 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
+use skiff_core::api::ErrorBody;
 
 /// A request body the client can send: whole or streamed.
 pub type ClientBody = BoxBody<Bytes, std::io::Error>;

@@ -2,16 +2,16 @@
 //! the manifest, and report the URL once the new version serves.
 
 use super::client::{AdminClient, ClientBody};
-use crate::api::{DeployRequest, FunctionInfo};
-use crate::engine::check_component_header;
-use crate::manifest::Manifest;
-use crate::registry::sha256_hex;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use indicatif::{ProgressBar, ProgressStyle};
+use skiff_core::api::{DeployRequest, FunctionInfo};
+use skiff_core::manifest::Manifest;
+use skiff_core::record::check_component_header;
+use skiff_core::record::sha256_hex;
 use std::path::Path;
 use std::time::Duration;
 

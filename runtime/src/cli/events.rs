@@ -1,11 +1,11 @@
 //! `skiff publish` and `skiff dead-letters ls|show|replay`.
 
 use super::client::{AdminClient, full};
-use crate::events::DeadLetter;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Subcommand;
 use http::Method;
+use skiff_core::api::DeadLetter;
 use std::process::ExitCode;
 
 /// `skiff dead-letters` subcommands.

@@ -1,12 +1,12 @@
 //! `skiff kv get|set|del|ls`: a function's key-value state through the admin API.
 
 use super::client::{AdminClient, full};
-use crate::server::admin::kv::KeyPage;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Subcommand;
 use http::Method;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use skiff_core::api::KeyPage;
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -1,8 +1,8 @@
 //! `skiff logs NAME [-f] [-n N]`.
 
 use super::client::AdminClient;
-use crate::logs::LogLine;
 use http_body_util::BodyExt;
+use skiff_core::api::LogLine;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};

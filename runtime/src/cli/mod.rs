@@ -10,15 +10,15 @@ mod kv;
 mod logs;
 mod secret;
 
-use crate::api::{ClusterStatus, FunctionInfo, NodeStatus};
-use crate::limits::NodeLimits;
-use crate::manifest::{Size, Timeout};
 use crate::server::embedded::{self, UpOptions};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use client::AdminClient;
 use http_body_util::BodyExt;
+use skiff_core::api::{ClusterStatus, FunctionInfo, NodeStatus};
+use skiff_core::limits::NodeLimits;
+use skiff_core::manifest::{Size, Timeout};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -354,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             embedded::run(opts).await?;
         }
         Command::Scheduler(args) => {
-            crate::cluster::scheduler::run(crate::cluster::scheduler::SchedulerOptions {
+            skiff_scheduler::run(skiff_scheduler::SchedulerOptions {
                 nats: args.nats,
                 listen: args.listen,
                 admin: args.admin,
@@ -410,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return logs::run(&client()?, &name, follow, tail).await;
         }
         Command::Trace { id } => {
-            let spans: Vec<crate::traces::Span> =
+            let spans: Vec<skiff_core::api::Span> =
                 client()?.get(&format!("/v1/traces/{id}")).await?;
             print_trace(&spans);
         }
@@ -438,8 +438,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints spans as a tree by parent, children in start order.
-fn print_trace(spans: &[crate::traces::Span]) {
-    fn walk(spans: &[crate::traces::Span], parent: Option<&str>, depth: usize) {
+fn print_trace(spans: &[skiff_core::api::Span]) {
+    fn walk(spans: &[skiff_core::api::Span], parent: Option<&str>, depth: usize) {
         for s in spans.iter().filter(|s| s.parent.as_deref() == parent) {
             println!(
                 "{}{} {}  {}  {:.1} ms  {}  [{}]",

@@ -2,10 +2,10 @@
 //! never come back out: `ls` lists keys only.
 
 use super::client::{AdminClient, full};
-use crate::server::admin::secrets::SecretKeys;
 use anyhow::Context;
 use clap::Subcommand;
 use http::Method;
+use skiff_core::api::SecretKeys;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,7 +91,7 @@ pub async fn run(
             println!("removed secret {key} of {name}");
         }
         SecretCommand::Keygen { file } => {
-            crate::secrets::write_new_key(&file)?;
+            skiff_core::secrets::write_new_key(&file)?;
             println!("wrote a new secrets key to {}", file.display());
         }
     }

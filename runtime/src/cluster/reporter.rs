@@ -1,12 +1,10 @@
 //! A node's load reports: published on `skiff.nodes.<node>` every
-//! [`REPORT_EVERY_MS`](skiff_scheduler::report::REPORT_EVERY_MS), and sooner when the
+//! [`REPORT_EVERY_MS`](skiff_core::report::REPORT_EVERY_MS), and sooner when the
 //! number of running invocations moves sharply, so that the scheduler's picture is never
 //! more than a fraction of a second old.
 
 use crate::node::{Lifecycle, Node};
-use skiff_scheduler::report::{
-    Failed, NodeReport, NodeState, REPORT_EVERY_MS, SUBJECT_PREFIX, Served,
-};
+use skiff_core::report::{Failed, NodeReport, NodeState, REPORT_EVERY_MS, SUBJECT_PREFIX, Served};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -4,10 +4,10 @@
 //! fetched once, verified and kept locally, so a restarted node serves its last known
 //! functions even while NATS is unreachable.
 
-use super::registry::{Change, ClusterError, ClusterRegistry};
 use crate::node::Node;
-use crate::registry::FunctionRecord;
 use futures::StreamExt;
+use skiff_core::cluster_registry::{Change, ClusterError, ClusterRegistry};
+use skiff_core::record::FunctionRecord;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -227,7 +227,8 @@ async fn embedded_bus_redelivers_what_was_in_flight_at_a_crash() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_bus_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = crate::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let nats =
+        skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
     let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
     let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
         .await
@@ -239,7 +240,7 @@ async fn nats_bus_conforms() {
 async fn nats_bus_keeps_publications_while_nats_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats =
-        crate::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+        skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
     let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
     let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
         .await

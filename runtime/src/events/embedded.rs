@@ -7,11 +7,12 @@
 //! attempt count, retry time and lease, consumers, dead letters, and published ids for
 //! de-duplication (kept for [`DEDUP_WINDOW`]).
 
-use super::topic::matches;
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
-use crate::state::{JobOutput, StateStore, now_ms};
+use crate::state::{JobOutput, StateStore};
 use futures::future::BoxFuture;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use skiff_core::record::now_ms;
+use skiff_core::topic::matches;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;

@@ -13,26 +13,11 @@ mod conformance;
 pub mod embedded;
 pub mod nats;
 pub mod runner;
-pub mod topic;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+pub use skiff_core::api::{DeadLetter, Event};
 use std::time::Duration;
-
-/// An event on the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// Unique; stable across redeliveries; used to de-duplicate publication.
-    pub id: String,
-    /// The topic, e.g. `orders.created`.
-    pub topic: String,
-    /// The payload.
-    pub data: Vec<u8>,
-    /// Headers given at publication.
-    pub headers: Vec<(String, String)>,
-    /// Milliseconds since the Unix epoch.
-    pub published_at_ms: u64,
-}
 
 /// A durable consumer: one per function and trigger, shared by every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +36,7 @@ impl ConsumerSpec {
     /// The consumer of `function` for trigger `pattern`; its name is stable across
     /// redeploys that keep the pattern.
     pub fn new(function: &str, pattern: &str, ack_wait: Duration) -> Self {
-        let digest = crate::registry::sha256_hex(pattern.as_bytes());
+        let digest = skiff_core::record::sha256_hex(pattern.as_bytes());
         ConsumerSpec {
             name: format!("fn-{function}-{}", &digest[..12]),
             function: function.to_string(),
@@ -81,23 +66,6 @@ pub enum DeliveryToken {
     Embedded(u64),
     /// JetStream: the message, which carries its own ack subject.
     Nats(Box<async_nats::jetstream::Message>),
-}
-
-/// An event that ran out of attempts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    /// The function whose handler failed.
-    pub function: String,
-    /// The consumer it came through (replay goes back through it).
-    pub consumer: String,
-    /// The event.
-    pub event: Event,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last failure.
-    pub error: String,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
 }
 
 /// A failure of the bus.
@@ -164,6 +132,6 @@ pub fn random_id() -> String {
 /// The id of the `n`-th event that a handler publishes while handling `cause`: the same
 /// on every redelivery, so a retried handler's publications de-duplicate.
 pub fn derived_id(cause: &str, function: &str, n: u32) -> String {
-    let digest = crate::registry::sha256_hex(format!("{cause}/{function}/{n}").as_bytes());
+    let digest = skiff_core::record::sha256_hex(format!("{cause}/{function}/{n}").as_bytes());
     digest[..32].to_string()
 }

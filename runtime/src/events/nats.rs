@@ -13,12 +13,13 @@
 //!   unreachable and delivers it once NATS is back. Nothing acknowledged is lost.
 
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
-use crate::state::{JobOutput, StateStore, now_ms};
+use crate::state::{JobOutput, StateStore};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull, kv, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use skiff_core::record::now_ms;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,14 +95,14 @@ impl NatsBus {
         store: Arc<StateStore>,
         replicas: usize,
     ) -> Result<Arc<NatsBus>, BusError> {
-        let client = crate::cluster::connect(urls, "skiff")
+        let client = skiff_core::nats::connect(urls, "skiff")
             .await
             .map_err(|e| BusError::Backend(e.to_string()))?;
         Self::new(client, store, replicas).await
     }
 
     /// Creates the stream and bucket if needed over `client` (see
-    /// [`crate::cluster::connect`]) and starts the outbox forwarder. `replicas` is the
+    /// [`skiff_core::nats::connect`]) and starts the outbox forwarder. `replicas` is the
     /// stream's replication factor.
     pub async fn new(
         client: async_nats::Client,

@@ -4,9 +4,9 @@
 //! nak with exponential backoff on failure, dead letter after `max_attempts`.
 
 use super::{ConsumerSpec, Delivery};
-use crate::manifest::EventTrigger;
 use crate::metrics::Metrics;
 use crate::node::{DeployError, Deployment, Node};
+use skiff_core::manifest::EventTrigger;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
@@ -225,7 +225,7 @@ fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> super::Event 
         topic: format!("deadletters.{function}"),
         data: data.to_string().into_bytes(),
         headers: Vec::new(),
-        published_at_ms: crate::state::now_ms(),
+        published_at_ms: skiff_core::record::now_ms(),
     }
 }
 

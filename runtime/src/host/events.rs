@@ -5,9 +5,9 @@
 
 use super::InstanceState;
 use super::bindings::skiff::function::events;
-use crate::events::topic::check_topic;
 use crate::events::{Event, derived_id, random_id};
-use crate::state::now_ms;
+use skiff_core::record::now_ms;
+use skiff_core::topic::check_topic;
 use wasmtime::component::{HasData, Linker};
 
 /// Largest event (data + headers), in bytes.

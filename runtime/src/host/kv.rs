@@ -77,7 +77,7 @@ impl KvCtx {
     fn next_key(&mut self, op: &Op) -> Option<String> {
         let (cause, n) = self.cause.as_mut()?;
         let digest = serde_json::to_vec(op)
-            .map(|b| crate::registry::sha256_hex(&b))
+            .map(|b| skiff_core::record::sha256_hex(&b))
             .unwrap_or_default();
         let key = format!(
             "{}/{cause}/{n}/{}",

@@ -16,8 +16,8 @@ pub mod limiter;
 pub mod logging;
 pub mod wasi;
 
-use crate::limits::FunctionLimits;
 use crate::state::StateStore;
+use skiff_core::limits::FunctionLimits;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{Linker, ResourceTable};

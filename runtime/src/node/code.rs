@@ -9,10 +9,11 @@
 //! cost of their records, and pays a load (a few milliseconds from the precompiled file)
 //! when a function that was evicted is called again.
 
-use crate::engine::{CodeSource, CompileError, NodeEngine};
+use crate::engine::{CompileError, NodeEngine};
 use crate::host::InstanceState;
 use crate::host::bindings::GuestPre;
 use crate::registry::Registry;
+use skiff_core::api::CodeSource;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;

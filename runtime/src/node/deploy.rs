@@ -13,10 +13,11 @@ use crate::events::ConsumerSpec;
 use crate::host::SandboxSpec;
 use crate::host::config::ConfigCell;
 use crate::host::http::{OriginError, OutboundPolicy};
-use crate::limits::{FunctionLimits, LimitError};
-use crate::manifest::{FunctionName, Manifest, ManifestError, NameError};
-use crate::registry::{FunctionRecord, RegistryError};
-use skiff_scheduler::{Route, RouteError};
+use crate::registry::RegistryError;
+use skiff_core::limits::{FunctionLimits, LimitError};
+use skiff_core::manifest::{FunctionName, Manifest, ManifestError, NameError};
+use skiff_core::record::FunctionRecord;
+use skiff_core::{Route, RouteError};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 

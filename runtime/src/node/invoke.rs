@@ -7,12 +7,12 @@ use crate::events::Event;
 use crate::host::bindings::skiff::function::events as wit_events;
 use crate::host::limiter::MemoryLimitExceeded;
 use crate::host::{HostLimits, InstanceState};
-use crate::manifest::{Size, Timeout};
 use crate::metrics::{self, InFlight, Metrics};
 use crate::traces::TraceContext;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use skiff_core::manifest::{Size, Timeout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -460,7 +460,7 @@ fn busy(message: String) -> Response {
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     // Nothing ran: the scheduler may safely send the request to another node.
     r.headers_mut().insert(
-        skiff_scheduler::gateway::REJECTED_HEADER,
+        skiff_core::report::REJECTED_HEADER,
         HeaderValue::from_static("capacity"),
     );
     r

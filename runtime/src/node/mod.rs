@@ -13,16 +13,18 @@ pub mod deploy;
 pub mod invoke;
 pub mod secrets;
 
-use crate::api::{FunctionInfo, NodeStatus};
-use crate::engine::{CodeSource, NodeEngine};
+use crate::engine::NodeEngine;
 use crate::events::{Bus, ConsumerSpec};
 use crate::host::SandboxSpec;
-use crate::limits::NodeLimits;
-use crate::manifest::EventTrigger;
-use crate::manifest::FunctionName;
-use crate::registry::{FunctionRecord, Registry};
+use crate::registry::Registry;
 use crate::state::StateStore;
-use skiff_scheduler::{Route, RouteTable};
+use skiff_core::api::CodeSource;
+use skiff_core::api::{FunctionInfo, NodeStatus};
+use skiff_core::limits::NodeLimits;
+use skiff_core::manifest::EventTrigger;
+use skiff_core::manifest::FunctionName;
+use skiff_core::record::FunctionRecord;
+use skiff_core::{Route, RouteTable};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -150,7 +152,7 @@ pub struct Node {
     /// The admin API's address: functions may never call it.
     admin: Option<std::net::SocketAddr>,
     /// Seals and opens the functions' secrets (none: secrets cannot be set or read).
-    secrets_key: Option<Arc<crate::secrets::SecretKey>>,
+    secrets_key: Option<Arc<skiff_core::secrets::SecretKey>>,
     slots: Arc<Semaphore>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises deploys and removals so that route checks and swaps do not interleave.
@@ -188,7 +190,7 @@ pub struct NodeConfig {
     /// The admin API's bound address, which outgoing requests may never reach.
     pub admin: Option<std::net::SocketAddr>,
     /// The key the functions' secrets are sealed with.
-    pub secrets_key: Option<Arc<crate::secrets::SecretKey>>,
+    pub secrets_key: Option<Arc<skiff_core::secrets::SecretKey>>,
 }
 
 impl Node {
@@ -355,7 +357,7 @@ impl Node {
             detail: detail.to_string(),
             trace,
             started,
-            start_ms: crate::state::now_ms(),
+            start_ms: skiff_core::record::now_ms(),
         }
     }
 

@@ -4,9 +4,9 @@
 //! invocations keep what they started with while new ones see the change.
 
 use super::Node;
-use crate::manifest::FunctionName;
 use crate::registry::RegistryError;
-use crate::secrets::{SecretError, SecretKey, check_key, check_value};
+use skiff_core::manifest::FunctionName;
+use skiff_core::secrets::{SecretError, SecretKey, check_key, check_value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub enum SecretOpError {
     /// The function name is invalid.
     #[error(transparent)]
-    Name(#[from] crate::manifest::NameError),
+    Name(#[from] skiff_core::manifest::NameError),
     /// The key or value is invalid, or the key is missing.
     #[error(transparent)]
     Secret(#[from] SecretError),

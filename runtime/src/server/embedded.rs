@@ -12,17 +12,17 @@
 
 use super::admin::Admin;
 use super::{listen, shutdown_signal};
-use crate::cluster::registry::ClusterRegistry;
 use crate::cluster::reporter::Reporter;
 use crate::engine::NodeEngine;
 use crate::events::Bus;
 use crate::events::embedded::EmbeddedBus;
 use crate::events::nats::NatsBus;
-use crate::limits::NodeLimits;
 use crate::node::{Lifecycle, Node, NodeConfig};
 use crate::registry::Registry;
 use crate::state::{Replica, StateStore};
 use anyhow::Context;
+use skiff_core::cluster_registry::ClusterRegistry;
+use skiff_core::limits::NodeLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,16 +89,16 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let mut cluster = None;
     let bus: Arc<dyn Bus> = match &opts.nats {
         Some(url) => {
-            let client = crate::cluster::connect(url, &opts.name).await?;
-            let replicas = crate::cluster::replicas(&client, opts.replicas);
+            let client = skiff_core::nats::connect(url, &opts.name).await?;
+            let replicas = skiff_core::nats::replicas(&client, opts.replicas);
             if opts.cluster {
                 let js = async_nats::jetstream::new(client.clone());
-                let registry = crate::cluster::until_ready("open the cluster registry", || {
+                let registry = skiff_core::nats::until_ready("open the cluster registry", || {
                     ClusterRegistry::open(&js, replicas)
                 })
                 .await?;
                 // State goes through the replicated log; this node applies all of it.
-                let replica = crate::cluster::until_ready("open the state stream", || {
+                let replica = skiff_core::nats::until_ready("open the state stream", || {
                     Replica::open(js.clone(), replicas)
                 })
                 .await?;
@@ -106,7 +106,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 tokio::spawn(replica.apply_forever(state.clone()));
                 cluster = Some((client.clone(), registry));
             }
-            crate::cluster::until_ready("set up the event stream", || {
+            skiff_core::nats::until_ready("set up the event stream", || {
                 NatsBus::new(client.clone(), state.clone(), replicas)
             })
             .await?
@@ -123,9 +123,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         admin: admin_listener.local_addr()?,
     };
     let secrets_key = match &opts.secrets_key {
-        Some(path) => crate::secrets::SecretKey::load(path)?,
-        None => crate::secrets::SecretKey::load_or_create(
-            &opts.data_dir.join(crate::secrets::KEY_FILE),
+        Some(path) => skiff_core::secrets::SecretKey::load(path)?,
+        None => skiff_core::secrets::SecretKey::load_or_create(
+            &opts.data_dir.join(skiff_core::secrets::KEY_FILE),
         )?,
     };
     let node = Arc::new(

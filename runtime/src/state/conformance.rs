@@ -163,7 +163,7 @@ async fn embedded_state_conforms() {
 }
 
 async fn replicated(nats: &str, path: &std::path::Path) -> Arc<StateStore> {
-    let client = crate::cluster::connect(nats, "test").await.unwrap();
+    let client = skiff_core::nats::connect(nats, "test").await.unwrap();
     let replica = Replica::open(async_nats::jetstream::new(client), 1)
         .await
         .unwrap();
@@ -176,7 +176,8 @@ async fn replicated(nats: &str, path: &std::path::Path) -> Arc<StateStore> {
 #[tokio::test(flavor = "multi_thread")]
 async fn replicated_state_conforms_and_every_node_converges() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = crate::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let nats =
+        skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
     let a = replicated(&nats.url(), &dir.path().join("a.redb")).await;
     run(&a).await;
     // A second node built from the stream alone holds the same state.

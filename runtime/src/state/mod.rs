@@ -19,6 +19,7 @@ pub use ops::{KvLimits, Op, OpError, OpResult};
 use ops::{APPLIED, DATA, JOURNAL, KEY_SEQ, Tables, USAGE, apply};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 pub use replica::Replica;
+use skiff_core::record::now_ms;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -370,14 +371,6 @@ impl StateStore {
         let v = t.get(LOCAL_LOG).map_err(|e| self.storage(e))?;
         Ok(v.map(|v| v.value()).unwrap_or(0))
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The writer thread: drain what is waiting, apply it in one transaction, fsync once,

@@ -8,6 +8,7 @@
 use super::keys::{Namespace, function_prefix, prefix_end};
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
+pub use skiff_core::limits::KvLimits;
 
 /// Key → value, keys encoded by [`super::keys`].
 pub const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -21,48 +22,14 @@ pub const APPLIED: TableDefinition<&str, u64> = TableDefinition::new("applied");
 /// deleted it (cluster mode: the compare-and-set token of that key).
 pub const KEY_SEQ: TableDefinition<&[u8], u64> = TableDefinition::new("kv_seq");
 
-/// Per-function state limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvLimits {
-    /// Longest key, in bytes.
-    pub key_bytes: u64,
-    /// Largest value, in bytes.
-    pub value_bytes: u64,
-    /// Most keys the function may hold across its buckets.
-    pub keys: u64,
-    /// Most bytes (keys + values) the function may hold.
-    pub total_bytes: u64,
-}
-
-impl KvLimits {
-    /// No limits: replicated writes were checked before they entered the log, and every
-    /// node must apply what the log holds, whatever its own usage.
-    pub const UNLIMITED: KvLimits = KvLimits {
-        key_bytes: u64::MAX,
-        value_bytes: u64::MAX,
-        keys: u64::MAX,
-        total_bytes: u64::MAX,
-    };
-
-    /// Checks a key's and a value's sizes (what can be checked without the store).
-    pub fn check(&self, key: &str, value: Option<&[u8]>) -> Result<(), OpError> {
-        check_key(key, self)?;
-        if let Some(v) = value {
-            check_value(v, self)?;
-        }
-        Ok(())
+/// Checks a key's and a value's sizes against `limits` (what can be checked without the
+/// store).
+pub fn check_sizes(limits: &KvLimits, key: &str, value: Option<&[u8]>) -> Result<(), OpError> {
+    check_key(key, limits)?;
+    if let Some(v) = value {
+        check_value(v, limits)?;
     }
-}
-
-impl Default for KvLimits {
-    fn default() -> Self {
-        KvLimits {
-            key_bytes: 1024,
-            value_bytes: 1 << 20,
-            keys: 100_000,
-            total_bytes: 256 << 20,
-        }
-    }
+    Ok(())
 }
 
 /// One state write.

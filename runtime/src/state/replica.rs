@@ -24,6 +24,7 @@
 //!   a delete's tombstone, so its copy is dropped when the store opens and rebuilt from
 //!   the start of the stream.
 
+use super::ops::check_sizes;
 use super::{LogEntry, Namespace, Op, OpError, OpResult, StateError, StateStore};
 use crate::state::KvLimits;
 use async_nats::HeaderMap;
@@ -250,7 +251,7 @@ impl Replica {
         };
         match op {
             Op::Set { ns, key, value } => {
-                limits.check(&key, Some(&value))?;
+                check_sizes(&limits, &key, Some(&value))?;
                 self.check_quota(store, &ns, &[(&key, Some(value.len()))], &limits)?;
                 let seq = self.plain(&ns, &key, Some(&value), &id(0)).await?;
                 self.settle(store, seq).await?;
@@ -267,7 +268,7 @@ impl Replica {
                     .map(|(k, v)| (k.as_str(), Some(v.len())))
                     .collect();
                 for (k, v) in &items {
-                    limits.check(k, Some(v))?;
+                    check_sizes(&limits, k, Some(v))?;
                 }
                 self.check_quota(store, &ns, &sizes, &limits)?;
                 let mut last = 0;
@@ -286,7 +287,7 @@ impl Replica {
                 Ok(OpResult::Done)
             }
             Op::Increment { ns, key, delta } => {
-                limits.check(&key, None)?;
+                check_sizes(&limits, &key, None)?;
                 let k = key.clone();
                 self.update(store, &ns, &key, &limits, &id(0), |current| {
                     let next = super::ops::incremented(current, &k, delta)?;
@@ -303,7 +304,7 @@ impl Replica {
                 expected,
                 new,
             } => {
-                limits.check(&key, Some(&new))?;
+                check_sizes(&limits, &key, Some(&new))?;
                 self.update(store, &ns, &key, &limits, &id(0), |current| {
                     Ok(if current == expected.as_deref() {
                         Update::Write(new.clone(), OpResult::Swapped(true))

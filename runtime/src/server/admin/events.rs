@@ -7,14 +7,14 @@
 //! * `POST /v1/functions/{name}/dead-letters/{id}/replay` — deliver it again
 //! * `POST /v1/functions/{name}/dead-letters/replay` — replay them all
 
-use super::{Response, error, json, read_body};
-use crate::events::topic::check_topic;
 use crate::events::{Event, random_id};
 use crate::host::events::MAX_EVENT_BYTES;
 use crate::node::Node;
-use crate::state::now_ms;
 use http::StatusCode;
 use hyper::body::Incoming;
+use skiff_core::http::{Response, error, json, read_body};
+use skiff_core::record::now_ms;
+use skiff_core::topic::check_topic;
 
 /// `POST /v1/events/{topic}`.
 pub async fn publish(node: &Node, topic: &str, req: http::Request<Incoming>) -> Response {

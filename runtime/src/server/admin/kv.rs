@@ -8,24 +8,16 @@
 //! * `PUT    /v1/functions/{name}/kv/{key}?bucket=` — set it to the request body
 //! * `DELETE /v1/functions/{name}/kv/{key}?bucket=` — delete it
 
-use super::{Response, error, full, json, read_body};
 use crate::host::kv::DEFAULT_BUCKET;
-use crate::manifest::FunctionName;
 use crate::node::Node;
 use crate::state::keys::MAX_BUCKET_BYTES;
 use crate::state::{Namespace, Op, StateError};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
-
-/// A page of keys.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct KeyPage {
-    /// The keys, in byte order.
-    pub keys: Vec<String>,
-    /// Pass as `cursor` for the next page; absent on the last.
-    pub cursor: Option<u64>,
-}
+use skiff_core::api::KeyPage;
+use skiff_core::http::{Response, error, full, json, read_body};
+use skiff_core::manifest::FunctionName;
 
 /// What a key-value request addresses, read and checked from its path and query.
 #[derive(Debug, Clone, PartialEq, Eq)]

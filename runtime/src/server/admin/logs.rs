@@ -2,19 +2,16 @@
 //! JSON lines, oldest first; with `follow`, the answer stays open and streams new lines as
 //! invocations end. (A line recorded while the answer starts may appear twice.)
 
-use super::{AdminBody, Response, error};
-use crate::logs::LogLine;
-use crate::manifest::FunctionName;
 use crate::node::Node;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
+use skiff_core::api::{DEFAULT_LOG_TAIL, LogLine};
+use skiff_core::http::{AdminBody, Response, error};
+use skiff_core::manifest::FunctionName;
 use std::convert::Infallible;
 use tokio::sync::broadcast::error::RecvError;
-
-/// Lines sent when `tail` is not given.
-pub const DEFAULT_TAIL: usize = 100;
 
 fn frame(line: &LogLine) -> Result<Frame<Bytes>, Infallible> {
     let mut bytes = serde_json::to_vec(line).unwrap_or_default();
@@ -27,11 +24,11 @@ pub fn logs(node: &Node, name: &str, req: &http::Request<Incoming>) -> Response 
     if let Err(e) = FunctionName::new(name) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    let mut tail = DEFAULT_TAIL;
+    let mut tail = DEFAULT_LOG_TAIL;
     let mut follow = false;
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "tail" => tail = v.parse().unwrap_or(DEFAULT_TAIL),
+            "tail" => tail = v.parse().unwrap_or(DEFAULT_LOG_TAIL),
             "follow" => follow = v == "true" || v == "1",
             _ => {}
         }

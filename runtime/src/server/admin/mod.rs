@@ -1,4 +1,4 @@
-//! The admin API (see [`crate::api`] for the endpoints): deploys, listing, removal,
+//! The admin API (see `skiff_core::api` for the endpoints): deploys, listing, removal,
 //! status and key-value state ([`kv`]), behind an optional bearer token. `/healthz` is
 //! always open.
 
@@ -7,148 +7,17 @@ pub mod kv;
 pub mod logs;
 pub mod secrets;
 
-use crate::api::{DeployRequest, ErrorBody};
-use crate::engine::check_component_header;
 use crate::node::Node;
-use crate::registry::{is_sha256_hex, sha256_hex};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
+use skiff_core::http::{
+    Response, authorized, error, full, json, read_artifact, read_deploy_request, text,
+};
+use skiff_core::serve::{ConnLimits, serve};
 use std::sync::Arc;
-use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-/// Largest component accepted for upload unless `--max-artifact` says otherwise.
-pub const MAX_ARTIFACT_BYTES: usize = 50 << 20;
-/// Largest JSON request body.
-const MAX_JSON_BYTES: usize = 1 << 20;
-
-/// The body of an admin API answer: whole, or streamed (`logs -f`).
-pub type AdminBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
-
-/// An admin API answer.
-pub type Response = http::Response<AdminBody>;
-
-/// A whole body.
-pub fn full(bytes: impl Into<Bytes>) -> AdminBody {
-    Full::new(bytes.into()).boxed_unsync()
-}
-
-/// Reads an uploaded component named by its sha256 and checks it, before anything
-/// compiles it: the name is a sha256, the body is at most `max` bytes (a larger
-/// declared length is refused before the body is read) and hashes to the name, and it
-/// starts like a component.
-pub(crate) async fn read_artifact(
-    sha: &str,
-    req: http::Request<Incoming>,
-    max: usize,
-) -> Result<Bytes, Response> {
-    if !is_sha256_hex(sha) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("`{sha}` is not a sha256; upload to /v1/artifacts/<hex sha256 of the body>"),
-        ));
-    }
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the component is larger than this server's limit of {}; build it smaller (a release build, wasm-opt) or start the server with a larger --max-artifact",
-                crate::manifest::Size(max as u64)
-            ),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(too_large());
-    }
-    let bytes = match read_body(req, max).await {
-        Ok(b) => b,
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
-        Err(r) => return Err(r),
-    };
-    let actual = sha256_hex(&bytes);
-    if actual != sha {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "upload does not match its name: the body hashes to {actual}, not {sha}; the upload was damaged, retry it"
-            ),
-        ));
-    }
-    if let Err(e) = check_component_header(&bytes) {
-        return Err(error(StatusCode::BAD_REQUEST, e.to_string()));
-    }
-    Ok(bytes)
-}
-
-/// Whether `req` carries the bearer `token` (compared in constant time); always true
-/// when no token is configured.
-pub fn authorized(token: Option<&str>, req: &http::Request<Incoming>) -> bool {
-    let Some(token) = token else {
-        return true;
-    };
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    presented.as_bytes().ct_eq(token.as_bytes()).into()
-}
-
-/// Serves HTTP/1.1 on `listener` with `handle` until `stop` turns true: the admin API's
-/// loop, shared by every process that has one.
-pub async fn serve_http<F, Fut, B>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    handle: F,
-) where
-    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                // Small answers must not wait for Nagle's algorithm (40 ms stalls).
-                let _ = stream.set_nodelay(true);
-                let handle = handle.clone();
-                let conn = builder.serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req| {
-                        let fut = handle(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    }),
-                );
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "admin connection ended with an error");
-                    }
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
-}
 
 /// The admin API's shared state.
 pub struct Admin {
@@ -164,7 +33,7 @@ impl Admin {
 
     /// Accepts admin connections until `stop` turns true.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
-        serve_http(listener, stop, move |req| {
+        serve(listener, ConnLimits::default(), stop, move |req| {
             let admin = self.clone();
             async move { admin.handle(req).await }
         })
@@ -369,68 +238,4 @@ impl Admin {
             }
         }
     }
-}
-
-/// Reads a [`DeployRequest`] body.
-pub(crate) async fn read_deploy_request(
-    req: http::Request<Incoming>,
-) -> Result<DeployRequest, Response> {
-    let bytes = read_body(req, MAX_JSON_BYTES).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "deploy request is not valid JSON of the form {{\"manifest\": ..., \"artifact\": ...}}: {e}"
-            ),
-        )
-    })
-}
-
-pub(crate) async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes, Response> {
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds the admin API's limit of {max} bytes"),
-        )),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the request body: {e}"),
-        )),
-    }
-}
-
-pub(crate) fn text(status: StatusCode, body: &'static str) -> Response {
-    let mut r = http::Response::new(full(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r
-}
-
-pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_vec_pretty(value) {
-        Ok(body) => {
-            let mut r = http::Response::new(full(Bytes::from(body)));
-            *r.status_mut() = status;
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the answer: {e}"),
-        ),
-    }
-}
-
-pub(crate) fn error(status: StatusCode, message: String) -> Response {
-    let body = serde_json::to_vec(&ErrorBody { error: message }).unwrap_or_default();
-    let mut r = http::Response::new(full(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
 }

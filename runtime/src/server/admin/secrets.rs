@@ -4,72 +4,15 @@
 //! * `PUT    /v1/functions/{name}/secrets/{key}` — set it to the request body (UTF-8)
 //! * `DELETE /v1/functions/{name}/secrets/{key}` — remove it
 
-use super::{Response, error, json, read_body};
 use crate::node::Node;
 use crate::node::secrets::SecretOpError;
-use crate::secrets::MAX_SECRET_BYTES;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
-
-/// The keys of a function's secrets.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct SecretKeys {
-    /// The function.
-    pub function: String,
-    /// Its secrets' keys, in order.
-    pub keys: Vec<String>,
-}
-
-/// Decodes a `%XX`-escaped path segment.
-pub(crate) fn segment(raw: &str) -> String {
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// The answer to listing a function's secrets.
-pub(crate) fn keys_answer(name: &str, keys: Vec<String>) -> Response {
-    json(
-        StatusCode::OK,
-        &SecretKeys {
-            function: name.to_string(),
-            keys,
-        },
-    )
-}
-
-/// The answer to a secret that was set.
-pub(crate) fn set_answer(name: &str, key: &str) -> Response {
-    json(
-        StatusCode::OK,
-        &serde_json::json!({ "function": name, "key": key, "set": true }),
-    )
-}
-
-/// The answer to removing a secret, by whether it existed.
-pub(crate) fn removed_answer(name: &str, key: &str, existed: bool) -> Response {
-    if existed {
-        json(
-            StatusCode::OK,
-            &serde_json::json!({ "function": name, "key": key, "removed": true }),
-        )
-    } else {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("function `{name}` has no secret `{key}`; `skiff secret ls {name}` lists them"),
-        )
-    }
-}
-
-/// The answer to a method the secrets endpoint does not take.
-pub(crate) fn method_not_allowed(method: &Method) -> Response {
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!(
-            "{method} is not allowed here: GET /v1/functions/NAME/secrets lists keys; PUT and DELETE take /v1/functions/NAME/secrets/KEY"
-        ),
-    )
-}
+use skiff_core::http::{
+    Response, error, keys_answer, method_not_allowed, read_body, removed_answer, segment,
+    set_answer,
+};
+use skiff_core::secrets::MAX_SECRET_BYTES;
 
 /// The answer to a failed secret operation.
 pub(crate) fn secret_error(e: SecretOpError) -> Response {

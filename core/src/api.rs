@@ -1,4 +1,5 @@
-//! The admin API's wire types, shared by the server (`admin`) and the CLI client.
+//! The admin API's wire types, shared by the node's and the scheduler's admin APIs and
+//! the CLI client: every body that crosses the admin API is one of these.
 //!
 //! Endpoints (all JSON; every one but `/healthz` needs the bearer token when one is set):
 //! * `GET  /healthz` — liveness, no token.
@@ -14,14 +15,18 @@
 //!   report and the deployed functions.
 //!
 //! Key-value, dead-letter, logs, traces and publishing endpoints are documented in
-//! [`crate::server::admin`]; a scheduler forwards them to a live node (logs and traces:
+//! the node's `server::admin`; a scheduler forwards them to a live node (logs and traces:
 //! gathered from every node).
 //!
 //! Errors answer `{"error": "..."}` with a message that names what is wrong and what to do.
 
-use crate::engine::CodeSource;
 use crate::limits::FunctionLimits;
 use serde::{Deserialize, Serialize};
+
+/// Lines `GET /v1/functions/{name}/logs` returns unless it asks for `tail`.
+pub const DEFAULT_LOG_TAIL: usize = 100;
+/// Spans each node keeps for `GET /v1/traces/{id}` (the newest).
+pub const MAX_SPANS: usize = 20_000;
 
 /// Body of `PUT /v1/functions/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,7 +105,7 @@ pub struct ClusterStatus {
 pub struct NodeView {
     /// Its last load report.
     #[serde(flatten)]
-    pub report: skiff_scheduler::report::NodeReport,
+    pub report: crate::report::NodeReport,
     /// How long ago that report arrived.
     pub last_report_ms: u64,
     /// Requests this scheduler sent it.
@@ -112,4 +117,108 @@ pub struct NodeView {
 pub struct ErrorBody {
     /// What is wrong and what to do.
     pub error: String,
+}
+
+/// Whether the component came from the precompiled cache or was compiled just now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeSource {
+    /// Loaded from a verified precompiled file.
+    Cache,
+    /// Compiled from the artifact.
+    Compiled,
+    /// Not in memory now: loaded on the next invocation.
+    Unloaded,
+}
+
+/// One line a guest printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch (when the invocation ended).
+    pub ts_ms: u64,
+    /// The function.
+    pub function: String,
+    /// Its version.
+    pub version: u64,
+    /// The invocation that printed it.
+    pub invocation: String,
+    /// The node it ran on.
+    pub node: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text, without the newline.
+    pub line: String,
+}
+
+/// One finished invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// The trace.
+    pub trace_id: String,
+    /// This invocation.
+    pub span_id: String,
+    /// What caused it.
+    pub parent: Option<String>,
+    /// The function.
+    pub function: String,
+    /// `http <path>` or `event <topic>`.
+    pub trigger: String,
+    /// `ok`, `error`, `trap`, `timeout`, `memory`.
+    pub outcome: String,
+    /// When it started, ms since the Unix epoch.
+    pub start_ms: u64,
+    /// How long it took, in microseconds.
+    pub duration_us: u64,
+    /// The node it ran on.
+    pub node: String,
+}
+
+/// A page of keys.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct KeyPage {
+    /// The keys, in byte order.
+    pub keys: Vec<String>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub cursor: Option<u64>,
+}
+
+/// The keys of a function's secrets.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SecretKeys {
+    /// The function.
+    pub function: String,
+    /// Its secrets' keys, in order.
+    pub keys: Vec<String>,
+}
+
+/// An event on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique; stable across redeliveries; used to de-duplicate publication.
+    pub id: String,
+    /// The topic, e.g. `orders.created`.
+    pub topic: String,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// Headers given at publication.
+    pub headers: Vec<(String, String)>,
+    /// Milliseconds since the Unix epoch.
+    pub published_at_ms: u64,
+}
+
+/// An event that ran out of attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The function whose handler failed.
+    pub function: String,
+    /// The consumer it came through (replay goes back through it).
+    pub consumer: String,
+    /// The event.
+    pub event: Event,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure.
+    pub error: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }

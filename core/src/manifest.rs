@@ -4,8 +4,8 @@
 //! spans); names, sizes ("64MiB") and durations ("5s") are validated newtypes, so a
 //! manifest that parses is one the node can act on.
 
+use crate::routes::{Route, RouteError};
 use serde::{Deserialize, Deserializer};
-use skiff_scheduler::Route;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -250,7 +250,7 @@ impl Manifest {
             ));
         }
         for (i, t) in manifest.events.iter().enumerate() {
-            crate::events::topic::check_pattern(&t.topic)
+            crate::topic::check_pattern(&t.topic)
                 .map_err(|e| parse_err(format!("[[events]] #{}: {e}", i + 1)))?;
             if t.max_attempts == 0 || t.concurrency == Some(0) {
                 return Err(parse_err(format!(
@@ -295,7 +295,7 @@ impl Manifest {
     }
 
     /// The route this function serves.
-    pub fn route(&self) -> Result<Route, skiff_scheduler::RouteError> {
+    pub fn route(&self) -> Result<Route, RouteError> {
         match &self.http.route {
             Some(r) => Route::parse(r),
             None => Ok(Route::default_for(self.name.as_str())),

@@ -8,7 +8,7 @@
 //! * Object store `skiff_artifacts`: components named by their sha256; whoever reads one
 //!   verifies the hash before using it.
 
-use crate::registry::{FunctionRecord, sha256_hex};
+use crate::record::{FunctionRecord, now_ms, sha256_hex};
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
@@ -257,7 +257,7 @@ impl ClusterRegistry {
             version: self.next_version(name).await?,
             manifest: manifest.to_string(),
             artifact: artifact.to_string(),
-            deployed_at_ms: crate::state::now_ms(),
+            deployed_at_ms: now_ms(),
         };
         self.put(&record).await?;
         Ok(record)
@@ -406,7 +406,7 @@ mod tests {
     async fn versions_never_repeat_and_corrupt_artifacts_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let nats = crate::testkit::NatsServer::start(dir.path()).expect("nats-server");
-        let client = crate::cluster::connect(&nats.url(), "test").await.unwrap();
+        let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
         let reg = ClusterRegistry::open(&jetstream::new(client), 1)
             .await
             .unwrap();

@@ -2,8 +2,45 @@
 //! manifest's `[limits]`.
 
 use crate::manifest::{LimitsSection, Size, Timeout};
-use crate::state::KvLimits;
 use std::time::Duration;
+
+/// Largest component accepted for upload unless `--max-artifact` says otherwise.
+pub const MAX_ARTIFACT_BYTES: usize = 50 << 20;
+
+/// A function's key-value limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvLimits {
+    /// Longest key, in bytes.
+    pub key_bytes: u64,
+    /// Largest value, in bytes.
+    pub value_bytes: u64,
+    /// Most keys the function may hold across its buckets.
+    pub keys: u64,
+    /// Most bytes (keys + values) the function may hold.
+    pub total_bytes: u64,
+}
+
+impl KvLimits {
+    /// No limits: replicated writes were checked before they entered the log, and every
+    /// node must apply what the log holds, whatever its own usage.
+    pub const UNLIMITED: KvLimits = KvLimits {
+        key_bytes: u64::MAX,
+        value_bytes: u64::MAX,
+        keys: u64::MAX,
+        total_bytes: u64::MAX,
+    };
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            key_bytes: 1024,
+            value_bytes: 1 << 20,
+            keys: 100_000,
+            total_bytes: 256 << 20,
+        }
+    }
+}
 
 /// The limits one function's invocations run under, after resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -65,7 +102,7 @@ impl Default for NodeLimits {
             node_concurrency: 512,
             max_header_bytes: 32 << 10,
             header_read_timeout: Duration::from_secs(10),
-            max_artifact_bytes: crate::server::admin::MAX_ARTIFACT_BYTES,
+            max_artifact_bytes: MAX_ARTIFACT_BYTES,
             code_cache: 512,
         }
     }

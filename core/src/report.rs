@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 /// The NATS subject prefix of load reports; a node publishes on `<prefix>.<node name>`.
 pub const SUBJECT_PREFIX: &str = "skiff.nodes";
 
+/// The header that names the node that served a response.
+pub const NODE_HEADER: &str = "x-skiff-node";
+/// The header a node sets on a 503 it answered without running anything (so the
+/// scheduler may retry it on another node).
+pub const REJECTED_HEADER: &str = "x-skiff-rejected";
+
 /// How often a node reports while nothing changes.
 pub const REPORT_EVERY_MS: u64 = 200;
 

@@ -1,0 +1,34 @@
+//! What Skiff's node, scheduler and CLI share; never links wasmtime.
+//!
+//! The layer map (each module uses only those above it):
+//! * [`record`] — function records, artifact hashes and the component header check.
+//! * [`topic`], [`routes`], [`secrets`] — validated names: event topics, HTTP routes,
+//!   config and secret keys (and how secrets are sealed).
+//! * [`manifest`] — `skiff.toml`, parsed strictly into those types.
+//! * [`limits`] — invocation and key-value limits, resolved against a node's maxima.
+//! * [`deploy`] — the one deploy check both the node and the scheduler run.
+//! * [`report`] — a node's load report (NATS wire type).
+//! * [`api`] — the admin API's wire types; [`http`] — its shared answers and body reads.
+//! * [`serve`] — the one accept loop for every listener; [`prom`] — Prometheus text.
+//! * [`nats`] — connecting to NATS; [`cluster_registry`] — the function registry in
+//!   JetStream, read by nodes and written by the scheduler.
+//! * `testkit` (feature `testkit`) — real nats-server processes for tests.
+
+pub mod api;
+pub mod cluster_registry;
+pub mod deploy;
+pub mod http;
+pub mod limits;
+pub mod manifest;
+pub mod nats;
+pub mod prom;
+pub mod record;
+pub mod report;
+pub mod routes;
+pub mod secrets;
+pub mod serve;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod topic;
+
+pub use routes::{Route, RouteError, RouteTable};

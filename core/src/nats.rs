@@ -1,0 +1,88 @@
+//! Connecting to NATS: one URL or a cluster's list, retried while a fresh JetStream
+//! elects its leaders, and the replication factor for the streams Skiff creates.
+
+use std::time::Duration;
+
+/// NATS could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot connect to NATS at {urls}: {detail}; start nats-server with JetStream (-js) or fix --nats"
+)]
+pub struct ConnectError {
+    /// The URLs tried.
+    pub urls: String,
+    /// What the client said.
+    pub detail: String,
+}
+
+/// Connects to one NATS URL or a comma-separated list of a cluster's servers. NATS must
+/// answer at start; after that the client reconnects on its own for as long as the
+/// process lives.
+pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let fail = |detail: String| ConnectError {
+        urls: urls.to_string(),
+        detail,
+    };
+    let list: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(fail("no URL given".into()));
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .connect(list.as_slice()),
+    )
+    .await
+    .map_err(|_| fail("no server answered within 10s".into()))?
+    .map_err(|e| fail(e.to_string()))
+}
+
+/// Runs `setup` until it succeeds or 30 s pass: a freshly started NATS cluster answers
+/// "JetStream not ready" until it has elected a leader, and nodes, schedulers and NATS
+/// are often started together.
+pub async fn until_ready<T, E, F, Fut>(what: &str, mut setup: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match setup().await {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "cannot {what} yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The replication factor for Skiff's streams when they are created: `chosen` if given
+/// (`--replicas`), else the NATS cluster's size as the server reports it, at most 3.
+///
+/// A stream keeps the factor it was created with, so a node started while part of the NATS
+/// cluster was still down would fix a low one; pass `--replicas 3` in production to be
+/// sure (deploy/ does).
+pub fn replicas(client: &async_nats::Client, chosen: Option<usize>) -> usize {
+    if let Some(n) = chosen {
+        return n.clamp(1, 5);
+    }
+    // A server lists the client URLs of its cluster (itself included) in `connect_urls`.
+    let seen = client.server_info().connect_urls.len().clamp(1, 3);
+    if seen < 3 && !client.server_info().connect_urls.is_empty() {
+        tracing::warn!(
+            replicas = seen,
+            "the NATS cluster shows {seen} server(s); new streams get {seen} replica(s) — pass --replicas to choose"
+        );
+    }
+    seen
+}

@@ -1,0 +1,298 @@
+//! The scheduler's admin API: the same endpoints as a node's (see `skiff_core::api`),
+//! answered from the cluster registry and the live nodes. Deploys go to [`crate::rollout`];
+//! function-level calls and logs and traces to the nodes ([`crate::nodes`]).
+
+use crate::process::Scheduler;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use skiff_core::api::{ClusterStatus, FunctionInfo, NodeView};
+use skiff_core::cluster_registry::ClusterError;
+use skiff_core::deploy::record_route;
+use skiff_core::http::{
+    Response, authorized, error, full, json, keys_answer, method_not_allowed, read_body,
+    removed_answer, segment, set_answer, text,
+};
+use skiff_core::manifest::FunctionName;
+use skiff_core::record::FunctionRecord;
+use skiff_core::secrets::{MAX_SECRET_BYTES, SecretError, check_key, check_value};
+use std::time::Instant;
+
+pub(crate) fn registry_error(e: ClusterError) -> Response {
+    match e {
+        ClusterError::MissingArtifact(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+impl Scheduler {
+    pub(crate) async fn handle(&self, req: http::Request<Incoming>) -> Response {
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if req.method() == Method::GET && segments == ["healthz"] {
+            return text(StatusCode::OK, "ok\n");
+        }
+        if !authorized(self.token.as_deref(), &req) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "this admin API requires a token: pass --token or set SKIFF_TOKEN".into(),
+            );
+        }
+        let method = req.method().clone();
+        match (method, segments.as_slice()) {
+            (Method::GET, ["metrics"]) => self.metrics(),
+            (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.status().await),
+            (Method::GET, ["v1", "functions"]) => match self.functions().await {
+                Ok(list) => json(StatusCode::OK, &list),
+                Err(e) => registry_error(e),
+            },
+            (Method::GET, ["v1", "functions", name]) => self.function(name).await,
+            (Method::PUT, ["v1", "artifacts", sha]) => {
+                let sha = sha.to_string();
+                self.upload(&sha, req).await
+            }
+            (Method::PUT, ["v1", "functions", name]) => {
+                let name = name.to_string();
+                self.deploy(&name, req).await
+            }
+            (Method::DELETE, ["v1", "functions", name]) => {
+                if req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.contains("purge_state=true"))
+                {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "purging state is not available in cluster mode yet; remove the function, then delete its keys with `skiff kv del`".into(),
+                    );
+                }
+                match self.registry.remove(name).await {
+                    Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+                    Ok(false) => self.not_found(name).await,
+                    Err(e) => registry_error(e),
+                }
+            }
+            (Method::GET, ["v1", "functions", _, "logs"]) => self.gather_logs(req).await,
+            (_, ["v1", "functions", name, "secrets"]) => {
+                let name = name.to_string();
+                self.secrets(&name, None, req).await
+            }
+            (_, ["v1", "functions", name, "secrets", key]) => {
+                let (name, key) = (name.to_string(), segment(key));
+                self.secrets(&name, Some(&key), req).await
+            }
+            (Method::GET, ["v1", "traces", id]) => {
+                let id = id.to_string();
+                self.gather_trace(&id, req).await
+            }
+            (_, ["v1", "functions", name, ..]) => {
+                let name = name.to_string();
+                match self.node_for(Some(&name)) {
+                    Some(admin) => self.forward(&admin, req).await,
+                    None => self.no_node(&name).await,
+                }
+            }
+            (_, ["v1", "events", ..]) => match self.node_for(None) {
+                Some(admin) => self.forward(&admin, req).await,
+                None => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no live node to take the event; start one with `skiff node --nats URL`".into(),
+                ),
+            },
+            (_, ["v1", ..]) => error(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {} {path}", req.method()),
+            ),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {path}; the API lives under /v1"),
+            ),
+        }
+    }
+
+    /// Secrets go into the registry sealed; nodes take them from there.
+    pub(crate) async fn secrets(
+        &self,
+        name: &str,
+        key: Option<&str>,
+        req: http::Request<Incoming>,
+    ) -> Response {
+        if let Err(e) = FunctionName::new(name) {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        if let Some(key) = key
+            && let Err(e) = check_key(key)
+        {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        match (req.method().clone(), key) {
+            (Method::GET, None) => match self.registry.secrets(Some(name)).await {
+                Ok(list) => keys_answer(name, list.into_iter().map(|(_, k, _)| k).collect()),
+                Err(e) => registry_error(e),
+            },
+            (Method::PUT, Some(key)) => {
+                let Some(secrets_key) = &self.secrets_key else {
+                    return error(StatusCode::CONFLICT, SecretError::NoKey.to_string());
+                };
+                let value = match read_body(req, MAX_SECRET_BYTES).await {
+                    Ok(v) => v,
+                    Err(resp) => return resp,
+                };
+                let sealed = match check_value(&value)
+                    .and_then(|v| secrets_key.seal(name, key, v.as_bytes()))
+                {
+                    Ok(s) => s,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+                };
+                match self.registry.put_secret(name, key, &sealed).await {
+                    Ok(()) => set_answer(name, key),
+                    Err(e) => registry_error(e),
+                }
+            }
+            (Method::DELETE, Some(key)) => match self.registry.remove_secret(name, key).await {
+                Ok(existed) => removed_answer(name, key, existed),
+                Err(e) => registry_error(e),
+            },
+            (method, _) => method_not_allowed(&method),
+        }
+    }
+
+    pub(crate) async fn not_found(&self, name: &str) -> Response {
+        let names = match self.registry.records().await {
+            Ok(r) if !r.is_empty() => r
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Ok(_) => "none".to_string(),
+            Err(e) => return registry_error(e),
+        };
+        error(
+            StatusCode::NOT_FOUND,
+            format!("function `{name}` not found; deployed: {names}"),
+        )
+    }
+
+    pub(crate) async fn no_node(&self, name: &str) -> Response {
+        match self.registry.record(name).await {
+            Ok(Some(_)) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no live node serves `{name}` now; start one with `skiff node --nats URL` or retry shortly"
+                ),
+            ),
+            Ok(None) => self.not_found(name).await,
+            Err(e) => registry_error(e),
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> Response {
+        let text = crate::metrics::scheduler_metrics(
+            &self.live.snapshot(Instant::now()),
+            &self.gateway.counts,
+        );
+        let mut r = http::Response::new(full(Bytes::from(text)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+
+    pub(crate) async fn status(&self) -> ClusterStatus {
+        let now = Instant::now();
+        let functions = self.functions().await.unwrap_or_default();
+        ClusterStatus {
+            mode: "scheduler".into(),
+            url: self.url.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            nodes: self
+                .live
+                .snapshot(now)
+                .into_iter()
+                .map(|(report, age, sent)| NodeView {
+                    report,
+                    last_report_ms: age.as_millis() as u64,
+                    sent,
+                })
+                .collect(),
+            functions,
+        }
+    }
+
+    /// Every deployed function: the cluster registry's records, with what the nodes that
+    /// serve them report (their limits, in-flight counts summed).
+    pub(crate) async fn functions(&self) -> Result<Vec<FunctionInfo>, ClusterError> {
+        let records = self.registry.records().await?;
+        let from_nodes = self.node_functions().await;
+        Ok(records
+            .into_iter()
+            .map(|r| self.merge(r, &from_nodes))
+            .collect())
+    }
+
+    pub(crate) async fn function(&self, name: &str) -> Response {
+        match self.registry.record(name).await {
+            Ok(Some(r)) => {
+                let from_nodes = self.node_functions().await;
+                json(StatusCode::OK, &self.merge(r, &from_nodes))
+            }
+            Ok(None) => self.not_found(name).await,
+            Err(e) => registry_error(e),
+        }
+    }
+
+    /// What every live node says it serves.
+    pub(crate) async fn node_functions(&self) -> Vec<FunctionInfo> {
+        let calls = self.up_nodes().into_iter().map(|n| async move {
+            let r = self
+                .call(&n.admin, Method::GET, "/v1/functions", Bytes::new())
+                .await
+                .ok()?;
+            serde_json::from_slice::<Vec<FunctionInfo>>(&r).ok()
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect()
+    }
+
+    pub(crate) fn merge(
+        &self,
+        record: FunctionRecord,
+        from_nodes: &[FunctionInfo],
+    ) -> FunctionInfo {
+        let serving: Vec<&FunctionInfo> = from_nodes
+            .iter()
+            .filter(|f| f.name == record.name && f.version == record.version)
+            .collect();
+        let parsed = record_route(&record);
+        let route = parsed.as_ref().map(|r| r.to_string()).unwrap_or_default();
+        let url = parsed
+            .map(|r| format!("{}{}", self.url, r.base_path()))
+            .unwrap_or_default();
+        let mut info = match serving.first() {
+            Some(f) => (*f).clone(),
+            None => FunctionInfo {
+                name: record.name.clone(),
+                version: record.version,
+                route: route.clone(),
+                url: String::new(),
+                triggers: Vec::new(),
+                artifact: record.artifact.clone(),
+                limits: skiff_core::limits::NodeLimits::default().defaults,
+                in_flight: 0,
+                code: skiff_core::api::CodeSource::Compiled,
+                deployed_at_ms: record.deployed_at_ms,
+                nodes: Vec::new(),
+            },
+        };
+        info.url = url;
+        info.route = route;
+        info.in_flight = serving.iter().map(|f| f.in_flight).sum();
+        info.nodes = serving.iter().flat_map(|f| f.nodes.clone()).collect();
+        info
+    }
+}

@@ -1,0 +1,159 @@
+//! Deploying through the scheduler: the upload goes to the cluster's object store, the
+//! version is checked (the same check a node runs, [`skiff_core::deploy`]) and recorded in
+//! the registry, and the answer waits until a node (or every live node) serves it, rolling
+//! back when every node that tried it failed.
+
+use crate::admin::registry_error;
+use crate::process::Scheduler;
+use http::StatusCode;
+use hyper::body::Incoming;
+use skiff_core::deploy::{check_manifest, route_table};
+use skiff_core::http::{Response, error, json, read_artifact, read_deploy_request};
+use skiff_core::record::FunctionRecord;
+use skiff_core::report::NodeReport;
+use std::time::{Duration, Instant};
+
+impl Scheduler {
+    pub(crate) async fn upload(&self, sha: &str, req: http::Request<Incoming>) -> Response {
+        let bytes = match read_artifact(sha, req, self.max_artifact).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        match self.registry.put_artifact(sha, &bytes).await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "artifact": sha })),
+            Err(e) => registry_error(e),
+        }
+    }
+
+    pub(crate) async fn deploy(&self, name: &str, req: http::Request<Incoming>) -> Response {
+        let mut wait_all = false;
+        let mut timeout = self.deploy_timeout;
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "wait" => wait_all = v == "all",
+                "timeout" => match humantime::parse_duration(&v) {
+                    Ok(t) => timeout = t,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("timeout `{v}` is not a duration ({e}); say e.g. 30s"),
+                        );
+                    }
+                },
+                _ => {}
+            }
+        }
+        let request = match read_deploy_request(req).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
+        };
+        let checked = match check_manifest(name, &request.manifest) {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let _guard = self.deploys.lock().await;
+        let records = match self.registry.records().await {
+            Ok(r) => r,
+            Err(e) => return registry_error(e),
+        };
+        // Route conflicts are checked against every other deployed function's route.
+        if checked.claims_http()
+            && let Err(e) =
+                route_table(&records, Some(name)).check(&checked.route, &name.to_string())
+        {
+            return error(StatusCode::CONFLICT, e.to_string());
+        }
+        let previous = records.into_iter().find(|r| r.name == name);
+        let record = match self
+            .registry
+            .deploy(name, &request.manifest, &request.artifact)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return registry_error(e),
+        };
+        drop(_guard);
+        self.await_rollout(record, previous, wait_all, timeout)
+            .await
+    }
+
+    /// Waits until the new version serves on a node (or on every live node with
+    /// `wait_all`); rolls back when every node that tried it failed.
+    pub(crate) async fn await_rollout(
+        &self,
+        record: FunctionRecord,
+        previous: Option<FunctionRecord>,
+        wait_all: bool,
+        timeout: Duration,
+    ) -> Response {
+        let deadline = Instant::now() + timeout;
+        let (name, version) = (record.name.clone(), record.version);
+        loop {
+            let nodes = self.up_nodes();
+            let ready: Vec<&NodeReport> = nodes
+                .iter()
+                .filter(|n| {
+                    n.functions
+                        .iter()
+                        .any(|f| f.name == name && f.version == version)
+                })
+                .collect();
+            let failed: Vec<(&NodeReport, &str)> = nodes
+                .iter()
+                .filter_map(|n| {
+                    n.failed
+                        .iter()
+                        .find(|f| f.name == name && f.version == version)
+                        .map(|f| (n, f.error.as_str()))
+                })
+                .collect();
+            let settled = ready.len() + failed.len() == nodes.len();
+            if !ready.is_empty() && (!wait_all || settled) {
+                return self.function(&name).await;
+            }
+            if ready.is_empty() && !failed.is_empty() && settled {
+                let (node, why) = failed[0];
+                let rolled_back = match &previous {
+                    Some(p) => self
+                        .registry
+                        .put(p)
+                        .await
+                        .map(|_| format!("v{} keeps serving", p.version)),
+                    None => self
+                        .registry
+                        .remove(&name)
+                        .await
+                        .map(|_| "nothing was deployed".to_string()),
+                };
+                let after = match rolled_back {
+                    Ok(s) => s,
+                    Err(e) => format!("and the rollback failed too: {e}"),
+                };
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "`{name}` v{version} failed to load on node `{}`: {why}; {after}",
+                        node.node
+                    ),
+                );
+            }
+            if Instant::now() >= deadline {
+                let live: Vec<String> = nodes.iter().map(|n| n.node.clone()).collect();
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "no node served `{name}` v{version} within {}{} (live nodes: {}); the version stays registered and nodes that start will load it — start nodes with `skiff node --nats URL`, or `skiff rm {name}` to withdraw it",
+                        humantime::format_duration(timeout),
+                        if wait_all { " on every node" } else { "" },
+                        if live.is_empty() {
+                            "none".to_string()
+                        } else {
+                            live.join(", ")
+                        }
+                    ),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
