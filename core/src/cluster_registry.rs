@@ -8,9 +8,12 @@
 //! * Object store `skiff_artifacts`: components named by their sha256; whoever reads one
 //!   verifies the hash before using it.
 
+use crate::control::{Change, ControlError, ControlStore, SealedSecret};
 use crate::record::{FunctionRecord, now_ms, sha256_hex};
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use tokio::io::AsyncReadExt;
 
 /// The registry's KV bucket.
@@ -18,59 +21,13 @@ pub const BUCKET: &str = "skiff_registry";
 /// The artifacts' object store.
 pub const ARTIFACTS: &str = "skiff_artifacts";
 
-/// A failure of the cluster registry.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    /// NATS refused or could not be reached.
-    #[error("cluster registry: cannot {what}: {detail} (is NATS reachable?)")]
-    Nats {
-        /// What was being done.
-        what: String,
-        /// What NATS said.
-        detail: String,
-    },
-    /// An artifact in the object store does not hash to its name.
-    #[error(
-        "artifact {sha} in the cluster store is corrupt (its bytes hash to {actual}); refusing it — redeploy the function"
-    )]
-    Corrupt {
-        /// Its name.
-        sha: String,
-        /// What its bytes hash to.
-        actual: String,
-    },
-    /// An artifact was asked for that was never uploaded.
-    #[error("artifact {0} has not been uploaded to the cluster; upload it before deploying")]
-    MissingArtifact(String),
-    /// A record did not decode.
-    #[error("cluster registry record `{key}` is unreadable: {detail}")]
-    Record {
-        /// Its key.
-        key: String,
-        /// The decode error.
-        detail: String,
-    },
-}
-
-fn nats(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> ClusterError {
+fn nats(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> ControlError {
     let what = what.into();
-    move |e| ClusterError::Nats {
-        what,
-        detail: e.to_string(),
+    move |e| {
+        ControlError::Unavailable(format!(
+            "cluster registry: cannot {what}: {e} (is NATS reachable?)"
+        ))
     }
-}
-
-/// A change seen while watching the registry.
-#[derive(Debug)]
-pub enum Change {
-    /// A version was deployed.
-    Deployed(FunctionRecord),
-    /// A function was removed.
-    Removed(String),
-    /// A secret was set: (function, key, sealed value).
-    SecretSet(String, String, Vec<u8>),
-    /// A secret was removed: (function, key).
-    SecretRemoved(String, String),
 }
 
 /// The registry as one process sees it.
@@ -82,7 +39,7 @@ pub struct ClusterRegistry {
 
 impl ClusterRegistry {
     /// Opens the bucket and object store, creating them (with `replicas`) if needed.
-    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, ClusterError> {
+    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, ControlError> {
         let kv = match js.get_key_value(BUCKET).await {
             Ok(kv) => kv,
             Err(_) => js
@@ -111,68 +68,8 @@ impl ClusterRegistry {
         Ok(ClusterRegistry { kv, objects })
     }
 
-    /// Whether an artifact with this hash was uploaded.
-    pub async fn has_artifact(&self, sha: &str) -> Result<bool, ClusterError> {
-        match self.objects.info(sha).await {
-            Ok(info) => Ok(!info.deleted),
-            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
-            Err(e) => Err(nats(format!("look up artifact {sha}"))(&e)),
-        }
-    }
-
-    /// Stores an artifact whose hash the caller has checked.
-    pub async fn put_artifact(&self, sha: &str, bytes: &[u8]) -> Result<(), ClusterError> {
-        if self.has_artifact(sha).await? {
-            return Ok(());
-        }
-        let mut reader = bytes;
-        self.objects
-            .put(sha, &mut reader)
-            .await
-            .map_err(|e| nats(format!("store artifact {sha}"))(&e))?;
-        Ok(())
-    }
-
-    /// Reads an artifact and verifies its hash.
-    pub async fn fetch_artifact(&self, sha: &str) -> Result<Vec<u8>, ClusterError> {
-        let mut object = match self.objects.get(sha).await {
-            Ok(o) => o,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
-                return Err(ClusterError::MissingArtifact(sha.to_string()));
-            }
-            Err(e) => return Err(nats(format!("fetch artifact {sha}"))(&e)),
-        };
-        let mut bytes = Vec::new();
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| nats(format!("read artifact {sha}"))(&e))?;
-        let actual = sha256_hex(&bytes);
-        if actual != sha {
-            return Err(ClusterError::Corrupt {
-                sha: sha.to_string(),
-                actual,
-            });
-        }
-        Ok(bytes)
-    }
-
-    /// The record deployed for `name`, if any.
-    pub async fn record(&self, name: &str) -> Result<Option<FunctionRecord>, ClusterError> {
-        let key = format!("fn.{name}");
-        match self
-            .kv
-            .get(key.as_str())
-            .await
-            .map_err(|e| nats(format!("read {key}"))(&e))?
-        {
-            Some(v) => decode(&key, &v).map(Some),
-            None => Ok(None),
-        }
-    }
-
     /// Every key in the bucket.
-    async fn keys(&self) -> Result<Vec<String>, ClusterError> {
+    async fn keys(&self) -> Result<Vec<String>, ControlError> {
         use futures::TryStreamExt;
         self.kv
             .keys()
@@ -183,22 +80,8 @@ impl ClusterRegistry {
             .map_err(|e| nats("list the registry")(&e))
     }
 
-    /// Every deployed record.
-    pub async fn records(&self) -> Result<Vec<FunctionRecord>, ClusterError> {
-        let keys = self.keys().await?;
-        let mut out = Vec::new();
-        for key in keys {
-            if let Some(name) = key.strip_prefix("fn.")
-                && let Some(r) = self.record(name).await?
-            {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-
     /// Hands out the next version of `name` (compare-and-set on `ver.<name>`).
-    async fn next_version(&self, name: &str) -> Result<u64, ClusterError> {
+    async fn next_version(&self, name: &str) -> Result<u64, ControlError> {
         let key = format!("ver.{name}");
         loop {
             let entry = self
@@ -241,148 +124,243 @@ impl ClusterRegistry {
             }
         }
     }
+}
 
-    /// Records a new version of `name`; nodes pick it up through their watch.
-    pub async fn deploy(
-        &self,
-        name: &str,
-        manifest: &str,
-        artifact: &str,
-    ) -> Result<FunctionRecord, ClusterError> {
-        if !self.has_artifact(artifact).await? {
-            return Err(ClusterError::MissingArtifact(artifact.to_string()));
-        }
-        let record = FunctionRecord {
-            name: name.to_string(),
-            version: self.next_version(name).await?,
-            manifest: manifest.to_string(),
-            artifact: artifact.to_string(),
-            deployed_at_ms: now_ms(),
-        };
-        self.put(&record).await?;
-        Ok(record)
-    }
-
-    /// Puts `record` back as the deployed one (a rollback after a failed deploy).
-    pub async fn put(&self, record: &FunctionRecord) -> Result<(), ClusterError> {
-        let key = format!("fn.{}", record.name);
-        let json = serde_json::to_vec(record).map_err(|e| ClusterError::Record {
-            key: key.clone(),
-            detail: e.to_string(),
-        })?;
-        self.kv
-            .put(key.as_str(), Bytes::from(json))
-            .await
-            .map_err(|e| nats(format!("write {key}"))(&e))?;
-        Ok(())
-    }
-
-    /// Removes `name`; returns whether it was deployed.
-    pub async fn remove(&self, name: &str) -> Result<bool, ClusterError> {
-        let existed = self.record(name).await?.is_some();
-        if existed {
-            let key = format!("fn.{name}");
-            self.kv
-                .delete(key.as_str())
-                .await
-                .map_err(|e| nats(format!("delete {key}"))(&e))?;
-        }
-        Ok(existed)
-    }
-
-    /// Stores `function`'s secret `key`, already sealed.
-    pub async fn put_secret(
-        &self,
-        function: &str,
-        key: &str,
-        sealed: &[u8],
-    ) -> Result<(), ClusterError> {
-        let k = format!("sec.{function}.{key}");
-        self.kv
-            .put(k.as_str(), Bytes::copy_from_slice(sealed))
-            .await
-            .map_err(|e| nats(format!("write secret {key} of {function}"))(&e))?;
-        Ok(())
-    }
-
-    /// Removes a secret; returns whether it existed.
-    pub async fn remove_secret(&self, function: &str, key: &str) -> Result<bool, ClusterError> {
-        let k = format!("sec.{function}.{key}");
-        let what = || format!("remove secret {key} of {function}");
-        let existed = self
-            .kv
-            .get(k.as_str())
-            .await
-            .map_err(|e| nats(what())(&e))?
-            .is_some();
-        if existed {
-            self.kv
-                .delete(k.as_str())
-                .await
-                .map_err(|e| nats(what())(&e))?;
-        }
-        Ok(existed)
-    }
-
-    /// Every secret as (function, key, sealed), or only `function`'s.
-    pub async fn secrets(
-        &self,
-        function: Option<&str>,
-    ) -> Result<Vec<(String, String, Vec<u8>)>, ClusterError> {
-        let keys = self.keys().await?;
-        let mut out = Vec::new();
-        for key in keys {
-            let Some((f, k)) = secret_key(&key) else {
-                continue;
-            };
-            if function.is_some_and(|want| want != f) {
-                continue;
+impl ControlStore for ClusterRegistry {
+    fn has_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<bool, ControlError>> {
+        Box::pin(async move {
+            match self.objects.info(sha).await {
+                Ok(info) => Ok(!info.deleted),
+                Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+                Err(e) => Err(nats(format!("look up artifact {sha}"))(&e)),
             }
-            if let Some(v) = self
+        })
+    }
+
+    fn put_artifact<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, Result<String, ControlError>> {
+        Box::pin(async move {
+            let sha = sha256_hex(bytes);
+            if self.has_artifact(&sha).await? {
+                return Ok(sha);
+            }
+            let mut reader = bytes;
+            self.objects
+                .put(sha.as_str(), &mut reader)
+                .await
+                .map_err(|e| nats(format!("store artifact {sha}"))(&e))?;
+            Ok(sha)
+        })
+    }
+
+    fn fetch_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ControlError>> {
+        Box::pin(async move {
+            let mut object = match self.objects.get(sha).await {
+                Ok(o) => o,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                    return Err(ControlError::MissingArtifact(sha.to_string()));
+                }
+                Err(e) => return Err(nats(format!("fetch artifact {sha}"))(&e)),
+            };
+            let mut bytes = Vec::new();
+            object
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| nats(format!("read artifact {sha}"))(&e))?;
+            let actual = sha256_hex(&bytes);
+            if actual != sha {
+                return Err(ControlError::Corrupt(format!(
+                    "artifact {sha} in the cluster store is corrupt (its bytes hash to {actual}); refusing it — redeploy the function"
+                )));
+            }
+            Ok(bytes)
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FunctionRecord>, ControlError>> {
+        Box::pin(async move {
+            let key = format!("fn.{name}");
+            match self
                 .kv
                 .get(key.as_str())
                 .await
                 .map_err(|e| nats(format!("read {key}"))(&e))?
             {
-                out.push((f.to_string(), k.to_string(), v.to_vec()));
+                Some(v) => decode(&key, &v).map(Some),
+                None => Ok(None),
             }
-        }
-        out.sort();
-        Ok(out)
+        })
     }
 
-    /// Every change from now on (deploys, removals and secrets), in order.
-    pub async fn watch(
-        &self,
-    ) -> Result<impl futures::Stream<Item = Result<Change, ClusterError>> + use<>, ClusterError>
-    {
-        use futures::StreamExt;
-        let watch = self
-            .kv
-            .watch_many(["fn.>", "sec.>"])
-            .await
-            .map_err(|e| nats("watch the registry")(&e))?;
-        Ok(watch.filter_map(|entry| async move {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => return Some(Err(nats("watch the registry")(&e))),
-            };
-            let put = entry.operation == kv::Operation::Put;
-            if let Some(name) = entry.key.strip_prefix("fn.") {
-                return Some(if put {
-                    decode(&entry.key, &entry.value).map(Change::Deployed)
-                } else {
-                    Ok(Change::Removed(name.to_string()))
-                });
+    fn records(&self) -> BoxFuture<'_, Result<Vec<FunctionRecord>, ControlError>> {
+        Box::pin(async move {
+            let keys = self.keys().await?;
+            let mut out = Vec::new();
+            for key in keys {
+                if let Some(name) = key.strip_prefix("fn.")
+                    && let Some(r) = self.record(name).await?
+                {
+                    out.push(r);
+                }
             }
-            let (function, key) = secret_key(&entry.key)?;
-            let (function, key) = (function.to_string(), key.to_string());
-            Some(Ok(if put {
-                Change::SecretSet(function, key, entry.value.to_vec())
-            } else {
-                Change::SecretRemoved(function, key)
-            }))
-        }))
+            Ok(out)
+        })
+    }
+
+    fn deploy<'a>(
+        &'a self,
+        name: &'a str,
+        manifest: &'a str,
+        artifact: &'a str,
+    ) -> BoxFuture<'a, Result<FunctionRecord, ControlError>> {
+        Box::pin(async move {
+            if !self.has_artifact(artifact).await? {
+                return Err(ControlError::MissingArtifact(artifact.to_string()));
+            }
+            let record = FunctionRecord {
+                name: name.to_string(),
+                version: self.next_version(name).await?,
+                manifest: manifest.to_string(),
+                artifact: artifact.to_string(),
+                deployed_at_ms: now_ms(),
+            };
+            self.put(&record).await?;
+            Ok(record)
+        })
+    }
+
+    fn put<'a>(&'a self, record: &'a FunctionRecord) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(async move {
+            let key = format!("fn.{}", record.name);
+            let json = serde_json::to_vec(record).map_err(|e| {
+                ControlError::Unavailable(format!("cannot encode registry record `{key}`: {e}"))
+            })?;
+            self.kv
+                .put(key.as_str(), Bytes::from(json))
+                .await
+                .map_err(|e| nats(format!("write {key}"))(&e))?;
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, ControlError>> {
+        Box::pin(async move {
+            let existed = self.record(name).await?.is_some();
+            if existed {
+                let key = format!("fn.{name}");
+                self.kv
+                    .delete(key.as_str())
+                    .await
+                    .map_err(|e| nats(format!("delete {key}"))(&e))?;
+            }
+            Ok(existed)
+        })
+    }
+
+    fn put_secret<'a>(
+        &'a self,
+        function: &'a str,
+        key: &'a str,
+        sealed: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(async move {
+            let k = format!("sec.{function}.{key}");
+            self.kv
+                .put(k.as_str(), Bytes::copy_from_slice(sealed))
+                .await
+                .map_err(|e| nats(format!("write secret {key} of {function}"))(&e))?;
+            Ok(())
+        })
+    }
+
+    fn remove_secret<'a>(
+        &'a self,
+        function: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ControlError>> {
+        Box::pin(async move {
+            let k = format!("sec.{function}.{key}");
+            let what = || format!("remove secret {key} of {function}");
+            let existed = self
+                .kv
+                .get(k.as_str())
+                .await
+                .map_err(|e| nats(what())(&e))?
+                .is_some();
+            if existed {
+                self.kv
+                    .delete(k.as_str())
+                    .await
+                    .map_err(|e| nats(what())(&e))?;
+            }
+            Ok(existed)
+        })
+    }
+
+    fn secrets<'a>(
+        &'a self,
+        function: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<SealedSecret>, ControlError>> {
+        Box::pin(async move {
+            let keys = self.keys().await?;
+            let mut out = Vec::new();
+            for key in keys {
+                let Some((f, k)) = secret_key(&key) else {
+                    continue;
+                };
+                if function.is_some_and(|want| want != f) {
+                    continue;
+                }
+                if let Some(v) = self
+                    .kv
+                    .get(key.as_str())
+                    .await
+                    .map_err(|e| nats(format!("read {key}"))(&e))?
+                {
+                    out.push((f.to_string(), k.to_string(), v.to_vec()));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn watch(
+        &self,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change, ControlError>>, ControlError>> {
+        Box::pin(async move {
+            use futures::StreamExt;
+            let watch = self
+                .kv
+                .watch_many(["fn.>", "sec.>"])
+                .await
+                .map_err(|e| nats("watch the registry")(&e))?;
+            let changes: BoxStream<'static, Result<Change, ControlError>> =
+                Box::pin(watch.filter_map(|entry| async move {
+                    let entry = match entry {
+                        Ok(e) => e,
+                        Err(e) => return Some(Err(nats("watch the registry")(&e))),
+                    };
+                    let put = entry.operation == kv::Operation::Put;
+                    if let Some(name) = entry.key.strip_prefix("fn.") {
+                        return Some(if put {
+                            decode(&entry.key, &entry.value).map(Change::Deployed)
+                        } else {
+                            Ok(Change::Removed(name.to_string()))
+                        });
+                    }
+                    let (function, key) = secret_key(&entry.key)?;
+                    let (function, key) = (function.to_string(), key.to_string());
+                    Some(Ok(if put {
+                        Change::SecretSet(function, key, entry.value.to_vec())
+                    } else {
+                        Change::SecretRemoved(function, key)
+                    }))
+                }));
+            Ok(changes)
+        })
     }
 }
 
@@ -391,10 +369,11 @@ fn secret_key(k: &str) -> Option<(&str, &str)> {
     k.strip_prefix("sec.")?.split_once('.')
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, ClusterError> {
-    serde_json::from_slice(bytes).map_err(|e| ClusterError::Record {
-        key: key.to_string(),
-        detail: e.to_string(),
+fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, ControlError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ControlError::Unavailable(format!(
+            "cluster registry record `{key}` is unreadable: {e}; redeploy the function"
+        ))
     })
 }
 
@@ -402,34 +381,32 @@ fn decode(key: &str, bytes: &[u8]) -> Result<FunctionRecord, ClusterError> {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn versions_never_repeat_and_corrupt_artifacts_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let nats = crate::testkit::NatsServer::start(dir.path()).expect("nats-server");
+    async fn registry(dir: &std::path::Path) -> (crate::testkit::NatsServer, ClusterRegistry) {
+        let nats = crate::testkit::NatsServer::start(dir).expect("nats-server");
         let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
         let reg = ClusterRegistry::open(&jetstream::new(client), 1)
             .await
             .unwrap();
-        let bytes = b"\0asm\x0d\0\x01\0component".to_vec();
-        let sha = sha256_hex(&bytes);
-        // Deploying before the upload names the missing artifact.
-        assert!(matches!(
-            reg.deploy("f", "name = \"f\"", &sha).await,
-            Err(ClusterError::MissingArtifact(_))
-        ));
-        reg.put_artifact(&sha, &bytes).await.unwrap();
-        assert_eq!(reg.fetch_artifact(&sha).await.unwrap(), bytes);
-        let v1 = reg.deploy("f", "name = \"f\"", &sha).await.unwrap();
-        assert!(reg.remove("f").await.unwrap());
-        assert!(!reg.remove("f").await.unwrap());
-        let v2 = reg.deploy("f", "name = \"f\"", &sha).await.unwrap();
-        assert_eq!((v1.version, v2.version), (1, 2));
-        assert_eq!(reg.records().await.unwrap(), vec![v2]);
+        (nats, reg)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_cluster_registry_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_nats, reg) = registry(dir.path()).await;
+        crate::control::conformance::run(&reg).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn corrupt_artifacts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_nats, reg) = registry(dir.path()).await;
         // An object whose bytes do not hash to its name is refused when fetched.
         let liar = sha256_hex(b"what the name promises");
-        reg.put_artifact(&liar, b"something else").await.unwrap();
+        let mut reader: &[u8] = b"something else";
+        reg.objects.put(liar.as_str(), &mut reader).await.unwrap();
         let err = reg.fetch_artifact(&liar).await.unwrap_err();
-        assert!(matches!(err, ClusterError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, ControlError::Corrupt(_)), "{err}");
         assert!(err.to_string().contains("refusing it"), "{err}");
     }
 }

@@ -10,12 +10,15 @@
 //! * [`report`] — a node's load report (NATS wire type).
 //! * [`api`] — the admin API's wire types; [`http`] — its shared answers and body reads.
 //! * [`serve`] — the one accept loop for every listener; [`prom`] — Prometheus text.
-//! * [`nats`] — connecting to NATS; [`cluster_registry`] — the function registry in
-//!   JetStream, read by nodes and written by the scheduler.
+//! * [`control`] — the [`control::ControlStore`] trait (function records, versions,
+//!   artifacts, secrets, watch) and its conformance suite.
+//! * [`nats`] — connecting to NATS; [`cluster_registry`] — the control store in
+//!   JetStream, written by the scheduler and followed by nodes.
 //! * `testkit` (feature `testkit`) — real nats-server processes for tests.
 
 pub mod api;
 pub mod cluster_registry;
+pub mod control;
 pub mod deploy;
 pub mod http;
 pub mod limits;

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+/// How long JetStream remembers message ids for de-duplication, on every stream Skiff
+/// creates (events and the state log).
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
+
 /// NATS could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error(

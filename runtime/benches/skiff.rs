@@ -22,7 +22,10 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use skiff_runtime::state::{KvLimits, Namespace, Op, OpResult, StateStore};
+use skiff_runtime::localdb::LocalDb;
+use skiff_runtime::state::{
+    KvLimits, LocalState, Namespace, Op, OpResult, ReplicatedState, StateBackend,
+};
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -198,7 +201,7 @@ impl Drop for Skiff {
 }
 
 /// The native baseline: the same routes as the functions, in plain hyper.
-async fn native_server(state: Arc<StateStore>) -> SocketAddr {
+async fn native_server(state: Arc<LocalState>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -878,7 +881,7 @@ async fn events(dir: &Path) {
 }
 
 /// Sequential write latency, then writes/s from concurrent writers, on one store.
-async fn state_run(store: &Arc<StateStore>) -> (u128, u128, f64, f64) {
+async fn state_run(store: Arc<dyn StateBackend>) -> (u128, u128, f64, f64) {
     let ns = Namespace::new("bench", "default");
     let value = vec![b'v'; 100];
     let mut lat = Vec::with_capacity(1000);
@@ -947,6 +950,13 @@ async fn state_run(store: &Arc<StateStore>) -> (u128, u128, f64, f64) {
     )
 }
 
+/// A local state store on its own database file.
+async fn open_local(path: &Path) -> Arc<LocalState> {
+    LocalState::open(LocalDb::open(path).expect("local database"))
+        .await
+        .expect("state")
+}
+
 async fn state_writes(dir: &Path) {
     println!("\n### state writes (in process; 100-byte values)\n");
     println!(
@@ -959,7 +969,7 @@ async fn state_writes(dir: &Path) {
     println!(
         "|-----------------------------------------|------------|------------|---------------------|------------------------|"
     );
-    let embedded = StateStore::open(&dir.join("bench-embedded.redb")).expect("state");
+    let embedded = open_local(&dir.join("bench-embedded.redb")).await;
     let nats = skiff_core::testkit::NatsCluster::start(&dir.join("nats-cluster"), 3)
         .expect("nats cluster");
     let client = skiff_core::nats::connect(&nats.urls(), "bench")
@@ -970,12 +980,13 @@ async fn state_writes(dir: &Path) {
     })
     .await
     .expect("state stream");
-    let cluster = StateStore::open(&dir.join("bench-cluster.redb")).expect("state");
-    cluster.replicate(replica.clone());
-    tokio::spawn(replica.apply_forever(cluster.clone()));
+    let copy = open_local(&dir.join("bench-cluster.redb")).await;
+    tokio::spawn(replica.clone().apply_forever(copy.clone()));
+    let cluster: Arc<dyn StateBackend> = ReplicatedState::new(copy, replica);
+    let embedded: Arc<dyn StateBackend> = embedded;
     for (label, store) in [
-        ("embedded (redb, group commit)", &embedded),
-        ("cluster (JetStream R3, sync always)", &cluster),
+        ("embedded (redb, group commit)", embedded),
+        ("cluster (JetStream R3, sync always)", cluster),
     ] {
         let (p50, p99, sets, incs) = state_run(store).await;
         println!("| {label:<39} | {p50:>10} | {p99:>10} | {sets:>19.0} | {incs:>22.0} |");
@@ -1019,8 +1030,11 @@ fn main() {
         })
         .build()
         .expect("runtime");
-    let state = StateStore::open(&tmp.path().join("native-state.redb")).expect("state");
-    let native = format!("http://{}", server_rt.block_on(native_server(state)));
+    let native = server_rt.block_on(async {
+        let state = open_local(&tmp.path().join("native-state.redb")).await;
+        native_server(state).await
+    });
+    let native = format!("http://{native}");
     // The load generator gets a single thread, on a core of its own.
     if let Some((_, client)) = cores() {
         pin_thread(client);

@@ -3,11 +3,12 @@
 //! One engine per node: async, epoch interruption (a ticker thread advances the epoch
 //! every [`EPOCH_TICK`]), the pooling allocator with copy-on-write memory images.
 //! Components are precompiled once per (artifact sha256, engine compatibility hash); the
-//! precompiled file's own sha256 is recorded in the control store and checked before the
-//! file is deserialized, so a truncated or altered file is recompiled, never loaded.
+//! precompiled file's own sha256 is recorded in the cache's index ([`CodeIndex`], beside
+//! the files) and checked before the file is deserialized, so a truncated or altered file
+//! is recompiled, never loaded.
 
-use crate::registry::{Registry, RegistryError, write_durably};
-use skiff_core::api::CodeSource;
+use crate::files::{FileError, write_durably};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use skiff_core::limits::NodeLimits;
 use skiff_core::record::{HeaderError, check_component_header, sha256_hex};
 use std::hash::{Hash, Hasher};
@@ -25,6 +26,14 @@ pub enum EngineError {
     /// wasmtime refused the configuration.
     #[error("cannot configure wasmtime: {0}")]
     Config(String),
+    /// The cache's index could not be opened.
+    #[error("cannot open the compiled-code index `{path}`: {detail}")]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
     /// The cache folder could not be created.
     #[error("cannot create compiled-code cache `{path}`: {source}")]
     CacheDir {
@@ -44,9 +53,18 @@ pub enum CompileError {
     /// wasmtime could not compile it.
     #[error("the component does not compile: {0}")]
     Invalid(String),
-    /// The artifact or cache could not be read or written.
+    /// The artifact could not be had from the control store.
     #[error(transparent)]
-    Store(#[from] RegistryError),
+    Artifact(#[from] skiff_core::control::ControlError),
+    /// The compiled-code cache could not be read or written.
+    #[error("compiled-code cache: {0}")]
+    Cache(String),
+}
+
+impl From<FileError> for CompileError {
+    fn from(e: FileError) -> Self {
+        CompileError::Cache(e.to_string())
+    }
 }
 
 /// A node's engine together with its compiled-code cache.
@@ -55,6 +73,7 @@ pub struct NodeEngine {
     engine: Engine,
     compat: String,
     cache_dir: PathBuf,
+    index: std::sync::Arc<CodeIndex>,
 }
 
 impl NodeEngine {
@@ -105,10 +124,12 @@ impl NodeEngine {
             })
             .map_err(|e| EngineError::Config(format!("cannot start epoch ticker: {e}")))?;
 
+        let index = CodeIndex::open(&cache_dir.join("index.redb"))?;
         Ok(NodeEngine {
             engine,
             compat,
             cache_dir: cache_dir.to_path_buf(),
+            index: std::sync::Arc::new(index),
         })
     }
 
@@ -122,42 +143,126 @@ impl NodeEngine {
         &self.compat
     }
 
-    /// Loads the component for `artifact`, from the verified cache when possible.
+    /// The cache's index (also records what linked artifacts export).
+    pub fn index(&self) -> &CodeIndex {
+        &self.index
+    }
+
+    fn key(&self, artifact: &str) -> String {
+        format!("{artifact}-{}", self.compat)
+    }
+
+    /// The component for `artifact` from the verified cache, if it is there and intact.
     /// Blocking: call it off the async executor.
-    pub fn load(
-        &self,
-        registry: &Registry,
-        artifact: &str,
-    ) -> Result<(Component, CodeSource), CompileError> {
-        let key = format!("{artifact}-{}", self.compat);
+    pub fn load_cached(&self, artifact: &str) -> Result<Option<Component>, CompileError> {
+        let key = self.key(artifact);
         let path = self.cache_dir.join(format!("{key}.cwasm"));
-        if let Some(expected) = registry.compiled_hash(&key)?
-            && let Ok(bytes) = std::fs::read(&path)
-        {
-            if sha256_hex(&bytes) == expected {
-                // SAFETY: the bytes were produced by `precompile_component` of an engine
-                // with this compatibility hash and are byte-for-byte what was recorded.
-                match unsafe { Component::deserialize(&self.engine, &bytes) } {
-                    Ok(c) => return Ok((c, CodeSource::Cache)),
-                    Err(e) => {
-                        tracing::warn!(artifact, error = %e, "precompiled code unusable; recompiling")
-                    }
-                }
-            } else {
-                tracing::warn!(artifact, path = %path.display(), "precompiled code does not match its recorded hash; recompiling");
+        let Some(expected) = self.index.compiled_hash(&key)? else {
+            return Ok(None);
+        };
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(None);
+        };
+        if sha256_hex(&bytes) != expected {
+            tracing::warn!(artifact, path = %path.display(), "precompiled code does not match its recorded hash; recompiling");
+            return Ok(None);
+        }
+        // SAFETY: the bytes were produced by `precompile_component` of an engine with this
+        // compatibility hash and are byte-for-byte what was recorded.
+        match unsafe { Component::deserialize(&self.engine, &bytes) } {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(artifact, error = %e, "precompiled code unusable; recompiling");
+                Ok(None)
             }
         }
-        let wasm = registry.read_artifact(artifact)?;
-        check_component_header(&wasm)?;
+    }
+
+    /// Compiles `wasm` (the artifact's verified bytes) and caches the result.
+    /// Blocking: call it off the async executor.
+    pub fn compile(&self, artifact: &str, wasm: &[u8]) -> Result<Component, CompileError> {
+        check_component_header(wasm)?;
+        let key = self.key(artifact);
+        let path = self.cache_dir.join(format!("{key}.cwasm"));
         let compiled = self
             .engine
-            .precompile_component(&wasm)
+            .precompile_component(wasm)
             .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         write_durably(&path, &compiled)?;
-        registry.set_compiled_hash(&key, &sha256_hex(&compiled))?;
+        self.index.set_compiled_hash(&key, &sha256_hex(&compiled))?;
         // SAFETY: produced just above by this engine.
-        let component = unsafe { Component::deserialize(&self.engine, &compiled) }
-            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
-        Ok((component, CodeSource::Compiled))
+        unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| CompileError::Invalid(format!("{e:#}")))
+    }
+}
+
+const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
+const EXPORTS: TableDefinition<&str, u8> = TableDefinition::new("exports");
+
+/// The compiled-code cache's index (`<cache>/index.redb`): the sha256 of each
+/// precompiled file, and what each linked artifact exports, so that a restart restores
+/// routes without loading any code.
+pub struct CodeIndex {
+    db: Database,
+    path: PathBuf,
+}
+
+impl CodeIndex {
+    fn open(path: &Path) -> Result<CodeIndex, EngineError> {
+        let failed = |e: &dyn std::fmt::Display| EngineError::Index {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let db = Database::create(path).map_err(|e| failed(&e))?;
+        let tx = db.begin_write().map_err(|e| failed(&e))?;
+        tx.open_table(COMPILED).map_err(|e| failed(&e))?;
+        tx.open_table(EXPORTS).map_err(|e| failed(&e))?;
+        tx.commit().map_err(|e| failed(&e))?;
+        Ok(CodeIndex {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> CompileError {
+        CompileError::Cache(format!("{}: {e}", self.path.display()))
+    }
+
+    /// The recorded sha256 of a precompiled file, by cache key.
+    pub fn compiled_hash(&self, key: &str) -> Result<Option<String>, CompileError> {
+        let tx = self.db.begin_read().map_err(|e| self.failed(e))?;
+        let table = tx.open_table(COMPILED).map_err(|e| self.failed(e))?;
+        let v = table.get(key).map_err(|e| self.failed(e))?;
+        Ok(v.map(|v| v.value().to_string()))
+    }
+
+    fn set_compiled_hash(&self, key: &str, sha: &str) -> Result<(), CompileError> {
+        let tx = self.db.begin_write().map_err(|e| self.failed(e))?;
+        tx.open_table(COMPILED)
+            .map_err(|e| self.failed(e))?
+            .insert(key, sha)
+            .map_err(|e| self.failed(e))?;
+        tx.commit().map_err(|e| self.failed(e))
+    }
+
+    /// What a linked artifact exports (bits), by artifact, engine and Skiff version.
+    pub fn exports(&self, key: &str) -> Result<Option<u8>, CompileError> {
+        let tx = self.db.begin_read().map_err(|e| self.failed(e))?;
+        let table = tx.open_table(EXPORTS).map_err(|e| self.failed(e))?;
+        let v = table.get(key).map_err(|e| self.failed(e))?;
+        Ok(v.map(|v| v.value()))
+    }
+
+    /// Records what a linked artifact exports.
+    pub fn set_exports(&self, key: &str, bits: u8) -> Result<(), CompileError> {
+        if self.exports(key)? == Some(bits) {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| self.failed(e))?;
+        tx.open_table(EXPORTS)
+            .map_err(|e| self.failed(e))?
+            .insert(key, bits)
+            .map_err(|e| self.failed(e))?;
+        tx.commit().map_err(|e| self.failed(e))
     }
 }

@@ -163,91 +163,106 @@ impl Metrics {
             ended: std::sync::atomic::AtomicU64::new(0),
             registry: Registry::default(),
         };
+        m.register_invocations(&mut registry);
+        m.register_events(&mut registry);
+        m.register_node_and_host(&mut registry);
+        skiff_core::prom::build_info(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// Invocations: counts, durations, instantiation, in flight, rejections.
+    fn register_invocations(&self, registry: &mut Registry) {
         registry.register(
             "skiff_invocations",
             "Invocations by function, trigger and outcome",
-            m.invocations.clone(),
+            self.invocations.clone(),
         );
         registry.register_with_unit(
             "skiff_invocation_duration",
             "Wall-clock time of an invocation",
             Unit::Seconds,
-            m.duration.clone(),
+            self.duration.clone(),
         );
         registry.register_with_unit(
             "skiff_instantiation_duration",
             "Time to instantiate a function's sandbox",
             Unit::Seconds,
-            m.instantiation.clone(),
+            self.instantiation.clone(),
         );
         registry.register(
             "skiff_in_flight_invocations",
             "Invocations running now",
-            m.in_flight.clone(),
+            self.in_flight.clone(),
         );
         registry.register(
             "skiff_limit_rejections",
             "Requests refused by a limit before running, by kind",
-            m.rejections.clone(),
+            self.rejections.clone(),
         );
+    }
+
+    /// Events: published, acked, retried, dead-lettered, consumer lag.
+    fn register_events(&self, registry: &mut Registry) {
         registry.register(
             "skiff_events_published",
             "Events published by a function's successful invocations",
-            m.published.clone(),
+            self.published.clone(),
         );
         registry.register(
             "skiff_events_acked",
             "Event deliveries handled successfully",
-            m.acked.clone(),
+            self.acked.clone(),
         );
         registry.register(
             "skiff_events_retried",
             "Event deliveries that failed and will be retried",
-            m.retried.clone(),
+            self.retried.clone(),
         );
         registry.register(
             "skiff_events_dead_lettered",
             "Events that ran out of attempts",
-            m.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         registry.register(
             "skiff_event_consumer_lag",
             "Events waiting for a consumer (not yet settled)",
-            m.lag.clone(),
+            self.lag.clone(),
         );
+    }
+
+    /// The node (capacity, in flight, loaded code) and host calls (kv, outbound HTTP).
+    fn register_node_and_host(&self, registry: &mut Registry) {
         registry.register(
             "skiff_node_capacity",
             "Invocations this node runs at once at most",
-            m.node_capacity.clone(),
+            self.node_capacity.clone(),
         );
         registry.register(
             "skiff_node_in_flight",
             "Invocations running on this node now",
-            m.node_in_flight.clone(),
+            self.node_in_flight.clone(),
         );
         registry.register(
             "skiff_code_cache_components",
             "Components loaded and linked in memory now (the rest load when called)",
-            m.code_loaded.clone(),
+            self.code_loaded.clone(),
         );
         registry.register(
             "skiff_kv_operations",
             "Key-value operations by function and op",
-            m.kv_ops.clone(),
+            self.kv_ops.clone(),
         );
         registry.register_with_unit(
             "skiff_kv_operation_duration",
             "Time of a key-value operation as the guest sees it",
             Unit::Seconds,
-            m.kv_duration.clone(),
+            self.kv_duration.clone(),
         );
         registry.register(
             "skiff_outbound_requests",
             "Outgoing HTTP requests by function and outcome (sent, denied, failed)",
-            m.outbound.clone(),
+            self.outbound.clone(),
         );
-        skiff_core::prom::build_info(&mut registry);
-        Metrics { registry, ..m }
     }
 
     /// Creates a newly deployed function's series at zero, so that `rate()` and

@@ -1,24 +1,31 @@
-//! The local control store: which functions are deployed, at which version, with which
-//! artifact — on redb, with artifacts as content-addressed files beside it.
+//! The node's local control store: which functions are deployed, at which version, with
+//! which artifact and secrets — on redb, with artifacts as content-addressed files beside
+//! it. The [`ControlStore`] of `skiff up`, and a cluster node's copy of what it serves.
 //!
 //! Layout under the data dir:
 //! * `skiff.redb` — tables `functions` (name → JSON record), `versions` (name → last
 //!   version handed out, so a removed and redeployed function never reuses a number) and
-//!   `compiled` (cache key → sha256 of the precompiled file) and `secrets`
-//!   (`<function>/<key>` → the secret sealed with the node's key, see [`crate::secrets`]).
+//!   `secrets` (`<function>/<key>` → the secret sealed with the node's key, see
+//!   `skiff_core::secrets`).
 //! * `artifacts/<sha256>.wasm` — uploaded components, written to a temp file, fsynced and
 //!   renamed, and verified against their name whenever they are read.
+//!
+//! Changes are announced to watchers through a broadcast channel, in commit order.
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use skiff_core::record::{FunctionRecord, is_sha256_hex, sha256_hex};
-use std::io::Write;
+use skiff_core::control::{Change, ControlError, ControlStore, SealedSecret};
+use skiff_core::record::{FunctionRecord, is_sha256_hex, now_ms, sha256_hex};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::broadcast;
 
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
-const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
-const EXPORTS: TableDefinition<&str, u8> = TableDefinition::new("exports");
+/// Changes a slow watcher may fall behind by before its watch fails (and it re-lists).
+const WATCH_BUFFER: usize = 4096;
 
 /// A failure of the control store.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +69,28 @@ pub enum RegistryError {
     },
 }
 
-/// The control store of one node (or of `skiff up`).
+impl From<RegistryError> for ControlError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::MissingArtifact(sha) => ControlError::MissingArtifact(sha),
+            RegistryError::Corrupt { .. } => ControlError::Corrupt(e.to_string()),
+            other => ControlError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The control store of one node (or of `skiff up`): a cheap handle to it.
+#[derive(Clone)]
 pub struct Registry {
+    inner: Arc<Store>,
+}
+
+/// The store behind a [`Registry`] handle.
+struct Store {
     db: Database,
     db_path: PathBuf,
     artifacts: PathBuf,
+    changes: broadcast::Sender<Change>,
 }
 
 impl Registry {
@@ -83,23 +107,31 @@ impl Registry {
             path: db_path.clone(),
             source: Box::new(e.into()),
         })?;
-        let reg = Registry {
+        let reg = Store {
             db,
             db_path,
             artifacts,
+            changes: broadcast::channel(WATCH_BUFFER).0,
         };
         // Create the tables so that reads never meet a missing table.
         reg.write(|tx| {
             tx.open_table(FUNCTIONS)?;
             tx.open_table(VERSIONS)?;
-            tx.open_table(COMPILED)?;
             tx.open_table(SECRETS)?;
-            tx.open_table(EXPORTS)?;
             Ok(())
         })?;
-        Ok(reg)
+        Ok(Registry {
+            inner: Arc::new(reg),
+        })
     }
 
+    /// Where the artifact with this hash lives.
+    pub fn artifact_path(&self, sha: &str) -> PathBuf {
+        self.inner.artifact_path(sha)
+    }
+}
+
+impl Store {
     fn db_err(&self, e: impl Into<redb::Error>) -> RegistryError {
         RegistryError::Db {
             path: self.db_path.clone(),
@@ -118,29 +150,30 @@ impl Registry {
         Ok(r)
     }
 
-    /// Where the artifact with this hash lives.
-    pub fn artifact_path(&self, sha: &str) -> PathBuf {
+    /// Tells watchers (none listening is fine).
+    fn announce(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    fn artifact_path(&self, sha: &str) -> PathBuf {
         self.artifacts.join(format!("{sha}.wasm"))
     }
 
-    /// Stores `bytes` under their sha256 (durably) and returns the hash.
-    pub fn put_artifact(&self, bytes: &[u8]) -> Result<String, RegistryError> {
+    fn store_artifact(&self, bytes: &[u8]) -> Result<String, RegistryError> {
         let sha = sha256_hex(bytes);
         let path = self.artifact_path(&sha);
         if path.exists() && self.read_artifact(&sha).is_ok() {
             return Ok(sha);
         }
-        write_durably(&path, bytes)?;
+        crate::files::write_durably(&path, bytes).map_err(|e| RegistryError::Io {
+            what: e.what,
+            path: e.path,
+            source: e.source,
+        })?;
         Ok(sha)
     }
 
-    /// Whether an intact artifact with this hash is stored.
-    pub fn has_artifact(&self, sha: &str) -> bool {
-        is_sha256_hex(sha) && self.artifact_path(sha).exists()
-    }
-
-    /// Reads an artifact and verifies its hash.
-    pub fn read_artifact(&self, sha: &str) -> Result<Vec<u8>, RegistryError> {
+    fn read_artifact(&self, sha: &str) -> Result<Vec<u8>, RegistryError> {
         if !is_sha256_hex(sha) {
             return Err(RegistryError::MissingArtifact(sha.to_string()));
         }
@@ -165,18 +198,16 @@ impl Registry {
         Ok(bytes)
     }
 
-    /// Records a new version of `name` and returns it. The previous record is replaced.
-    pub fn put_function(
+    fn next_record(
         &self,
         name: &str,
         manifest: &str,
         artifact: &str,
     ) -> Result<FunctionRecord, RegistryError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        self.write(|tx| {
+        if !is_sha256_hex(artifact) || !self.artifact_path(artifact).exists() {
+            return Err(RegistryError::MissingArtifact(artifact.to_string()));
+        }
+        let record = self.write(|tx| {
             let mut versions = tx.open_table(VERSIONS)?;
             let version = versions.get(name)?.map(|v| v.value()).unwrap_or(0) + 1;
             versions.insert(name, version)?;
@@ -185,18 +216,19 @@ impl Registry {
                 version,
                 manifest: manifest.to_string(),
                 artifact: artifact.to_string(),
-                deployed_at_ms: now,
+                deployed_at_ms: now_ms(),
             };
             let json = serde_json::to_vec(&record).map_err(|e| {
                 redb::Error::Corrupted(format!("cannot encode record for `{name}`: {e}"))
             })?;
             tx.open_table(FUNCTIONS)?.insert(name, json.as_slice())?;
             Ok(record)
-        })
+        })?;
+        self.announce(Change::Deployed(record.clone()));
+        Ok(record)
     }
 
-    /// Stores `record` as it is (cluster mode: the version comes from the cluster).
-    pub fn put_record(&self, record: &FunctionRecord) -> Result<(), RegistryError> {
+    fn store_record(&self, record: &FunctionRecord) -> Result<(), RegistryError> {
         let name = record.name.as_str();
         let json = serde_json::to_vec(record).map_err(|source| RegistryError::Record {
             name: name.to_string(),
@@ -208,94 +240,67 @@ impl Registry {
             versions.insert(name, last.max(record.version))?;
             tx.open_table(FUNCTIONS)?.insert(name, json.as_slice())?;
             Ok(())
-        })
+        })?;
+        self.announce(Change::Deployed(record.clone()));
+        Ok(())
     }
 
-    /// Removes `name`'s record; returns whether it existed.
-    pub fn remove_function(&self, name: &str) -> Result<bool, RegistryError> {
-        self.write(|tx| Ok(tx.open_table(FUNCTIONS)?.remove(name)?.is_some()))
+    fn delete_record(&self, name: &str) -> Result<bool, RegistryError> {
+        let existed = self.write(|tx| Ok(tx.open_table(FUNCTIONS)?.remove(name)?.is_some()))?;
+        if existed {
+            self.announce(Change::Removed(name.to_string()));
+        }
+        Ok(existed)
     }
 
-    /// Every deployed function, by name.
-    pub fn functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {
+    fn list_records(&self, only: Option<&str>) -> Result<Vec<FunctionRecord>, RegistryError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = tx.open_table(FUNCTIONS).map_err(|e| self.db_err(e))?;
+        let decode = |name: &str, bytes: &[u8]| {
+            serde_json::from_slice(bytes).map_err(|source| RegistryError::Record {
+                name: name.to_string(),
+                source,
+            })
+        };
+        if let Some(name) = only {
+            return match table.get(name).map_err(|e| self.db_err(e))? {
+                Some(v) => Ok(vec![decode(name, v.value())?]),
+                None => Ok(Vec::new()),
+            };
+        }
         let mut out = Vec::new();
         for entry in table.iter().map_err(|e| self.db_err(e))? {
             let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            let record =
-                serde_json::from_slice(v.value()).map_err(|source| RegistryError::Record {
-                    name: k.value().to_string(),
-                    source,
-                })?;
-            out.push(record);
+            out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
     }
 
-    /// The recorded sha256 of a precompiled file, by cache key.
-    pub fn compiled_hash(&self, key: &str) -> Result<Option<String>, RegistryError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = tx.open_table(COMPILED).map_err(|e| self.db_err(e))?;
-        let v = table.get(key).map_err(|e| self.db_err(e))?;
-        Ok(v.map(|v| v.value().to_string()))
-    }
-
-    /// Records the sha256 of a precompiled file.
-    pub fn set_compiled_hash(&self, key: &str, sha: &str) -> Result<(), RegistryError> {
-        self.write(|tx| {
-            tx.open_table(COMPILED)?.insert(key, sha)?;
-            Ok(())
-        })
-    }
-}
-
-impl Registry {
-    /// What a linked artifact exports (bits), by artifact, engine and Skiff version.
-    pub fn exports(&self, key: &str) -> Result<Option<u8>, RegistryError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = tx.open_table(EXPORTS).map_err(|e| self.db_err(e))?;
-        let v = table.get(key).map_err(|e| self.db_err(e))?;
-        Ok(v.map(|v| v.value()))
-    }
-
-    /// Records what a linked artifact exports.
-    pub fn set_exports(&self, key: &str, bits: u8) -> Result<(), RegistryError> {
-        if self.exports(key)? == Some(bits) {
-            return Ok(());
-        }
-        self.write(|tx| {
-            tx.open_table(EXPORTS)?.insert(key, bits)?;
-            Ok(())
-        })
-    }
-
-    /// Stores a sealed secret of `function` (function and key names are validated).
-    pub fn put_secret(
-        &self,
-        function: &str,
-        key: &str,
-        sealed: &[u8],
-    ) -> Result<(), RegistryError> {
+    fn store_secret(&self, function: &str, key: &str, sealed: &[u8]) -> Result<(), RegistryError> {
         let id = format!("{function}/{key}");
         self.write(|tx| {
             tx.open_table(SECRETS)?.insert(id.as_str(), sealed)?;
             Ok(())
-        })
+        })?;
+        self.announce(Change::SecretSet(
+            function.to_string(),
+            key.to_string(),
+            sealed.to_vec(),
+        ));
+        Ok(())
     }
 
-    /// Removes a secret; returns whether it existed.
-    pub fn remove_secret(&self, function: &str, key: &str) -> Result<bool, RegistryError> {
+    fn delete_secret(&self, function: &str, key: &str) -> Result<bool, RegistryError> {
         let id = format!("{function}/{key}");
-        self.write(|tx| Ok(tx.open_table(SECRETS)?.remove(id.as_str())?.is_some()))
+        let existed =
+            self.write(|tx| Ok(tx.open_table(SECRETS)?.remove(id.as_str())?.is_some()))?;
+        if existed {
+            self.announce(Change::SecretRemoved(function.to_string(), key.to_string()));
+        }
+        Ok(existed)
     }
 
-    /// The sealed secrets of `function` (every function's when `None`), as
-    /// (function, key, sealed), in key order.
-    pub fn secrets(
-        &self,
-        function: Option<&str>,
-    ) -> Result<Vec<(String, String, Vec<u8>)>, RegistryError> {
+    fn list_secrets(&self, function: Option<&str>) -> Result<Vec<SealedSecret>, RegistryError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = tx.open_table(SECRETS).map_err(|e| self.db_err(e))?;
         let prefix = function.map(|f| format!("{f}/")).unwrap_or_default();
@@ -314,68 +319,142 @@ impl Registry {
     }
 }
 
-/// Writes `bytes` to `path` so that after a crash the file is either absent or whole.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
-    let io = |what, source| RegistryError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", e))?;
-    f.write_all(bytes).map_err(|e| io("cannot write", e))?;
-    f.sync_all().map_err(|e| io("cannot sync", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io("cannot rename into place", e))?;
-    if let Some(dir) = path.parent() {
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("cannot sync folder of", e))?;
+impl ControlStore for Registry {
+    fn put_artifact<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, Result<String, ControlError>> {
+        // Hashing and fsyncing tens of MiB stays off the async workers.
+        let (reg, bytes) = (self.inner.clone(), bytes.to_vec());
+        Box::pin(async move { blocking(move || reg.store_artifact(&bytes)).await })
     }
-    Ok(())
+
+    fn has_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<bool, ControlError>> {
+        Box::pin(async move { Ok(is_sha256_hex(sha) && self.inner.artifact_path(sha).exists()) })
+    }
+
+    fn fetch_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ControlError>> {
+        let (reg, sha) = (self.inner.clone(), sha.to_string());
+        Box::pin(async move { blocking(move || reg.read_artifact(&sha)).await })
+    }
+
+    fn record<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FunctionRecord>, ControlError>> {
+        Box::pin(async move { Ok(self.inner.list_records(Some(name))?.pop()) })
+    }
+
+    fn records(&self) -> BoxFuture<'_, Result<Vec<FunctionRecord>, ControlError>> {
+        Box::pin(async move { Ok(self.inner.list_records(None)?) })
+    }
+
+    fn deploy<'a>(
+        &'a self,
+        name: &'a str,
+        manifest: &'a str,
+        artifact: &'a str,
+    ) -> BoxFuture<'a, Result<FunctionRecord, ControlError>> {
+        Box::pin(async move { Ok(self.inner.next_record(name, manifest, artifact)?) })
+    }
+
+    fn put<'a>(&'a self, record: &'a FunctionRecord) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(async move { Ok(self.inner.store_record(record)?) })
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, ControlError>> {
+        Box::pin(async move { Ok(self.inner.delete_record(name)?) })
+    }
+
+    fn put_secret<'a>(
+        &'a self,
+        function: &'a str,
+        key: &'a str,
+        sealed: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(async move { Ok(self.inner.store_secret(function, key, sealed)?) })
+    }
+
+    fn remove_secret<'a>(
+        &'a self,
+        function: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, ControlError>> {
+        Box::pin(async move { Ok(self.inner.delete_secret(function, key)?) })
+    }
+
+    fn secrets<'a>(
+        &'a self,
+        function: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<SealedSecret>, ControlError>> {
+        Box::pin(async move { Ok(self.inner.list_secrets(function)?) })
+    }
+
+    fn watch(
+        &self,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change, ControlError>>, ControlError>> {
+        use futures::StreamExt;
+        let rx = self.inner.changes.subscribe();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(change) => Some((Ok(change), rx)),
+                Err(broadcast::error::RecvError::Lagged(n)) => Some((
+                    Err(ControlError::Unavailable(format!(
+                        "the control store watch fell {n} changes behind; list again"
+                    ))),
+                    rx,
+                )),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+        .boxed();
+        Box::pin(async move { Ok(stream) })
+    }
+}
+
+/// Runs a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ControlError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ControlError::Unavailable(format!(
+            "a control store task failed: {e}"
+        ))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn functions_round_trip_and_versions_never_repeat() {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_local_control_store_conforms() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(dir.path()).unwrap();
-        let sha = reg.put_artifact(b"\0asm component bytes").unwrap();
-        assert!(reg.has_artifact(&sha));
-        let r1 = reg.put_function("hello", "name = \"hello\"", &sha).unwrap();
-        let r2 = reg.put_function("hello", "name = \"hello\"", &sha).unwrap();
-        assert_eq!((r1.version, r2.version), (1, 2));
-        assert!(reg.remove_function("hello").unwrap());
-        assert!(!reg.remove_function("hello").unwrap());
-        let r3 = reg.put_function("hello", "name = \"hello\"", &sha).unwrap();
-        assert_eq!(r3.version, 3);
+        skiff_core::control::conformance::run(&reg).await;
+        // And what it holds survives a reopen.
+        let records = reg.records().await.unwrap();
         drop(reg);
         let reg = Registry::open(dir.path()).unwrap();
-        assert_eq!(reg.functions().unwrap(), vec![r3]);
+        assert_eq!(reg.records().await.unwrap(), records);
     }
 
-    #[test]
-    fn corrupt_and_missing_artifacts_are_reported() {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn corrupt_and_missing_artifacts_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(dir.path()).unwrap();
-        let sha = reg.put_artifact(b"original").unwrap();
+        let sha = reg.put_artifact(b"original").await.unwrap();
         std::fs::write(reg.artifact_path(&sha), b"tampered").unwrap();
         assert!(matches!(
-            reg.read_artifact(&sha),
-            Err(RegistryError::Corrupt { .. })
+            reg.fetch_artifact(&sha).await,
+            Err(ControlError::Corrupt(_))
         ));
         let other = sha256_hex(b"never stored");
         assert!(matches!(
-            reg.read_artifact(&other),
-            Err(RegistryError::MissingArtifact(_))
+            reg.fetch_artifact(&other).await,
+            Err(ControlError::MissingArtifact(_))
         ));
         assert!(matches!(
-            reg.read_artifact("../../etc/passwd"),
-            Err(RegistryError::MissingArtifact(_))
+            reg.fetch_artifact("../../etc/passwd").await,
+            Err(ControlError::MissingArtifact(_))
         ));
     }
 }

@@ -34,7 +34,7 @@ impl TraceContext {
             };
         }
         TraceContext {
-            trace_id: crate::events::random_id(),
+            trace_id: crate::ids::random_id(),
             span_id,
             parent: None,
         }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use skiff_core::api::{ClusterStatus, FunctionInfo, NodeView};
-use skiff_core::cluster_registry::ClusterError;
+use skiff_core::control::ControlError;
 use skiff_core::deploy::record_route;
 use skiff_core::http::{
     Response, authorized, error, full, json, keys_answer, method_not_allowed, read_body,
@@ -18,9 +18,9 @@ use skiff_core::record::FunctionRecord;
 use skiff_core::secrets::{MAX_SECRET_BYTES, SecretError, check_key, check_value};
 use std::time::Instant;
 
-pub(crate) fn registry_error(e: ClusterError) -> Response {
+pub(crate) fn registry_error(e: ControlError) -> Response {
     match e {
-        ClusterError::MissingArtifact(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        ControlError::MissingArtifact(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -222,7 +222,7 @@ impl Scheduler {
 
     /// Every deployed function: the cluster registry's records, with what the nodes that
     /// serve them report (their limits, in-flight counts summed).
-    pub(crate) async fn functions(&self) -> Result<Vec<FunctionInfo>, ClusterError> {
+    pub(crate) async fn functions(&self) -> Result<Vec<FunctionInfo>, ControlError> {
         let records = self.registry.records().await?;
         let from_nodes = self.node_functions().await;
         Ok(records

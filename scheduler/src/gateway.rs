@@ -119,38 +119,12 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<GatewayBody> {
         let path = req.uri().path().to_string();
         let Some(function) = self.live.function_for(&path) else {
-            self.counts.not_found.fetch_add(1, Ordering::Relaxed);
-            let known = self.live.functions();
-            return reply(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no function serves `{path}`; deployed: {}",
-                    if known.is_empty() {
-                        "none (or no node is up)".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
+            return self.not_found(&path);
         };
         let (mut parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.max_body as usize).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "request body is larger than the scheduler forwards ({} bytes); send less or raise the scheduler's --max-body",
-                        self.max_body
-                    ),
-                );
-            }
-            Err(e) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the request body: {e}"),
-                );
-            }
+        let body = match self.buffer(body).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
         };
         for h in HOP_BY_HOP {
             parts.headers.remove(h);
@@ -174,25 +148,7 @@ impl Gateway {
                 self.random(),
             ) {
                 Ok(t) => t,
-                Err(NoTarget::NoNode(f)) => {
-                    self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
-                    let mut r = reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        if tried.is_empty() {
-                            format!(
-                                "no live node can take `{f}` now; start one with `skiff node --nats URL` or retry shortly"
-                            )
-                        } else {
-                            format!(
-                                "no node could take `{f}`: tried {}; retry shortly",
-                                tried.join(", ")
-                            )
-                        },
-                    );
-                    r.headers_mut()
-                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return r;
-                }
+                Err(NoTarget::NoNode(f)) => return self.unavailable(&f, &tried),
             };
             match self
                 .send(&target, &parts, &path_and_query, body.clone())
@@ -231,6 +187,62 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// No route matches `path`.
+    fn not_found(&self, path: &str) -> Response<GatewayBody> {
+        self.counts.not_found.fetch_add(1, Ordering::Relaxed);
+        let known = self.live.functions();
+        reply(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no function serves `{path}`; deployed: {}",
+                if known.is_empty() {
+                    "none (or no node is up)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )
+    }
+
+    /// Buffers the request body up to `--max-body`, so that a retry can send it again.
+    async fn buffer(&self, body: Incoming) -> Result<Bytes, Response<GatewayBody>> {
+        match Limited::new(body, self.max_body as usize).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than the scheduler forwards ({} bytes); send less or raise the scheduler's --max-body",
+                    self.max_body
+                ),
+            )),
+            Err(e) => Err(reply(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            )),
+        }
+    }
+
+    /// No node can take `function` (after trying `tried`): 503 with Retry-After.
+    fn unavailable(&self, function: &str, tried: &[String]) -> Response<GatewayBody> {
+        self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+        let mut r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            if tried.is_empty() {
+                format!(
+                    "no live node can take `{function}` now; start one with `skiff node --nats URL` or retry shortly"
+                )
+            } else {
+                format!(
+                    "no node could take `{function}`: tried {}; retry shortly",
+                    tried.join(", ")
+                )
+            },
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
     }
 
     async fn send(

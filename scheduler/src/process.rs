@@ -19,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skiff_core::cluster_registry::ClusterRegistry;
+use skiff_core::control::ControlStore;
 use skiff_core::deploy::route_table;
 use skiff_core::report::{NodeReport, NodeState, SUBJECT_PREFIX};
 use skiff_core::secrets::SecretKey;
@@ -57,7 +58,7 @@ pub struct SchedulerOptions {
 pub struct Scheduler {
     pub(crate) live: Arc<LiveSet>,
     pub(crate) gateway: Gateway,
-    pub(crate) registry: ClusterRegistry,
+    pub(crate) registry: Arc<dyn ControlStore>,
     pub(crate) token: Option<String>,
     pub(crate) url: String,
     pub(crate) started: Instant,
@@ -96,7 +97,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
     let scheduler = Arc::new(Scheduler {
         gateway: Gateway::new(live.clone(), opts.max_body, opts.placement),
         live: live.clone(),
-        registry,
+        registry: Arc::new(registry),
         token: opts.token.clone(),
         url: format!("http://{listen}"),
         started: Instant::now(),

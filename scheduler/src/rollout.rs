@@ -19,8 +19,8 @@ impl Scheduler {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        match self.registry.put_artifact(sha, &bytes).await {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "artifact": sha })),
+        match self.registry.put_artifact(&bytes).await {
+            Ok(stored) => json(StatusCode::OK, &serde_json::json!({ "artifact": stored })),
             Err(e) => registry_error(e),
         }
     }

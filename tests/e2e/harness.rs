@@ -133,6 +133,17 @@ impl Skiff {
         )
     }
 
+    /// Starts `skiff up` in a fresh temp dir allowed at most `files` open file
+    /// descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(files: u32) -> Skiff {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let all = ["up", "--data-dir", dir.to_str().expect("utf-8 path")];
+        let mut s = Skiff::spawn_via(Some(&format!("ulimit -n {files}")), &all);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts `skiff scheduler` against NATS at `nats`.
     pub fn scheduler(nats: &str, args: &[&str]) -> Skiff {
         let mut all = vec!["scheduler", "--nats", nats];
@@ -232,6 +243,17 @@ impl Skiff {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc status")
+    }
+
+    /// CPU time the server has used so far, in clock ticks (user + system, from /proc).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("read /proc stat");
+        // Fields after the command name (which may hold spaces) start past the last ')'.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
     }
 
     /// What the server has logged so far.

@@ -4,6 +4,7 @@
 use crate::harness::*;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_and_invoke_hello_through_cli_and_http() {
@@ -119,4 +120,46 @@ async fn wstd_component_streams_a_multi_megabyte_echo() {
         r.headers.get("content-length").is_none(),
         "expected a streamed answer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_file_descriptors_the_listeners_back_off_and_recover() {
+    let skiff = Skiff::start_with_fd_limit(160);
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    let addr = |url: &str| url.trim_start_matches("http://").to_string();
+    // Far more connections than the server may hold open: its accepts start failing.
+    let mut held = Vec::new();
+    for url in [&skiff.admin, &skiff.listen] {
+        for _ in 0..200 {
+            if let Ok(c) = std::net::TcpStream::connect(addr(url)) {
+                held.push(c);
+            }
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), async || skiff
+            .log()
+            .contains("accept failed; pausing"))
+        .await,
+        "no accept failure was logged: {}",
+        skiff.log()
+    );
+    // Failing accepts are retried with a pause, not in a busy loop.
+    let before = skiff.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = skiff.cpu_ticks() - before;
+    assert!(
+        used < 60,
+        "the server used {used} ticks of CPU in 2s while out of descriptors"
+    );
+    // Once the connections go, both listeners serve again.
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(10), async || {
+            get(&format!("{}/healthz", skiff.admin)).await.status == 200
+        })
+        .await
+    );
+    skiff.assert_hello_serves().await;
 }

@@ -6,16 +6,16 @@
 
 use crate::node::Node;
 use futures::StreamExt;
-use skiff_core::cluster_registry::{Change, ClusterError, ClusterRegistry};
+use skiff_core::control::{Change, ControlError, ControlStore};
 use skiff_core::record::FunctionRecord;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Follows the registry for as long as the node runs, reconnecting after failures.
-pub async fn run(node: Arc<Node>, registry: ClusterRegistry) {
+pub async fn run(node: Arc<Node>, registry: Arc<dyn ControlStore>) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        match follow(&node, &registry).await {
+        match follow(&node, registry.as_ref()).await {
             Ok(()) => backoff = Duration::from_millis(250),
             Err(e) => {
                 tracing::warn!(error = %e, "lost the cluster registry; serving the last known functions and retrying");
@@ -26,10 +26,10 @@ pub async fn run(node: Arc<Node>, registry: ClusterRegistry) {
     }
 }
 
-async fn follow(node: &Arc<Node>, registry: &ClusterRegistry) -> Result<(), ClusterError> {
+async fn follow(node: &Arc<Node>, registry: &dyn ControlStore) -> Result<(), ControlError> {
     // Watch first, so that nothing that changes while we list is missed; the watch's
     // entries wait until the listing has been applied.
-    let mut changes = Box::pin(registry.watch().await?);
+    let mut changes = registry.watch().await?;
     let records = registry.records().await?;
     let wanted: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
     for record in records {
@@ -48,13 +48,13 @@ async fn follow(node: &Arc<Node>, registry: &ClusterRegistry) -> Result<(), Clus
     // Secrets: take every one the registry has, drop those it no longer has.
     let secrets = registry.secrets(None).await?;
     for (function, key, sealed) in &secrets {
-        put_secret(node, function, key, sealed);
+        put_secret(node, function, key, sealed).await;
     }
-    match node.sealed_secrets() {
+    match node.sealed_secrets().await {
         Ok(local) => {
             for (function, key, _) in local {
                 if !secrets.iter().any(|(f, k, _)| *f == function && *k == key) {
-                    remove_secret(node, &function, &key);
+                    remove_secret(node, &function, &key).await;
                 }
             }
         }
@@ -68,29 +68,33 @@ async fn follow(node: &Arc<Node>, registry: &ClusterRegistry) -> Result<(), Clus
         match change? {
             Change::Deployed(record) => apply(node, registry, record).await,
             Change::Removed(name) => remove(node, &name).await,
-            Change::SecretSet(function, key, sealed) => put_secret(node, &function, &key, &sealed),
-            Change::SecretRemoved(function, key) => remove_secret(node, &function, &key),
+            Change::SecretSet(function, key, sealed) => {
+                put_secret(node, &function, &key, &sealed).await
+            }
+            Change::SecretRemoved(function, key) => remove_secret(node, &function, &key).await,
         }
     }
-    Err(ClusterError::Nats {
-        what: "watch the registry".into(),
-        detail: "the watch ended".into(),
-    })
+    Err(ControlError::Unavailable(
+        "cluster registry: the watch ended".into(),
+    ))
 }
 
 /// Deploys `record` here; a failure is recorded for the load reports (the scheduler turns
 /// it into the deploy's answer) and never stops the node.
-async fn apply(node: &Arc<Node>, registry: &ClusterRegistry, record: FunctionRecord) {
+async fn apply(node: &Arc<Node>, registry: &dyn ControlStore, record: FunctionRecord) {
     let (name, version) = (record.name.clone(), record.version);
     let result = async {
-        if !node.registry().has_artifact(&record.artifact) {
+        let here = node.control();
+        if !here
+            .has_artifact(&record.artifact)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             let bytes = registry
                 .fetch_artifact(&record.artifact)
                 .await
                 .map_err(|e| e.to_string())?;
-            node.registry()
-                .put_artifact(&bytes)
-                .map_err(|e| e.to_string())?;
+            here.put_artifact(&bytes).await.map_err(|e| e.to_string())?;
         }
         node.apply(record).await.map_err(|e| e.to_string())
     }
@@ -111,14 +115,14 @@ async fn remove(node: &Arc<Node>, name: &str) {
     }
 }
 
-fn put_secret(node: &Node, function: &str, key: &str, sealed: &[u8]) {
-    if let Err(e) = node.put_secret(function, key, sealed) {
+async fn put_secret(node: &Node, function: &str, key: &str, sealed: &[u8]) {
+    if let Err(e) = node.put_secret(function, key, sealed).await {
         tracing::error!(function, key, error = %e, "cannot take a secret from the cluster registry");
     }
 }
 
-fn remove_secret(node: &Node, function: &str, key: &str) {
-    if let Err(e) = node.remove_secret(function, key) {
+async fn remove_secret(node: &Node, function: &str, key: &str) {
+    if let Err(e) = node.remove_secret(function, key).await {
         tracing::error!(function, key, error = %e, "cannot remove a secret the cluster removed");
     }
 }

@@ -196,9 +196,27 @@ async fn deleted_consumer_gets_nothing(bus: &dyn Bus) {
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_bus_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
+    let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
     let bus = super::embedded::EmbeddedBus::open(store).await.unwrap();
     run(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_publish_that_fails_half_way_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
+    let bus = super::embedded::EmbeddedBus::open(db).await.unwrap();
+    let c = spec("halfway", "h.x", WAIT);
+    bus.ensure_consumer(&c).await.unwrap();
+    // The publication fails after it recorded the event's id as seen.
+    super::embedded::failpoint::arm("h.x");
+    assert!(bus.publish(vec![event("h1", "h.x")]).await.is_err());
+    // The retry must not be dropped as a duplicate of what never happened.
+    bus.publish(vec![event("h1", "h.x")]).await.unwrap();
+    let got = bus.fetch(&c.name, 1, WAIT).await.unwrap();
+    assert_eq!(got.len(), 1, "the retried event was lost");
+    assert_eq!(got[0].event, event("h1", "h.x"));
+    bus.ack(&got[0]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,7 +224,7 @@ async fn embedded_bus_redelivers_what_was_in_flight_at_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
     {
-        let store = crate::state::StateStore::open(&path).unwrap();
+        let store = crate::localdb::LocalDb::open(&path).unwrap();
         let bus = super::embedded::EmbeddedBus::open(store).await.unwrap();
         let c = spec("crash", "c.x", Duration::from_secs(3600));
         bus.ensure_consumer(&c).await.unwrap();
@@ -217,7 +235,7 @@ async fn embedded_bus_redelivers_what_was_in_flight_at_a_crash() {
     }
     // The writer thread of the old store is gone with its channel; reopen.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let store = crate::state::StateStore::open(&path).unwrap();
+    let store = crate::localdb::LocalDb::open(&path).unwrap();
     let bus = super::embedded::EmbeddedBus::open(store).await.unwrap();
     let c = spec("crash", "c.x", Duration::from_secs(3600));
     let again = bus.fetch(&c.name, 1, WAIT).await.unwrap().pop().unwrap();
@@ -229,7 +247,7 @@ async fn nats_bus_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let nats =
         skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
-    let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
+    let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
     let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
         .await
         .expect("connect");
@@ -241,7 +259,7 @@ async fn nats_bus_keeps_publications_while_nats_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats =
         skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
-    let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
+    let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
     let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
         .await
         .expect("connect");
@@ -275,7 +293,7 @@ async fn nats_bus_keeps_publications_while_nats_is_down() {
 #[tokio::test]
 async fn nats_unreachable_names_the_url() {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::state::StateStore::open(&dir.path().join("state.redb")).unwrap();
+    let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
     let err = match super::nats::NatsBus::connect("nats://127.0.0.1:1", store, 1).await {
         Ok(_) => panic!("connected to nothing"),
         Err(e) => e.to_string(),

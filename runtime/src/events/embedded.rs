@@ -1,6 +1,7 @@
 //! The embedded event bus: a durable log and per-consumer queues in the node's redb,
-//! written through the state store's group-committing writer (so publications from many
-//! invocations share fsyncs with each other and with state writes).
+//! written through the local database's group-committing writer ([`crate::localdb`]), so
+//! publications from many invocations share fsyncs with each other and with state writes,
+//! and each publication, lease or settlement is all-or-nothing.
 //!
 //! Tables: the event log (sequence → event), per-event reference counts (consumers yet to
 //! settle it; the event is deleted at zero), pending deliveries per consumer with their
@@ -8,9 +9,9 @@
 //! de-duplication (kept for [`DEDUP_WINDOW`]).
 
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
-use crate::state::{JobOutput, StateStore};
+use crate::localdb::LocalDb;
 use futures::future::BoxFuture;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use skiff_core::record::now_ms;
 use skiff_core::topic::matches;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ const SWEEP_EVERY_MS: u64 = 10 * 60 * 1000;
 
 /// The embedded bus.
 pub struct EmbeddedBus {
-    store: Arc<StateStore>,
+    db: Arc<LocalDb>,
     wake: Arc<Notify>,
 }
 
@@ -49,11 +50,11 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
 }
 
 impl EmbeddedBus {
-    /// Opens the bus in `store`'s database. Leases from a previous run are cleared so
+    /// Opens the bus in the node's local database. Leases from a previous run are cleared so
     /// that deliveries in flight at a crash are delivered again at once.
-    pub async fn open(store: Arc<StateStore>) -> Result<EmbeddedBus, BusError> {
+    pub async fn open(db: Arc<LocalDb>) -> Result<EmbeddedBus, BusError> {
         let bus = EmbeddedBus {
-            store,
+            db,
             wake: Arc::new(Notify::new()),
         };
         bus.job(|tx| {
@@ -85,29 +86,22 @@ impl EmbeddedBus {
         Ok(bus)
     }
 
+    /// Runs `f` in the local database's next commit: all of it or none of it.
     async fn job<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<R, String> + Send + 'static,
+        f: impl FnMut(&WriteTransaction) -> Result<R, String> + Send + 'static,
     ) -> Result<R, BusError> {
-        let out = self
-            .store
-            .transact(Box::new(move |tx| f(tx).map(|r| Box::new(r) as JobOutput)))
+        self.db
+            .run(f)
             .await
-            .map_err(|err| BusError::Backend(err.to_string()))?;
-        out.downcast::<R>()
-            .map(|b| *b)
-            .map_err(|_| BusError::Backend("job answered the wrong type".into()))
+            .map_err(|err| BusError::Backend(err.to_string()))
     }
 
     /// Due entries of `consumer` (not leased, retry time reached), and when the next
     /// not-yet-due one becomes due.
     fn due(&self, consumer: &str, max: usize) -> Result<(Vec<u64>, Option<u64>), BusError> {
         let now = now_ms();
-        let rtx = self
-            .store
-            .database()
-            .begin_read()
-            .map_err(|err| BusError::Backend(e(err)))?;
+        let rtx = self.db.read().map_err(|err| BusError::Backend(e(err)))?;
         let pending = rtx
             .open_table(PENDING)
             .map_err(|err| BusError::Backend(e(err)))?;
@@ -172,18 +166,21 @@ fn sweep_dedup(tx: &WriteTransaction, now: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// This bus's delivery token: the event's sequence in the log.
+struct EmbeddedSeq(u64);
+
 fn embedded_seq(d: &Delivery) -> Result<u64, BusError> {
-    match d.token {
-        DeliveryToken::Embedded(seq) => Ok(seq),
-        _ => Err(BusError::Backend("delivery of another bus".into())),
-    }
+    d.token
+        .get::<EmbeddedSeq>()
+        .map(|s| s.0)
+        .ok_or_else(|| BusError::Backend("delivery of another bus".into()))
 }
 
 impl Bus for EmbeddedBus {
     fn pending<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<u64, BusError>> {
         Box::pin(async move {
             let b = |err: &dyn std::fmt::Display| BusError::Backend(err.to_string());
-            let rtx = self.store.database().begin_read().map_err(|x| b(&x))?;
+            let rtx = self.db.read().map_err(|x| b(&x))?;
             let pending = rtx.open_table(PENDING).map_err(|x| b(&x))?;
             let range = pending
                 .range((consumer, 0)..=(consumer, u64::MAX))
@@ -210,11 +207,13 @@ impl Bus for EmbeddedBus {
                 let mut log = tx.open_table(LOG).map_err(e)?;
                 let mut refs = tx.open_table(REFS).map_err(e)?;
                 let mut pending = tx.open_table(PENDING).map_err(e)?;
-                for ev in events {
+                for ev in &events {
                     if dedup.get(ev.id.as_str()).map_err(e)?.is_some() {
                         continue;
                     }
                     dedup.insert(ev.id.as_str(), now).map_err(e)?;
+                    #[cfg(test)]
+                    failpoint::after_dedup(&ev.topic)?;
                     let targets: Vec<&ConsumerSpec> = consumers
                         .iter()
                         .filter(|c| matches(&c.pattern, &ev.topic))
@@ -223,7 +222,7 @@ impl Bus for EmbeddedBus {
                         continue;
                     }
                     let seq = next_seq(tx)?;
-                    log.insert(seq, json(&ev)?.as_slice()).map_err(e)?;
+                    log.insert(seq, json(ev)?.as_slice()).map_err(e)?;
                     refs.insert(seq, targets.len() as u32).map_err(e)?;
                     for c in targets {
                         pending
@@ -314,7 +313,7 @@ impl Bus for EmbeddedBus {
                             let mut pending = tx.open_table(PENDING).map_err(e)?;
                             let log = tx.open_table(LOG).map_err(e)?;
                             let mut out = Vec::new();
-                            for seq in due {
+                            for &seq in &due {
                                 let Some((attempts, not_before, lease)) = pending
                                     .get((name.as_str(), seq))
                                     .map_err(e)?
@@ -350,7 +349,7 @@ impl Bus for EmbeddedBus {
                                 event,
                                 attempt,
                                 consumer: consumer.to_string(),
-                                token: DeliveryToken::Embedded(seq),
+                                token: DeliveryToken::new(EmbeddedSeq(seq)),
                             })
                             .collect());
                     }
@@ -446,11 +445,7 @@ impl Bus for EmbeddedBus {
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
         Box::pin(async move {
             let backend = |err: &dyn std::fmt::Display| BusError::Backend(err.to_string());
-            let rtx = self
-                .store
-                .database()
-                .begin_read()
-                .map_err(|x| backend(&x))?;
+            let rtx = self.db.read().map_err(|x| backend(&x))?;
             let dead = rtx.open_table(DEAD).map_err(|x| backend(&x))?;
             let mut out: Vec<DeadLetter> = Vec::new();
             for entry in dead.range((function, "")..).map_err(|x| backend(&x))? {
@@ -511,5 +506,31 @@ impl Bus for EmbeddedBus {
             self.wake.notify_waiters();
             Ok(replayed)
         })
+    }
+}
+
+/// Test-only fault injection: make one publication fail half-way through its job.
+#[cfg(test)]
+pub(crate) mod failpoint {
+    use std::sync::Mutex;
+
+    static AFTER_DEDUP: Mutex<Option<String>> = Mutex::new(None);
+
+    /// Fails (once) when an event on `topic` has just been recorded as seen.
+    pub fn after_dedup(topic: &str) -> Result<(), String> {
+        let mut armed = AFTER_DEDUP.lock().unwrap_or_else(|p| p.into_inner());
+        if armed.as_deref() == Some(topic) {
+            *armed = None;
+            return Err(format!(
+                "failpoint: publication on `{topic}` fails after dedup"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes the next publication of an event on `topic` fail right after it recorded
+    /// the event's id as seen.
+    pub fn arm(topic: &str) {
+        *AFTER_DEDUP.lock().unwrap_or_else(|p| p.into_inner()) = Some(topic.to_string());
     }
 }

@@ -6,13 +6,12 @@
 //! JetStream. Delivery is at least once: a delivery is acked after its handler succeeds,
 //! retried with backoff when it fails, and dead-lettered after the trigger's last
 //! attempt. Effects apply once because a handler's writes and publications are keyed by
-//! the event's id (see [`runner`]).
+//! the event's id (see `crate::triggers::events`).
 
 #[cfg(test)]
 mod conformance;
 pub mod embedded;
 pub mod nats;
-pub mod runner;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -59,13 +58,26 @@ pub struct Delivery {
     pub token: DeliveryToken,
 }
 
-/// What a backend needs to settle a delivery.
-#[derive(Debug)]
-pub enum DeliveryToken {
-    /// Embedded: the event's sequence in the log.
-    Embedded(u64),
-    /// JetStream: the message, which carries its own ack subject.
-    Nats(Box<async_nats::jetstream::Message>),
+/// What a backend needs to settle a delivery, opaque to everyone but the bus that made
+/// it (the embedded bus keeps the event's sequence; JetStream, the message itself).
+pub struct DeliveryToken(Box<dyn std::any::Any + Send + Sync>);
+
+impl DeliveryToken {
+    /// Wraps a backend's own bookkeeping.
+    pub fn new<T: std::any::Any + Send + Sync>(inner: T) -> Self {
+        DeliveryToken(Box::new(inner))
+    }
+
+    /// The bookkeeping, if this token was made by the backend that keeps a `T`.
+    pub fn get<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for DeliveryToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeliveryToken")
+    }
 }
 
 /// A failure of the bus.
@@ -119,19 +131,4 @@ pub trait Bus: Send + Sync {
         function: &'a str,
         event_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, BusError>>;
-}
-
-/// A fresh random event id (for events not published by an event handler).
-pub fn random_id() -> String {
-    // The thread's CSPRNG (ChaCha, seeded and reseeded by the OS): no system call per id,
-    // which on the invocation path (two ids per request) was measurable.
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
-}
-
-/// The id of the `n`-th event that a handler publishes while handling `cause`: the same
-/// on every redelivery, so a retried handler's publications de-duplicate.
-pub fn derived_id(cause: &str, function: &str, n: u32) -> String {
-    let digest = skiff_core::record::sha256_hex(format!("{cause}/{function}/{n}").as_bytes());
-    digest[..32].to_string()
 }

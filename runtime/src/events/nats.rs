@@ -13,12 +13,12 @@
 //!   unreachable and delivers it once NATS is back. Nothing acknowledged is lost.
 
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
-use crate::state::{JobOutput, StateStore};
+use crate::localdb::LocalDb;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull, kv, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use skiff_core::record::now_ms;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,8 +29,6 @@ use tokio::sync::Notify;
 pub const STREAM: &str = "SKIFF_EVENTS";
 /// The KV bucket of dead letters.
 pub const DEAD_BUCKET: &str = "skiff_dead_letters";
-/// How long JetStream remembers message ids for de-duplication.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
 
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("nats_outbox");
 const OUTBOX_META: TableDefinition<&str, u64> = TableDefinition::new("nats_outbox_meta");
@@ -44,7 +42,7 @@ const H_USER: &str = "Skiff-H-";
 pub struct NatsBus {
     js: jetstream::Context,
     dead: kv::Store,
-    store: Arc<StateStore>,
+    db: Arc<LocalDb>,
     consumers: Mutex<HashMap<String, jetstream::consumer::PullConsumer>>,
     forward: Arc<Notify>,
 }
@@ -92,13 +90,13 @@ impl NatsBus {
     /// Connects to `urls` (comma-separated) and builds the bus over that connection.
     pub async fn connect(
         urls: &str,
-        store: Arc<StateStore>,
+        db: Arc<LocalDb>,
         replicas: usize,
     ) -> Result<Arc<NatsBus>, BusError> {
         let client = skiff_core::nats::connect(urls, "skiff")
             .await
             .map_err(|e| BusError::Backend(e.to_string()))?;
-        Self::new(client, store, replicas).await
+        Self::new(client, db, replicas).await
     }
 
     /// Creates the stream and bucket if needed over `client` (see
@@ -106,7 +104,7 @@ impl NatsBus {
     /// stream's replication factor.
     pub async fn new(
         client: async_nats::Client,
-        store: Arc<StateStore>,
+        db: Arc<LocalDb>,
         replicas: usize,
     ) -> Result<Arc<NatsBus>, BusError> {
         let js = jetstream::new(client);
@@ -116,7 +114,7 @@ impl NatsBus {
             retention: stream::RetentionPolicy::Interest,
             storage: stream::StorageType::File,
             num_replicas: replicas,
-            duplicate_window: DEDUP_WINDOW,
+            duplicate_window: skiff_core::nats::DEDUP_WINDOW,
             ..Default::default()
         })
         .await
@@ -134,18 +132,17 @@ impl NatsBus {
                 .await
                 .map_err(|e| backend(format!("cannot create bucket {DEAD_BUCKET}: {e}")))?,
         };
-        store
-            .transact(Box::new(|tx| {
-                tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
-                tx.open_table(OUTBOX_META).map_err(|e| e.to_string())?;
-                Ok(Box::new(()) as JobOutput)
-            }))
-            .await
-            .map_err(backend)?;
+        db.run(|tx: &redb::WriteTransaction| {
+            tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
+            tx.open_table(OUTBOX_META).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await
+        .map_err(backend)?;
         let bus = Arc::new(NatsBus {
             js,
             dead,
-            store,
+            db,
             consumers: Mutex::new(HashMap::new()),
             forward: Arc::new(Notify::new()),
         });
@@ -172,7 +169,7 @@ impl NatsBus {
 
     /// The outbox entries waiting to go out, oldest first.
     fn pending_outbox(&self, max: usize) -> Result<Vec<(u64, Event)>, BusError> {
-        let rtx = self.store.database().begin_read().map_err(backend)?;
+        let rtx = self.db.read().map_err(backend)?;
         let t = rtx.open_table(OUTBOX).map_err(backend)?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(backend)?.take(max) {
@@ -208,14 +205,14 @@ impl NatsBus {
             sent.push(seq);
         }
         let n = sent.len();
-        self.store
-            .transact(Box::new(move |tx| {
+        self.db
+            .run(move |tx: &redb::WriteTransaction| {
                 let mut t = tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
-                for seq in sent {
+                for &seq in &sent {
                     t.remove(seq).map_err(|e| e.to_string())?;
                 }
-                Ok(Box::new(()) as JobOutput)
-            }))
+                Ok(())
+            })
             .await
             .map_err(backend)?;
         Ok(n)
@@ -255,10 +252,9 @@ async fn forwarder(bus: std::sync::Weak<NatsBus>) {
 }
 
 fn token(d: &Delivery) -> Result<&jetstream::Message, BusError> {
-    match &d.token {
-        DeliveryToken::Nats(m) => Ok(m),
-        DeliveryToken::Embedded(_) => Err(backend("delivery of another bus")),
-    }
+    d.token
+        .get::<jetstream::Message>()
+        .ok_or_else(|| backend("delivery of another bus"))
 }
 
 impl Bus for NatsBus {
@@ -272,8 +268,8 @@ impl Bus for NatsBus {
 
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            self.store
-                .transact(Box::new(move |tx| {
+            self.db
+                .run(move |tx: &redb::WriteTransaction| {
                     let e = |x: &dyn std::fmt::Display| x.to_string();
                     let mut meta = tx.open_table(OUTBOX_META).map_err(|x| e(&x))?;
                     let mut seq = meta
@@ -288,8 +284,8 @@ impl Bus for NatsBus {
                         t.insert(seq, bytes.as_slice()).map_err(|x| e(&x))?;
                     }
                     meta.insert("seq", seq).map_err(|x| e(&x))?;
-                    Ok(Box::new(()) as JobOutput)
-                }))
+                    Ok(())
+                })
                 .await
                 .map_err(backend)?;
             self.forward.notify_one();
@@ -368,7 +364,7 @@ impl Bus for NatsBus {
                         event,
                         attempt,
                         consumer: consumer.to_string(),
-                        token: DeliveryToken::Nats(Box::new(msg)),
+                        token: DeliveryToken::new(msg),
                     }),
                     Err(e) => {
                         // Not ours to handle: terminate it rather than loop on it.

@@ -6,16 +6,33 @@
 //! then shared by every invocation (an `Arc`), so reading config costs no copy per request.
 
 use super::InstanceState;
+use super::capability::{Capability, CapabilityError, DeployContext, InstanceContext};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use wasmtime::component::Linker;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
-/// Links `wasi:config/store`.
-pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-    wasmtime_wasi_config::add_to_linker(linker, |s: &mut InstanceState| {
-        WasiConfig::from(&*s.config)
-    })
+/// `wasi:config/store`.
+pub struct Config;
+
+impl Capability for Config {
+    type Deployed = ConfigCell;
+    /// The values as they were when the invocation started.
+    type Instance = Arc<WasiConfigVariables>;
+
+    fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+        wasmtime_wasi_config::add_to_linker(linker, |s: &mut InstanceState| {
+            WasiConfig::from(&*s.caps.config)
+        })
+    }
+
+    fn configure(cx: &DeployContext<'_>) -> Result<ConfigCell, CapabilityError> {
+        Ok(ConfigCell::new(cx.manifest.config.clone(), cx.secrets))
+    }
+
+    fn instantiate(cell: &ConfigCell, _: &InstanceContext<'_>) -> Self::Instance {
+        cell.current()
+    }
 }
 
 /// A deployment's current config values; replaced whole when a secret changes.

@@ -5,7 +5,9 @@
 
 use super::InstanceState;
 use super::bindings::skiff::function::events;
-use crate::events::{Event, derived_id, random_id};
+use super::capability::{Capability, CapabilityError, DeployContext, InstanceContext};
+use crate::events::Event;
+use crate::ids::{derived_id, random_id};
 use skiff_core::record::now_ms;
 use skiff_core::topic::check_topic;
 use wasmtime::component::{HasData, Linker};
@@ -14,6 +16,23 @@ use wasmtime::component::{HasData, Linker};
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Most events one invocation may publish.
 pub const MAX_EVENTS_PER_INVOCATION: usize = 1000;
+
+/// Checks an event before anyone publishes it (a guest, or an operator through the admin
+/// API): a valid topic, and data and headers within [`MAX_EVENT_BYTES`].
+pub fn check_event(topic: &str, data: &[u8], headers: &[(String, String)]) -> Result<(), String> {
+    check_topic(topic).map_err(|e| e.to_string())?;
+    let size = data.len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > MAX_EVENT_BYTES {
+        return Err(format!(
+            "event is {size} bytes; the limit is {MAX_EVENT_BYTES}"
+        ));
+    }
+    Ok(())
+}
 
 /// The events an invocation has published so far.
 pub struct EventCtx {
@@ -45,17 +64,7 @@ impl EventCtx {
         data: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<String, String> {
-        check_topic(&topic).map_err(|e| e.to_string())?;
-        let size = data.len()
-            + headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if size > MAX_EVENT_BYTES {
-            return Err(format!(
-                "event is {size} bytes; the limit is {MAX_EVENT_BYTES}"
-            ));
-        }
+        check_event(&topic, &data, &headers)?;
         if self.outbox.len() >= MAX_EVENTS_PER_INVOCATION {
             return Err(format!(
                 "an invocation may publish at most {MAX_EVENTS_PER_INVOCATION} events"
@@ -91,9 +100,25 @@ impl HasData for HasEvents {
     type Data<'a> = &'a mut EventCtx;
 }
 
-/// Links `skiff:function/events`.
-pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-    events::add_to_linker::<_, HasEvents>(linker, |s| &mut s.events)
+/// `skiff:function/events`.
+pub struct Events;
+
+impl Capability for Events {
+    /// The function's name.
+    type Deployed = String;
+    type Instance = EventCtx;
+
+    fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+        events::add_to_linker::<_, HasEvents>(linker, |s| &mut s.caps.events)
+    }
+
+    fn configure(cx: &DeployContext<'_>) -> Result<String, CapabilityError> {
+        Ok(cx.function.to_string())
+    }
+
+    fn instantiate(function: &String, cx: &InstanceContext<'_>) -> EventCtx {
+        EventCtx::new(function, cx.cause, cx.traceparent.to_string())
+    }
 }
 
 impl events::Host for &mut EventCtx {

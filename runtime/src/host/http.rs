@@ -5,6 +5,7 @@
 //! is counted (`skiff_outbound_requests_total`) and logged, never a crash.
 
 use super::InstanceState;
+use super::capability::{Capability, CapabilityError, DeployContext, InstanceContext};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use wasmtime::component::Linker;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
 /// How long an outgoing connection may take to open (unless the guest asks for less).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,9 +27,52 @@ pub const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest outgoing response body a guest may receive.
 pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
 
-/// Links `wasi:http/types` and `wasi:http/outgoing-handler`.
-pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+/// `wasi:http` (types and outgoing-handler): outgoing requests under the manifest's `allowed_outbound_hosts`.
+pub struct OutboundHttp;
+
+/// What a deployed version's outgoing requests are checked against.
+pub struct HttpDeployed {
+    policy: Arc<OutboundPolicy>,
+    metrics: Arc<Metrics>,
+}
+
+/// One invocation's `wasi:http` state.
+pub struct HttpInstance {
+    /// wasmtime-wasi-http's context.
+    pub ctx: WasiHttpCtx,
+    /// The outbound policy's hooks.
+    pub hooks: OutboundHooks,
+}
+
+impl Capability for OutboundHttp {
+    type Deployed = HttpDeployed;
+    type Instance = HttpInstance;
+
+    fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    }
+
+    fn configure(cx: &DeployContext<'_>) -> Result<HttpDeployed, CapabilityError> {
+        let policy = OutboundPolicy::new(
+            cx.function,
+            &cx.manifest.allowed_outbound_hosts,
+            cx.node.admin,
+        )
+        .map_err(|e| CapabilityError::from(Box::new(e) as Box<_>))?;
+        Ok(HttpDeployed {
+            policy: Arc::new(policy),
+            metrics: cx.node.metrics.clone(),
+        })
+    }
+
+    fn instantiate(d: &HttpDeployed, _: &InstanceContext<'_>) -> HttpInstance {
+        let mut ctx = WasiHttpCtx::new();
+        ctx.set_field_size_limit(super::HostLimits::FIELDS_BYTES);
+        HttpInstance {
+            ctx,
+            hooks: OutboundHooks::new(d.policy.clone(), d.metrics.clone()),
+        }
+    }
 }
 
 /// One allowed origin: scheme, host (optionally `*.suffix`), optional port.

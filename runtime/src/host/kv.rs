@@ -1,15 +1,17 @@
 //! `wasi:keyvalue@0.2.0-draft` (store, atomics, batch) and `skiff:function/kv`
-//! (compare-and-swap, prefix listing), backed by the node's [`StateStore`].
+//! (compare-and-swap, prefix listing), backed by the node's [`StateBackend`].
 //!
 //! The function's namespace comes from the deployment, never from the guest: a guest
 //! names only a bucket inside its own namespace, so another function's keys are out of
 //! reach whatever it passes.
 
 use super::InstanceState;
+use super::bindings::{Bucket, KvError};
+use super::capability::{Capability, CapabilityError, DeployContext, InstanceContext};
 use crate::state::keys::MAX_BUCKET_BYTES;
-use crate::state::{KvLimits, Namespace, Op, OpResult, StateError, StateStore};
+use crate::state::{KvLimits, Namespace, Op, OpResult, StateBackend};
 use std::sync::Arc;
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::bindings::skiff::function::kv as skiff_kv;
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
@@ -17,58 +19,60 @@ use super::bindings::wasi::keyvalue::{atomics, batch, store};
 /// The bucket name a guest gets when it opens "".
 pub const DEFAULT_BUCKET: &str = "default";
 
-/// An open bucket (the `bucket` resource).
-pub struct Bucket {
-    ns: Namespace,
-}
-
-/// A key-value failure as the guest sees it.
-#[derive(Debug)]
-pub enum KvError {
-    /// The bucket name is unusable.
-    NoSuchStore,
-    /// Anything else, with a message.
-    Other(String),
-}
-
-impl From<ResourceTableError> for KvError {
-    fn from(e: ResourceTableError) -> Self {
-        KvError::Other(e.to_string())
-    }
-}
-
-impl From<StateError> for KvError {
-    fn from(e: StateError) -> Self {
-        KvError::Other(e.to_string())
-    }
-}
-
 /// Per-invocation key-value context: whose state, under which limits, and (for an event
 /// handler) the event its writes are keyed by.
 pub struct KvCtx {
-    store: Arc<StateStore>,
-    metrics: Arc<crate::metrics::Metrics>,
-    function: String,
-    limits: KvLimits,
+    shared: Arc<KvDeployed>,
     /// The triggering event's id and the number of writes made so far.
     cause: Option<(String, u32)>,
 }
 
-impl KvCtx {
-    /// The context of one invocation of `spec`; `cause` is the id of the event being
-    /// handled, if any.
-    pub fn new(spec: &super::SandboxSpec, cause: Option<&str>) -> Self {
-        KvCtx {
-            store: spec.state.clone(),
-            metrics: spec.metrics.clone(),
-            function: spec.function.clone(),
-            limits: spec.limits.kv,
-            cause: cause.map(|c| (c.to_string(), 0)),
-        }
+/// What every invocation of a deployed version shares: whose state, under which limits.
+pub struct KvDeployed {
+    store: Arc<dyn StateBackend>,
+    metrics: Arc<crate::metrics::Metrics>,
+    function: String,
+    limits: KvLimits,
+}
+
+/// Key-value state.
+pub struct Kv;
+
+impl Capability for Kv {
+    type Deployed = Arc<KvDeployed>;
+    type Instance = KvCtx;
+
+    fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+        store::add_to_linker::<_, HasKv>(linker, view)?;
+        atomics::add_to_linker::<_, HasKv>(linker, view)?;
+        batch::add_to_linker::<_, HasKv>(linker, view)?;
+        skiff_kv::add_to_linker::<_, HasKv>(linker, view)?;
+        Ok(())
     }
 
+    fn configure(cx: &DeployContext<'_>) -> Result<Self::Deployed, CapabilityError> {
+        Ok(Arc::new(KvDeployed {
+            store: cx.node.state.clone(),
+            metrics: cx.node.metrics.clone(),
+            function: cx.function.to_string(),
+            limits: cx.limits.kv,
+        }))
+    }
+
+    /// `cause` is the id of the event being handled, if any.
+    fn instantiate(shared: &Self::Deployed, cx: &InstanceContext<'_>) -> KvCtx {
+        KvCtx {
+            shared: shared.clone(),
+            cause: cx.cause.map(|c| (c.to_string(), 0)),
+        }
+    }
+}
+
+impl KvCtx {
     fn observe(&self, op: &str, started: std::time::Instant) {
-        self.metrics.kv(&self.function, op, started.elapsed());
+        self.shared
+            .metrics
+            .kv(&self.shared.function, op, started.elapsed());
     }
 
     /// The idempotency key of the next write: (function, event, position, the op
@@ -81,7 +85,7 @@ impl KvCtx {
             .unwrap_or_default();
         let key = format!(
             "{}/{cause}/{n}/{}",
-            self.function,
+            self.shared.function,
             &digest[..16.min(digest.len())]
         );
         *n += 1;
@@ -103,18 +107,9 @@ impl HasData for HasKv {
 
 fn view(s: &mut InstanceState) -> KvView<'_> {
     KvView {
-        ctx: &mut s.kv,
+        ctx: &mut s.caps.kv,
         table: &mut s.table,
     }
-}
-
-/// Links the key-value interfaces.
-pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-    store::add_to_linker::<_, HasKv>(linker, view)?;
-    atomics::add_to_linker::<_, HasKv>(linker, view)?;
-    batch::add_to_linker::<_, HasKv>(linker, view)?;
-    skiff_kv::add_to_linker::<_, HasKv>(linker, view)?;
-    Ok(())
 }
 
 impl KvView<'_> {
@@ -134,15 +129,15 @@ impl KvView<'_> {
             Op::Purge { .. } => "purge",
         };
         let key = self.ctx.next_key(&op);
-        let store = self.ctx.store.clone();
-        let r = store.write_once(op, self.ctx.limits, key).await;
+        let store = self.ctx.shared.store.clone();
+        let r = store.write_once(op, self.ctx.shared.limits, key).await;
         self.ctx.observe(name, started);
         Ok(r?)
     }
 
     fn read(&self, op: &str, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let started = std::time::Instant::now();
-        let r = self.ctx.store.get(ns, key);
+        let r = self.ctx.shared.store.get(ns, key);
         self.ctx.observe(op, started);
         Ok(r?)
     }
@@ -158,7 +153,7 @@ impl store::Host for KvView<'_> {
         if bucket.len() > MAX_BUCKET_BYTES {
             return Err(KvError::NoSuchStore);
         }
-        let ns = Namespace::new(&self.ctx.function, &bucket);
+        let ns = Namespace::new(&self.ctx.shared.function, &bucket);
         Ok(self.table.push(Bucket { ns })?)
     }
 
@@ -208,7 +203,7 @@ impl store::HostBucket for KvView<'_> {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
         let ns = self.ns(&bucket)?;
-        let (keys, cursor) = self.ctx.store.list(&ns, "", cursor.unwrap_or(0))?;
+        let (keys, cursor) = self.ctx.shared.store.list(&ns, "", cursor.unwrap_or(0))?;
         Ok(store::KeyResponse { keys, cursor })
     }
 
@@ -300,7 +295,7 @@ impl skiff_kv::Host for KvView<'_> {
     ) -> Result<Option<Vec<u8>>, KvError> {
         let ns = self.ns(&bucket)?;
         let started = std::time::Instant::now();
-        let store = self.ctx.store.clone();
+        let store = self.ctx.shared.store.clone();
         let r = store.get_consistent(&ns, &key).await;
         self.ctx.observe("get_consistent", started);
         Ok(r?)
@@ -313,7 +308,11 @@ impl skiff_kv::Host for KvView<'_> {
         cursor: Option<u64>,
     ) -> Result<store::KeyResponse, KvError> {
         let ns = self.ns(&bucket)?;
-        let (keys, cursor) = self.ctx.store.list(&ns, &prefix, cursor.unwrap_or(0))?;
+        let (keys, cursor) = self
+            .ctx
+            .shared
+            .store
+            .list(&ns, &prefix, cursor.unwrap_or(0))?;
         Ok(store::KeyResponse { keys, cursor })
     }
 }

@@ -3,11 +3,14 @@
 //! ([`http`]), `wasi:config` with the manifest's `[config]` and the operator's secrets
 //! ([`config`]), key-value state ([`kv`]), and captured stdout/stderr ([`logging`]).
 //!
+//! Each is a [`capability::Capability`]: it links itself, checks its part of the manifest
+//! at deploy, and builds its per-invocation state; `capabilities!` below lists them.
 //! [`InstanceState`] is the store data of one invocation; [`SandboxSpec`] is everything
 //! about a deployed version that does not change per request, built once at deploy.
 //! [`HostLimits`] bound what the host allocates on a guest's behalf.
 
 pub mod bindings;
+pub mod capability;
 pub mod config;
 pub mod events;
 pub mod http;
@@ -16,16 +19,22 @@ pub mod limiter;
 pub mod logging;
 pub mod wasi;
 
-use crate::state::StateStore;
+use capability::{InstanceContext, capabilities};
 use skiff_core::limits::FunctionLimits;
-use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-/// Per-deployment facts every invocation's sandbox is built from.
-#[derive(Debug)]
+capabilities! {
+    wasi: wasi::Wasi,
+    http: http::OutboundHttp,
+    config: config::Config,
+    kv: kv::Kv,
+    events: events::Events,
+}
+
+/// Per-deployment facts every invocation's sandbox is built from, made once at deploy.
 pub struct SandboxSpec {
     /// The function's name (for logs).
     pub function: String,
@@ -33,28 +42,25 @@ pub struct SandboxSpec {
     pub version: u64,
     /// The function's resolved limits.
     pub limits: FunctionLimits,
-    /// `[env]` from the manifest: the only environment the guest sees.
-    pub env: Vec<(String, String)>,
-    /// Where outgoing HTTP may go.
-    pub outbound: Arc<http::OutboundPolicy>,
-    /// What `wasi:config/store` answers: `[config]` and the function's secrets.
-    pub config: config::ConfigCell,
-    /// The node's state store (the function sees only its own namespace).
-    pub state: Arc<StateStore>,
-    /// The node's metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    /// What each capability keeps for this version.
+    pub caps: Deployed,
+}
+
+impl std::fmt::Debug for SandboxSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxSpec")
+            .field("function", &self.function)
+            .field("version", &self.version)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 /// The store data of one invocation.
 pub struct InstanceState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
     table: ResourceTable,
-    outbound: http::OutboundHooks,
-    config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
-    kv: kv::KvCtx,
-    /// Events published by this invocation, held until it succeeds.
-    pub events: events::EventCtx,
+    /// Each capability's state.
+    pub caps: Instances,
     /// Enforces the memory limit and remembers whether it was hit.
     pub limiter: limiter::GuestLimiter,
     /// The guest's captured output.
@@ -65,7 +71,7 @@ pub struct InstanceState {
 
 impl InstanceState {
     /// A fresh sandbox for one invocation of `spec`; `cause` is the id of the event it
-    /// handles, if it is an event invocation; `traceparent` goes on the events it publishes.
+    /// handles, if it is an event invocation; `traceparent` goes on what it sends on.
     pub fn new(
         spec: &SandboxSpec,
         started: Instant,
@@ -73,19 +79,16 @@ impl InstanceState {
         traceparent: String,
     ) -> InstanceState {
         let logs = logging::CapturedOutput::new();
-        let wasi = wasi::context(spec, &logs);
-        let mut http = WasiHttpCtx::new();
-        http.set_field_size_limit(HostLimits::FIELDS_BYTES);
         let mut table = ResourceTable::new();
         table.set_max_capacity(HostLimits::RESOURCES);
+        let cx = InstanceContext {
+            cause,
+            traceparent: &traceparent,
+            logs: &logs,
+        };
         InstanceState {
-            wasi,
-            http,
+            caps: Instances::new(&spec.caps, &cx),
             table,
-            outbound: http::OutboundHooks::new(spec.outbound.clone(), spec.metrics.clone()),
-            config: spec.config.current(),
-            kv: kv::KvCtx::new(spec, cause),
-            events: events::EventCtx::new(&spec.function, cause, traceparent),
             limiter: limiter::GuestLimiter::new(spec.limits.memory),
             logs,
             deadline: started + spec.limits.timeout,
@@ -96,7 +99,7 @@ impl InstanceState {
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut self.caps.wasi,
             table: &mut self.table,
         }
     }
@@ -105,9 +108,9 @@ impl WasiView for InstanceState {
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
-            ctx: &mut self.http,
+            ctx: &mut self.caps.http.ctx,
             table: &mut self.table,
-            hooks: &mut self.outbound,
+            hooks: &mut self.caps.http.hooks,
         }
     }
 }
@@ -141,10 +144,6 @@ impl HostLimits {
 /// The linker every deployed component is pre-instantiated against.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<InstanceState>> {
     let mut linker = Linker::new(engine);
-    wasi::add_to_linker(&mut linker)?;
-    http::add_to_linker(&mut linker)?;
-    config::add_to_linker(&mut linker)?;
-    kv::add_to_linker(&mut linker)?;
-    events::add_to_linker(&mut linker)?;
+    link_all(&mut linker)?;
     Ok(linker)
 }

@@ -2,21 +2,45 @@
 //! nothing): a sandbox with no preopened directory, no socket, no inherited environment
 //! and no arguments — only the manifest's `[env]`.
 
-use super::{InstanceState, SandboxSpec, logging::CapturedOutput};
+use super::InstanceState;
+use super::capability::{Capability, CapabilityError, DeployContext, InstanceContext};
+use super::logging::CapturedOutput;
 use wasmtime::component::Linker;
 use wasmtime_wasi::WasiCtx;
 
-/// Links the WASI 0.2 interfaces. Components built for `wasm32-wasip2` import more than
-/// the `wasi:http/proxy` world (environment, exit, filesystem types) even when unused,
-/// so all are linked; the context below grants none of them any authority.
-pub fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)
+/// The WASI basics.
+pub struct Wasi;
+
+impl Capability for Wasi {
+    /// `[env]` from the manifest: the only environment the guest sees.
+    type Deployed = Vec<(String, String)>;
+    type Instance = WasiCtx;
+
+    /// Components built for `wasm32-wasip2` import more than the `wasi:http/proxy` world
+    /// (environment, exit, filesystem types) even when unused, so all are linked; the
+    /// context grants none of them any authority.
+    fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+        wasmtime_wasi::p2::add_to_linker_async(linker)
+    }
+
+    fn configure(cx: &DeployContext<'_>) -> Result<Self::Deployed, CapabilityError> {
+        Ok(cx
+            .manifest
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn instantiate(env: &Self::Deployed, cx: &InstanceContext<'_>) -> WasiCtx {
+        context(env, cx.logs)
+    }
 }
 
 /// The WASI context of one invocation.
-pub fn context(spec: &SandboxSpec, logs: &CapturedOutput) -> WasiCtx {
+fn context(env: &[(String, String)], logs: &CapturedOutput) -> WasiCtx {
     let mut b = WasiCtx::builder();
-    b.envs(&spec.env);
+    b.envs(env);
     b.stdout(logs.stdout());
     b.stderr(logs.stderr());
     // Sockets: nothing is inherited and every address check fails (the builder's default),

@@ -12,8 +12,8 @@
 use crate::engine::{CompileError, NodeEngine};
 use crate::host::InstanceState;
 use crate::host::bindings::GuestPre;
-use crate::registry::Registry;
 use skiff_core::api::CodeSource;
+use skiff_core::control::ControlStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -65,7 +65,7 @@ struct Lru {
 pub struct CodeCache {
     engine: NodeEngine,
     linker: Linker<InstanceState>,
-    registry: Arc<Registry>,
+    control: Arc<dyn ControlStore>,
     capacity: usize,
     lru: Mutex<Lru>,
 }
@@ -75,13 +75,13 @@ impl CodeCache {
     pub fn new(
         engine: NodeEngine,
         linker: Linker<InstanceState>,
-        registry: Arc<Registry>,
+        control: Arc<dyn ControlStore>,
         capacity: usize,
     ) -> Self {
         CodeCache {
             engine,
             linker,
-            registry,
+            control,
             capacity: capacity.max(1),
             lru: Mutex::new(Lru::default()),
         }
@@ -160,13 +160,25 @@ impl CodeCache {
     }
 
     async fn load(&self, artifact: &str) -> Result<Arc<Linked>, LoadError> {
-        let engine = self.engine.clone();
-        let registry = self.registry.clone();
-        let owned = artifact.to_string();
-        let (component, source) =
-            tokio::task::spawn_blocking(move || engine.load(&registry, &owned))
-                .await
-                .map_err(|e| LoadError::Task(e.to_string()))??;
+        let (engine, owned) = (self.engine.clone(), artifact.to_string());
+        let cached = tokio::task::spawn_blocking(move || engine.load_cached(&owned))
+            .await
+            .map_err(|e| LoadError::Task(e.to_string()))??;
+        let (component, source) = match cached {
+            Some(c) => (c, CodeSource::Cache),
+            None => {
+                let wasm = self
+                    .control
+                    .fetch_artifact(artifact)
+                    .await
+                    .map_err(CompileError::from)?;
+                let (engine, owned) = (self.engine.clone(), artifact.to_string());
+                let c = tokio::task::spawn_blocking(move || engine.compile(&owned, &wasm))
+                    .await
+                    .map_err(|e| LoadError::Task(e.to_string()))??;
+                (c, CodeSource::Compiled)
+            }
+        };
         let pre = self
             .linker
             .instantiate_pre(&component)

@@ -10,12 +10,12 @@ use super::code::LoadError;
 use super::{Deployment, Node, Snapshot};
 use crate::engine::CompileError;
 use crate::events::ConsumerSpec;
-use crate::host::SandboxSpec;
-use crate::host::config::ConfigCell;
-use crate::host::http::{OriginError, OutboundPolicy};
-use crate::registry::RegistryError;
+use crate::host::capability::{CapabilityError, DeployContext, NodeServices};
+use crate::host::{Deployed, SandboxSpec};
+use skiff_core::control::ControlError;
+use skiff_core::deploy::{CheckError, Checked, check_manifest};
 use skiff_core::limits::{FunctionLimits, LimitError};
-use skiff_core::manifest::{FunctionName, Manifest, ManifestError, NameError};
+use skiff_core::manifest::{FunctionName, Manifest, NameError};
 use skiff_core::record::FunctionRecord;
 use skiff_core::{Route, RouteError};
 use std::sync::Arc;
@@ -24,28 +24,18 @@ use tokio::sync::Semaphore;
 /// Why a deploy (or a restore at start) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    /// The manifest is malformed.
+    /// The manifest, the name or the route is wrong (the check the scheduler runs too).
     #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    Check(#[from] CheckError),
     /// The name in the URL is not a valid function name.
     #[error(transparent)]
     Name(#[from] NameError),
-    /// The URL and the manifest disagree on the name.
-    #[error(
-        "the manifest names function `{manifest}` but it was deployed as `{path}`; deploy it under its own name"
-    )]
-    NameMismatch {
-        /// The name in the request path.
-        path: String,
-        /// The name in the manifest.
-        manifest: String,
-    },
     /// A limit exceeds the node's maximum.
     #[error(transparent)]
     Limits(#[from] LimitError),
-    /// An outbound origin is malformed.
+    /// A capability refused its part of the manifest.
     #[error(transparent)]
-    Outbound(#[from] OriginError),
+    Capability(#[from] CapabilityError),
     /// The route is malformed or taken.
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -89,7 +79,7 @@ pub enum DeployError {
     },
     /// The control store failed.
     #[error(transparent)]
-    Store(#[from] RegistryError),
+    Store(#[from] ControlError),
     /// The event bus refused the function's consumers.
     #[error(transparent)]
     Bus(#[from] crate::events::BusError),
@@ -107,16 +97,22 @@ impl DeployError {
     /// Whether the caller's input is at fault (as opposed to the node).
     pub fn is_client_error(&self) -> bool {
         match self {
-            DeployError::Store(RegistryError::MissingArtifact(_)) => true,
-            DeployError::Store(_) | DeployError::Bus(_) | DeployError::Internal { .. } => false,
-            DeployError::Compile { source, .. } => !matches!(source, CompileError::Store(_)),
+            DeployError::Store(e) => e.is_client_error(),
+            DeployError::Bus(_) | DeployError::Internal { .. } => false,
+            DeployError::Compile { source, .. } => {
+                !matches!(source, CompileError::Artifact(_) | CompileError::Cache(_))
+            }
             _ => true,
         }
     }
 
     /// Whether the failure is a conflict with what is already deployed.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, DeployError::Route(RouteError::Taken { .. }))
+        match self {
+            DeployError::Route(RouteError::Taken { .. }) => true,
+            DeployError::Check(e) => e.is_conflict(),
+            _ => false,
+        }
     }
 }
 
@@ -126,8 +122,16 @@ struct Prepared {
     manifest: Manifest,
     route: Option<Route>,
     limits: FunctionLimits,
-    outbound: Arc<OutboundPolicy>,
+    caps: Deployed,
     exports: Exports,
+}
+
+/// A compiled-code cache failure while deploying `name`.
+fn compile_error(name: &FunctionName, source: CompileError) -> DeployError {
+    DeployError::Compile {
+        name: name.to_string(),
+        source,
+    }
 }
 
 /// How long a delivery may stay unacknowledged: the handler's timeout plus a margin.
@@ -145,23 +149,23 @@ impl Node {
         snapshot: &Snapshot,
         lazy: bool,
     ) -> Result<Prepared, DeployError> {
-        let manifest = Manifest::parse(manifest_text, "skiff.toml")?;
+        let Checked { manifest, route } = check_manifest(expected.as_str(), manifest_text)?;
         let name = manifest.name.clone();
-        if &name != expected {
-            return Err(DeployError::NameMismatch {
-                path: expected.to_string(),
-                manifest: name.to_string(),
-            });
-        }
         let limits = self.limits.resolve(&manifest.limits)?;
-        let outbound = Arc::new(OutboundPolicy::new(
-            name.as_str(),
-            &manifest.allowed_outbound_hosts,
-            self.admin,
-        )?);
-        let route = manifest.route()?;
-        if !self.registry.has_artifact(artifact) {
-            return Err(RegistryError::MissingArtifact(artifact.to_string()).into());
+        let secrets = self.function_secrets(name.as_str()).await;
+        let caps = Deployed::configure(&DeployContext {
+            function: name.as_str(),
+            manifest: &manifest,
+            limits: &limits,
+            secrets: &secrets,
+            node: &NodeServices {
+                state: self.state.clone(),
+                metrics: self.metrics.clone(),
+                admin: self.admin,
+            },
+        })?;
+        if !self.control.has_artifact(artifact).await? {
+            return Err(ControlError::MissingArtifact(artifact.to_string()).into());
         }
         let exports = self.exports(&name, artifact, !lazy).await?;
         // A function handles HTTP, events, or both: whichever it exports.
@@ -189,7 +193,7 @@ impl Node {
             manifest,
             route,
             limits,
-            outbound,
+            caps,
             exports,
         })
     }
@@ -204,7 +208,13 @@ impl Node {
         load: bool,
     ) -> Result<Exports, DeployError> {
         let key = self.exports_key(artifact);
-        if !load && let Some(bits) = self.registry.exports(&key)? {
+        if !load
+            && let Some(bits) = self
+                .engine
+                .index()
+                .exports(&key)
+                .map_err(|source| compile_error(name, source))?
+        {
             return Ok(Exports::from_bits(bits));
         }
         let linked = self.code.get(artifact).await.map_err(|e| match e {
@@ -227,7 +237,10 @@ impl Node {
             http_error: linked.http_error.clone(),
             events_error: linked.handler_error.clone(),
         };
-        self.registry.set_exports(&key, exports.bits())?;
+        self.engine
+            .index()
+            .set_exports(&key, exports.bits())
+            .map_err(|source| compile_error(name, source))?;
         Ok(exports)
     }
 
@@ -241,15 +254,15 @@ impl Node {
         )
     }
 
-    fn install(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
+    async fn install(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
         let name = p.name.clone();
-        let d = self.build(p, record);
+        let d = self.build(p, record).await;
         self.swap_in(vec![(name, d.clone())]);
         d
     }
 
     /// The deployment a prepared version becomes (not yet serving).
-    fn build(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
+    async fn build(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
         let triggers = p
             .manifest
             .events
@@ -259,17 +272,12 @@ impl Node {
                 (t.clone(), spec)
             })
             .collect();
-        let secrets = self.function_secrets(&record.name);
         let deployment = Arc::new(Deployment {
             spec: SandboxSpec {
-                config: ConfigCell::new(p.manifest.config, &secrets),
                 function: record.name.clone(),
                 version: record.version,
                 limits: p.limits,
-                env: p.manifest.env.into_iter().collect(),
-                outbound: p.outbound,
-                state: self.state.clone(),
-                metrics: self.metrics.clone(),
+                caps: p.caps,
             },
             slots: Arc::new(Semaphore::new(p.limits.concurrency as usize)),
             record,
@@ -320,9 +328,9 @@ impl Node {
         let prepared = self
             .prepare(&path_name, manifest_text, artifact, &self.snapshot(), false)
             .await?;
-        let record = self.registry.put_function(name, manifest_text, artifact)?;
-        let d = self.install(prepared, record);
-        self.start_triggers(&d).await?;
+        let record = self.control.deploy(name, manifest_text, artifact).await?;
+        let d = self.install(prepared, record).await;
+        self.announce_deployed(&d).await?;
         tracing::info!(function = name, version = d.record.version, route = ?d.route.as_ref().map(ToString::to_string), "deployed");
         Ok(d)
     }
@@ -342,20 +350,20 @@ impl Node {
         let prepared = self
             .prepare(&name, &record.manifest, &record.artifact, &snapshot, false)
             .await?;
-        self.registry.put_record(&record)?;
-        let d = self.install(prepared, record);
-        self.start_triggers(&d).await?;
+        self.control.put(&record).await?;
+        let d = self.install(prepared, record).await;
+        self.announce_deployed(&d).await?;
         tracing::info!(function = %d.record.name, version = d.record.version, "deployed from the cluster registry");
         Ok(true)
     }
 
     /// Brings back every recorded deployment (at start). A version that no longer loads
     /// is logged and skipped so that one broken function does not keep the node down.
-    pub async fn restore(self: &Arc<Self>) -> Result<usize, RegistryError> {
+    pub async fn restore(self: &Arc<Self>) -> Result<usize, ControlError> {
         let _guard = self.changes.lock().await;
         let mut ready = Vec::new();
         let empty = Snapshot::default();
-        for record in self.registry.functions()? {
+        for record in self.control.records().await? {
             let prepared = match FunctionName::new(&record.name) {
                 Ok(name) => {
                     self.prepare(&name, &record.manifest, &record.artifact, &empty, true)
@@ -366,7 +374,7 @@ impl Node {
             match prepared {
                 Ok(p) => {
                     let name = p.name.clone();
-                    ready.push((name, self.build(p, record)));
+                    ready.push((name, self.build(p, record).await));
                 }
                 Err(e) => {
                     tracing::error!(function = %record.name, version = record.version, error = %e, "cannot restore deployment; redeploy it")
@@ -376,7 +384,7 @@ impl Node {
         let restored: Vec<Arc<Deployment>> = ready.iter().map(|(_, d)| d.clone()).collect();
         self.swap_in(ready);
         for d in &restored {
-            if let Err(e) = self.start_triggers(d).await {
+            if let Err(e) = self.announce_deployed(d).await {
                 tracing::error!(function = %d.record.name, error = %e, "cannot start event triggers; redeploy the function");
             }
             tracing::debug!(function = %d.record.name, version = d.record.version, "restored");
@@ -387,12 +395,12 @@ impl Node {
 
     /// Removes `name`: new requests stop at once, running ones finish. Returns whether
     /// it was deployed.
-    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<bool, RegistryError> {
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<bool, ControlError> {
         let Ok(name) = FunctionName::new(name) else {
             return Ok(false);
         };
         let _guard = self.changes.lock().await;
-        let existed = self.registry.remove_function(name.as_str())?;
+        let existed = self.control.remove(name.as_str()).await?;
         self.swap(|old| {
             let mut routes = old.routes.clone();
             routes.remove_owner(&name);
@@ -400,7 +408,7 @@ impl Node {
             functions.remove(&name);
             Snapshot { routes, functions }
         });
-        self.stop_triggers(name.as_str(), true).await;
+        self.announce_removed(name.as_str()).await;
         if existed {
             tracing::info!(function = %name, "removed");
         }

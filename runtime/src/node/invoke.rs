@@ -17,10 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 /// The response header that names the invocation (its lines in `skiff logs` carry it).
 pub const INVOCATION_HEADER: &str = "x-skiff-invocation-id";
@@ -191,7 +194,7 @@ impl Node {
                 format!("function `{}` does not handle HTTP", dep.record.name),
             );
         };
-        let invocation = crate::events::random_id();
+        let invocation = crate::ids::random_id();
         let traceparent = req
             .headers()
             .get("traceparent")
@@ -227,143 +230,136 @@ impl Node {
             }
         };
 
-        let deadline = tokio::time::Instant::from_std(store.data().deadline);
-        let task_dep = dep.clone();
-        let task_metrics = self.metrics.clone();
-        let task_logs = self.logs.clone();
-        let task_invocation = invocation.clone();
-        // The guest runs in its own task so that it can keep streaming the body after the
-        // response head has been handed back; the permits live exactly as long as it runs.
-        let task = tokio::spawn(async move {
-            let _permits = permits;
-            let dep = task_dep;
-            let _in_flight = InFlight::start(&task_metrics, &dep.record.name);
-            let run = async {
-                let t = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
-                observe_instantiation(&task_metrics, &dep.record.name, t);
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, outparam)
-                    .await
-            };
-            let outcome = match tokio::time::timeout_at(deadline, run).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(classify(&e, store.data())),
-                Err(_) => Err(Failure::Timeout),
-            };
-            store.data().logs.emit(
-                &task_logs,
-                &dep.spec.function,
-                dep.spec.version,
-                &task_invocation,
-            );
-            if let Err(f) = &outcome {
-                tracing::warn!(function = %dep.spec.function, version = dep.spec.version, failure = ?f, "invocation failed");
-            }
-            let outbox = std::mem::take(&mut store.data_mut().events.outbox);
-            (outcome, outbox)
+        let task = spawn_guest(Guest {
+            store,
+            pre,
+            request,
+            outparam,
+            permits,
+            dep: dep.clone(),
+            metrics: self.metrics.clone(),
+            logs: self.logs.clone(),
+            invocation: invocation.clone(),
         });
-
-        let name = dep.record.name.clone();
-        let record = |outcome: &str| finish.done(outcome);
+        let call = Call {
+            dep,
+            invocation,
+            trace,
+            finish,
+            exceeded,
+            task,
+        };
         match rx.await {
-            Ok(Ok(resp)) => {
-                if exceeded.load(Ordering::Relaxed) {
-                    self.metrics.rejected(&name, "body");
-                    return too_large(&dep);
-                }
-                let (mut parts, body) = resp.into_parts();
-                parts
-                    .headers
-                    .insert("x-skiff-version", HeaderValue::from(dep.record.version));
-                if let Ok(v) = HeaderValue::from_str(&invocation) {
-                    parts.headers.insert(INVOCATION_HEADER, v);
-                }
-                if let Ok(v) = HeaderValue::from_str(&trace.trace_id) {
-                    parts.headers.insert(crate::traces::TRACE_HEADER, v);
-                }
-                // The answer completes only once the invocation has: its events are
-                // published if it succeeded (and answered below 500), and the end of the
-                // body is held back until then, so that a client never sees a complete
-                // success whose events were lost.
-                let bus = self.bus.clone();
-                let publish = !parts.status.is_server_error();
-                let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-                let metrics = self.metrics.clone();
-                let function = name.clone();
-                let finish = finish.clone();
-                tokio::spawn(async move {
-                    let (result, outcome) = match task.await {
-                        Ok((Ok(()), outbox)) if publish && !outbox.is_empty() => {
-                            let n = outbox.len() as u64;
-                            let r = bus.publish(outbox).await.map_err(|e| e.to_string());
-                            if r.is_ok() {
-                                Metrics::count(&metrics.published, &function, n);
-                            }
-                            (r, "ok")
-                        }
-                        Ok((Ok(()), _)) => (Ok(()), if publish { "ok" } else { "error" }),
-                        Ok((Err(f), _)) => (Err(format!("{f:?}")), f.label()),
-                        Err(e) => (Err(e.to_string()), "trap"),
-                    };
-                    finish.done(outcome);
-                    let _ = gate_tx.send(result);
-                });
-                let length = parts
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                let body = GatedBody::new(body, length, gate_rx);
-                if length.is_some_and(|n| n <= ONE_WRITE_BYTES) {
-                    // A small answer goes out in one write: its end waits for the
-                    // invocation anyway, and a head flushed alone costs a second TCP
-                    // segment (a fifth of the CPU of a hello-world, measured). It also
-                    // turns a failure mid-body into a clean 500.
-                    return match body.collect().await {
-                        Ok(whole) => http::Response::from_parts(
-                            parts,
-                            Full::new(whole.to_bytes())
-                                .map_err(|never| match never {})
-                                .boxed_unsync(),
-                        ),
-                        Err(e) => reply(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            format!("function `{name}` failed while writing its answer: {e}"),
-                        ),
-                    };
-                }
-                http::Response::from_parts(parts, body.boxed_unsync())
-            }
+            Ok(Ok(resp)) => self.answered(call, resp).await,
             Ok(Err(code)) => {
-                record("error");
+                call.finish.done("error");
                 reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!(
                         "function `{}` answered with an error: {code:?}",
-                        dep.record.name
+                        call.dep.record.name
                     ),
                 )
             }
-            Err(_) => {
-                if exceeded.load(Ordering::Relaxed) {
-                    self.metrics.rejected(&name, "body");
-                    return too_large(&dep);
-                }
-                let failure = match task.await {
-                    Ok((Ok(()), _)) => Failure::NoResponse,
-                    Ok((Err(f), _)) => f,
-                    Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
-                };
-                record(failure.label());
-                let status = match failure {
-                    Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                reply(status, failure.describe(&dep))
-            }
+            Err(_) => self.unanswered(call).await,
         }
+    }
+
+    /// The guest handed back a response head: send it on, and complete its body only
+    /// once the invocation has (its events are published if it succeeded and answered
+    /// below 500, so that a client never sees a complete success whose events were lost).
+    async fn answered(&self, call: Call, resp: http::Response<HyperOutgoingBody>) -> Response {
+        let Call {
+            dep,
+            invocation,
+            trace,
+            finish,
+            exceeded,
+            task,
+        } = call;
+        let name = dep.record.name.clone();
+        if exceeded.load(Ordering::Relaxed) {
+            self.metrics.rejected(&name, "body");
+            return too_large(&dep);
+        }
+        let (mut parts, body) = resp.into_parts();
+        parts
+            .headers
+            .insert("x-skiff-version", HeaderValue::from(dep.record.version));
+        if let Ok(v) = HeaderValue::from_str(&invocation) {
+            parts.headers.insert(INVOCATION_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&trace.trace_id) {
+            parts.headers.insert(crate::traces::TRACE_HEADER, v);
+        }
+        let publish = !parts.status.is_server_error();
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+        let (bus, metrics) = (self.bus.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let (result, outcome) = match task.await {
+                Ok((Ok(()), outbox)) if publish && !outbox.is_empty() => {
+                    let n = outbox.len() as u64;
+                    let r = bus.publish(outbox).await.map_err(|e| e.to_string());
+                    if r.is_ok() {
+                        Metrics::count(&metrics.published, &name, n);
+                    }
+                    (r, "ok")
+                }
+                Ok((Ok(()), _)) => (Ok(()), if publish { "ok" } else { "error" }),
+                Ok((Err(f), _)) => (Err(format!("{f:?}")), f.label()),
+                Err(e) => (Err(e.to_string()), "trap"),
+            };
+            finish.done(outcome);
+            let _ = gate_tx.send(result);
+        });
+        let length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = GatedBody::new(body, length, gate_rx);
+        if length.is_some_and(|n| n <= ONE_WRITE_BYTES) {
+            // A small answer goes out in one write: its end waits for the invocation
+            // anyway, and a head flushed alone costs a second TCP segment (a fifth of the
+            // CPU of a hello-world, measured). It also turns a failure mid-body into a
+            // clean 500.
+            return match body.collect().await {
+                Ok(whole) => http::Response::from_parts(
+                    parts,
+                    Full::new(whole.to_bytes())
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "function `{}` failed while writing its answer: {e}",
+                        dep.record.name
+                    ),
+                ),
+            };
+        }
+        http::Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    /// The guest ended without handing back a response: say why.
+    async fn unanswered(&self, call: Call) -> Response {
+        let dep = &call.dep;
+        if call.exceeded.load(Ordering::Relaxed) {
+            self.metrics.rejected(&dep.record.name, "body");
+            return too_large(dep);
+        }
+        let failure = match call.task.await {
+            Ok((Ok(()), _)) => Failure::NoResponse,
+            Ok((Err(f), _)) => f,
+            Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
+        };
+        call.finish.done(failure.label());
+        let status = match failure {
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        reply(status, failure.describe(dep))
     }
 
     /// Runs `dep`'s event handler on one delivery; returns the events it published, or
@@ -392,7 +388,7 @@ impl Node {
             .await
             .map_err(|_| "the node is stopping".to_string())?;
         let started = Instant::now();
-        let invocation = crate::events::random_id();
+        let invocation = crate::ids::random_id();
         let traceparent = event
             .headers
             .iter()
@@ -440,10 +436,80 @@ impl Node {
         let label = outcome.as_ref().err().map_or("ok", Failure::label);
         finish.done(label);
         match outcome {
-            Ok(()) => Ok(std::mem::take(&mut store.data_mut().events.outbox)),
+            Ok(()) => Ok(std::mem::take(&mut store.data_mut().caps.events.outbox)),
             Err(f) => Err(f.describe(dep)),
         }
     }
+}
+
+/// What a guest run produced: how it ended, and the events it published.
+type GuestTask = tokio::task::JoinHandle<(Result<(), Failure>, Vec<Event>)>;
+
+/// One HTTP invocation's guest, ready to run.
+struct Guest {
+    store: Store<InstanceState>,
+    pre: ProxyPre<InstanceState>,
+    request: Resource<HostIncomingRequest>,
+    outparam: Resource<HostResponseOutparam>,
+    permits: [OwnedSemaphorePermit; 2],
+    dep: Arc<Deployment>,
+    metrics: Arc<Metrics>,
+    logs: Arc<crate::logs::LogStore>,
+    invocation: String,
+}
+
+/// An HTTP invocation in flight, waiting for its answer.
+struct Call {
+    dep: Arc<Deployment>,
+    invocation: String,
+    trace: TraceContext,
+    finish: crate::traces::Finish,
+    exceeded: Arc<AtomicBool>,
+    task: GuestTask,
+}
+
+/// Runs the guest in its own task, so that it can keep streaming the body after the
+/// response head has been handed back; the permits live exactly as long as it runs.
+fn spawn_guest(g: Guest) -> GuestTask {
+    let Guest {
+        mut store,
+        pre,
+        request,
+        outparam,
+        permits,
+        dep,
+        metrics,
+        logs,
+        invocation,
+    } = g;
+    let deadline = tokio::time::Instant::from_std(store.data().deadline);
+    tokio::spawn(async move {
+        let _permits = permits;
+        let _in_flight = InFlight::start(&metrics, &dep.record.name);
+        let run = async {
+            let t = Instant::now();
+            let proxy = pre.instantiate_async(&mut store).await?;
+            observe_instantiation(&metrics, &dep.record.name, t);
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, outparam)
+                .await
+        };
+        let outcome = match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e, store.data())),
+            Err(_) => Err(Failure::Timeout),
+        };
+        store
+            .data()
+            .logs
+            .emit(&logs, &dep.spec.function, dep.spec.version, &invocation);
+        if let Err(f) = &outcome {
+            tracing::warn!(function = %dep.spec.function, version = dep.spec.version, failure = ?f, "invocation failed");
+        }
+        let outbox = std::mem::take(&mut store.data_mut().caps.events.outbox);
+        (outcome, outbox)
+    })
 }
 
 fn observe_instantiation(m: &Metrics, function: &str, started: Instant) {

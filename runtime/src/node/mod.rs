@@ -11,15 +11,16 @@ mod body;
 pub mod code;
 pub mod deploy;
 pub mod invoke;
+pub mod operator;
 pub mod secrets;
 
 use crate::engine::NodeEngine;
 use crate::events::{Bus, ConsumerSpec};
 use crate::host::SandboxSpec;
-use crate::registry::Registry;
-use crate::state::StateStore;
+use crate::state::StateBackend;
 use skiff_core::api::CodeSource;
 use skiff_core::api::{FunctionInfo, NodeStatus};
+use skiff_core::control::ControlStore;
 use skiff_core::limits::NodeLimits;
 use skiff_core::manifest::EventTrigger;
 use skiff_core::manifest::FunctionName;
@@ -142,8 +143,8 @@ pub struct Node {
     engine: NodeEngine,
     /// Linked components, loaded on demand and bounded.
     pub(crate) code: code::CodeCache,
-    registry: Arc<Registry>,
-    state: Arc<StateStore>,
+    control: Arc<dyn ControlStore>,
+    state: Arc<dyn StateBackend>,
     bus: Arc<dyn Bus>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) logs: Arc<crate::logs::LogStore>,
@@ -157,12 +158,24 @@ pub struct Node {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises deploys and removals so that route checks and swaps do not interleave.
     changes: tokio::sync::Mutex<()>,
-    /// Running trigger loops, by function.
-    pub(crate) triggers: std::sync::Mutex<BTreeMap<String, crate::events::runner::TriggerLoops>>,
+    /// Told of every change to what the node serves (the event triggers).
+    hook: std::sync::OnceLock<Arc<dyn DeploymentHook>>,
     /// Versions that failed to load here (cluster mode reports them), by function.
     failed: std::sync::Mutex<BTreeMap<String, (u64, String)>>,
     /// Up, draining or left (see [`Lifecycle`]).
     lifecycle: std::sync::atomic::AtomicU8,
+}
+
+/// Told of every change to what a node serves, while the change is made: a deploy is
+/// acknowledged only once its hook succeeded. The node knows nothing else of who listens.
+pub trait DeploymentHook: Send + Sync {
+    /// `d` now serves: new, redeployed or restored.
+    fn deployed<'a>(
+        &'a self,
+        d: &'a Arc<Deployment>,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::events::BusError>>;
+    /// `name` no longer serves.
+    fn removed<'a>(&'a self, name: &'a str) -> futures::future::BoxFuture<'a, ()>;
 }
 
 /// Where a node is in its life; cluster mode reports it to the scheduler.
@@ -198,15 +211,15 @@ impl Node {
     pub fn new(
         config: NodeConfig,
         engine: NodeEngine,
-        registry: Arc<Registry>,
-        state: Arc<StateStore>,
+        control: Arc<dyn ControlStore>,
+        state: Arc<dyn StateBackend>,
         bus: Arc<dyn Bus>,
     ) -> wasmtime::Result<Node> {
         let linker = crate::host::linker(engine.engine())?;
         let code = code::CodeCache::new(
             engine.clone(),
             linker,
-            registry.clone(),
+            control.clone(),
             config.limits.code_cache,
         );
         let logs = Arc::new(crate::logs::LogStore::new(&config.name));
@@ -221,18 +234,44 @@ impl Node {
             secrets_key: config.secrets_key,
             engine,
             code,
-            registry,
+            control,
             state,
             bus,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             logs,
             traces: Arc::new(crate::traces::TraceStore::default()),
-            triggers: std::sync::Mutex::new(BTreeMap::new()),
+            hook: std::sync::OnceLock::new(),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             changes: tokio::sync::Mutex::new(()),
             failed: std::sync::Mutex::new(BTreeMap::new()),
             lifecycle: std::sync::atomic::AtomicU8::new(Lifecycle::Up as u8),
         })
+    }
+
+    /// Sets who is told of deployment changes; call before [`Node::restore`]. A second
+    /// call is ignored.
+    pub fn set_hook(&self, hook: Arc<dyn DeploymentHook>) {
+        if self.hook.set(hook).is_err() {
+            tracing::warn!("deployment hook already set; ignoring another");
+        }
+    }
+
+    /// Tells the hook that `d` serves.
+    pub(crate) async fn announce_deployed(
+        &self,
+        d: &Arc<Deployment>,
+    ) -> Result<(), crate::events::BusError> {
+        match self.hook.get() {
+            Some(h) => h.deployed(d).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the hook that `name` was removed.
+    pub(crate) async fn announce_removed(&self, name: &str) {
+        if let Some(h) = self.hook.get() {
+            h.removed(name).await;
+        }
     }
 
     /// The current snapshot.
@@ -315,12 +354,12 @@ impl Node {
     }
 
     /// The control store.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    pub fn control(&self) -> &Arc<dyn ControlStore> {
+        &self.control
     }
 
     /// The state store.
-    pub fn state(&self) -> &Arc<StateStore> {
+    pub fn state(&self) -> &Arc<dyn StateBackend> {
         &self.state
     }
 

@@ -4,7 +4,7 @@
 //! invocations keep what they started with while new ones see the change.
 
 use super::Node;
-use crate::registry::RegistryError;
+use skiff_core::control::{ControlError, SealedSecret};
 use skiff_core::manifest::FunctionName;
 use skiff_core::secrets::{SecretError, SecretKey, check_key, check_value};
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ pub enum SecretOpError {
     Secret(#[from] SecretError),
     /// The control store failed.
     #[error(transparent)]
-    Store(#[from] RegistryError),
+    Store(#[from] ControlError),
 }
 
 impl SecretOpError {
@@ -55,7 +55,7 @@ impl Node {
 
     /// Stores a sealed secret and gives it to new invocations of `function`. The sealed
     /// value must open with this node's key (so a wrong key shows up here, not later).
-    pub fn put_secret(
+    pub async fn put_secret(
         &self,
         function: &str,
         key: &str,
@@ -64,40 +64,41 @@ impl Node {
         FunctionName::new(function)?;
         check_key(key)?;
         self.key()?.open(function, key, sealed)?;
-        self.registry.put_secret(function, key, sealed)?;
-        self.refresh_config(function);
+        self.control.put_secret(function, key, sealed).await?;
+        self.refresh_config(function).await;
         Ok(())
     }
 
     /// Removes a secret; returns whether it existed.
-    pub fn remove_secret(&self, function: &str, key: &str) -> Result<bool, SecretOpError> {
+    pub async fn remove_secret(&self, function: &str, key: &str) -> Result<bool, SecretOpError> {
         FunctionName::new(function)?;
         check_key(key)?;
-        let existed = self.registry.remove_secret(function, key)?;
-        self.refresh_config(function);
+        let existed = self.control.remove_secret(function, key).await?;
+        self.refresh_config(function).await;
         Ok(existed)
     }
 
     /// The keys of `function`'s secrets (never their values).
-    pub fn secret_keys(&self, function: &str) -> Result<Vec<String>, SecretOpError> {
+    pub async fn secret_keys(&self, function: &str) -> Result<Vec<String>, SecretOpError> {
         FunctionName::new(function)?;
         Ok(self
-            .registry
-            .secrets(Some(function))?
+            .control
+            .secrets(Some(function))
+            .await?
             .into_iter()
             .map(|(_, key, _)| key)
             .collect())
     }
 
     /// Every stored secret as (function, key, sealed): what cluster sync reconciles.
-    pub fn sealed_secrets(&self) -> Result<Vec<(String, String, Vec<u8>)>, RegistryError> {
-        self.registry.secrets(None)
+    pub async fn sealed_secrets(&self) -> Result<Vec<SealedSecret>, ControlError> {
+        self.control.secrets(None).await
     }
 
     /// `function`'s secrets, opened. One that does not open is logged and left out: the
     /// function runs without it rather than not at all.
-    pub(crate) fn function_secrets(&self, function: &str) -> BTreeMap<String, String> {
-        let sealed = match self.registry.secrets(Some(function)) {
+    pub(crate) async fn function_secrets(&self, function: &str) -> BTreeMap<String, String> {
+        let sealed = match self.control.secrets(Some(function)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(function, error = %e, "cannot read the function's secrets");
@@ -117,9 +118,12 @@ impl Node {
     }
 
     /// Hands `function`'s current secrets to its deployment, if it is deployed.
-    fn refresh_config(&self, function: &str) {
+    async fn refresh_config(&self, function: &str) {
         if let Some(d) = self.snapshot().get(function) {
-            d.spec.config.set_secrets(&self.function_secrets(function));
+            d.spec
+                .caps
+                .config
+                .set_secrets(&self.function_secrets(function).await);
         }
     }
 }

@@ -11,18 +11,21 @@
 //! after a restart from the verified precompiled cache, before NATS is even asked.
 
 use super::admin::Admin;
-use super::{listen, shutdown_signal};
 use crate::cluster::reporter::Reporter;
 use crate::engine::NodeEngine;
 use crate::events::Bus;
 use crate::events::embedded::EmbeddedBus;
 use crate::events::nats::NatsBus;
+use crate::localdb::LocalDb;
 use crate::node::{Lifecycle, Node, NodeConfig};
 use crate::registry::Registry;
-use crate::state::{Replica, StateStore};
+use crate::state::{LocalState, Replica, ReplicatedState, StateBackend};
+use crate::triggers::events::{EventInvoker, EventTriggers};
 use anyhow::Context;
 use skiff_core::cluster_registry::ClusterRegistry;
+use skiff_core::control::ControlStore;
 use skiff_core::limits::NodeLimits;
+use skiff_core::serve::{bind, shutdown_signal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Options of `skiff up`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct UpOptions {
     /// Address of the function listener (port 0 picks a free port).
     pub listen: SocketAddr,
@@ -46,8 +49,8 @@ pub struct UpOptions {
     pub name: String,
     /// NATS URL(s) for the event bus; the embedded bus when absent.
     pub nats: Option<String>,
-    /// Function folders to build and deploy once up.
-    pub deploy: Vec<PathBuf>,
+    /// Told the bound addresses once the node serves (and has printed its "up" line).
+    pub ready: Option<tokio::sync::oneshot::Sender<Bound>>,
     /// Run as a cluster node (`skiff node`): requires `nats`.
     pub cluster: bool,
     /// Where to export spans (OTLP/HTTP), if anywhere.
@@ -80,44 +83,127 @@ const CATCH_UP: Duration = Duration::from_secs(120);
 /// How long a stopping server waits for running invocations.
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// The stores a node runs on, as the options choose them: the only place that names
+/// concrete implementations.
+struct Stores {
+    control: Arc<dyn ControlStore>,
+    local: Arc<LocalState>,
+    state: Arc<dyn StateBackend>,
+    bus: Arc<dyn Bus>,
+    /// Cluster mode: the replicated state, the NATS client and the cluster registry.
+    cluster: Option<Cluster>,
+}
+
+struct Cluster {
+    replicated: Arc<ReplicatedState>,
+    client: async_nats::Client,
+    registry: Arc<dyn ControlStore>,
+}
+
+/// Opens the local stores and, with NATS, the cluster's.
+async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
+    let control: Arc<dyn ControlStore> = Arc::new(Registry::open(&opts.data_dir)?);
+    let db = LocalDb::open(&opts.data_dir.join("state.redb"))?;
+    let local = LocalState::open(db.clone()).await?;
+    let Some(url) = &opts.nats else {
+        if opts.cluster {
+            anyhow::bail!(
+                "a cluster node needs NATS: pass --nats nats://HOST:4222 (or set SKIFF_NATS)"
+            );
+        }
+        return Ok(Stores {
+            control,
+            state: local.clone(),
+            local,
+            bus: Arc::new(EmbeddedBus::open(db).await?),
+            cluster: None,
+        });
+    };
+    let client = skiff_core::nats::connect(url, &opts.name).await?;
+    let replicas = skiff_core::nats::replicas(&client, opts.replicas);
+    let bus: Arc<dyn Bus> = skiff_core::nats::until_ready("set up the event stream", || {
+        NatsBus::new(client.clone(), db.clone(), replicas)
+    })
+    .await?;
+    let mut stores = Stores {
+        control,
+        state: local.clone(),
+        local: local.clone(),
+        bus,
+        cluster: None,
+    };
+    if opts.cluster {
+        let js = async_nats::jetstream::new(client.clone());
+        let registry = skiff_core::nats::until_ready("open the cluster registry", || {
+            ClusterRegistry::open(&js, replicas)
+        })
+        .await?;
+        // State goes through the replicated log; this node applies all of it.
+        let replica = skiff_core::nats::until_ready("open the state stream", || {
+            Replica::open(js.clone(), replicas)
+        })
+        .await?;
+        tokio::spawn(replica.clone().apply_forever(local.clone()));
+        let replicated = ReplicatedState::new(local, replica);
+        stores.state = replicated.clone();
+        stores.cluster = Some(Cluster {
+            replicated,
+            client,
+            registry: Arc::new(registry),
+        });
+    }
+    Ok(stores)
+}
+
+/// Waits until this node has applied the cluster's state log as far as it reached at
+/// start: a node that was away must not answer with old state.
+async fn catch_up(local: &LocalState, replicated: &ReplicatedState) -> anyhow::Result<()> {
+    let target = replicated.replica().last_seq().await?;
+    let started = std::time::Instant::now();
+    if local.wait_applied(target, CATCH_UP).await {
+        tracing::info!(seq = target, took = ?started.elapsed(), "state caught up with the cluster");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "state did not catch up with the cluster's log (at {} of {target}) within {CATCH_UP:?}; check NATS and the disk, then start again",
+        local.log_applied()
+    )
+}
+
+/// Cluster mode: follows the registry and reports load to the scheduler.
+fn join_cluster(
+    node: &Arc<Node>,
+    cluster: Cluster,
+    bound: Bound,
+    advertise: Option<&str>,
+) -> Arc<Reporter> {
+    tokio::spawn(crate::cluster::sync::run(node.clone(), cluster.registry));
+    let host = |addr: SocketAddr| match advertise {
+        Some(h) if h.contains(':') => format!("http://{h}"),
+        Some(h) => format!("http://{h}:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
+    let admin = match advertise {
+        Some(h) if !h.contains(':') => format!("http://{h}:{}", bound.admin.port()),
+        _ => format!("http://{}", bound.admin),
+    };
+    let reporter = Arc::new(Reporter::new(
+        node.clone(),
+        cluster.client,
+        host(bound.listen),
+        admin,
+    ));
+    tokio::spawn(reporter.clone().run());
+    reporter
+}
+
 /// Runs `skiff up` until Ctrl-C or SIGTERM.
-pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
+pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data dir `{}`", opts.data_dir.display()))?;
-    let registry = Arc::new(Registry::open(&opts.data_dir)?);
-    let state = StateStore::open(&opts.data_dir.join("state.redb"))?;
-    let mut cluster = None;
-    let bus: Arc<dyn Bus> = match &opts.nats {
-        Some(url) => {
-            let client = skiff_core::nats::connect(url, &opts.name).await?;
-            let replicas = skiff_core::nats::replicas(&client, opts.replicas);
-            if opts.cluster {
-                let js = async_nats::jetstream::new(client.clone());
-                let registry = skiff_core::nats::until_ready("open the cluster registry", || {
-                    ClusterRegistry::open(&js, replicas)
-                })
-                .await?;
-                // State goes through the replicated log; this node applies all of it.
-                let replica = skiff_core::nats::until_ready("open the state stream", || {
-                    Replica::open(js.clone(), replicas)
-                })
-                .await?;
-                state.replicate(replica.clone());
-                tokio::spawn(replica.apply_forever(state.clone()));
-                cluster = Some((client.clone(), registry));
-            }
-            skiff_core::nats::until_ready("set up the event stream", || {
-                NatsBus::new(client.clone(), state.clone(), replicas)
-            })
-            .await?
-        }
-        None if opts.cluster => anyhow::bail!(
-            "a cluster node needs NATS: pass --nats nats://HOST:4222 (or set SKIFF_NATS)"
-        ),
-        None => Arc::new(EmbeddedBus::open(state.clone()).await?),
-    };
+    let stores = open_stores(&opts).await?;
     let engine = NodeEngine::new(&opts.limits, &opts.data_dir.join("compiled"))?;
-    let (listener, admin_listener) = super::bind(opts.listen, opts.admin).await?;
+    let (listener, admin_listener) = bind(opts.listen, opts.admin).await?;
     let bound = Bound {
         listen: listener.local_addr()?,
         admin: admin_listener.local_addr()?,
@@ -139,34 +225,28 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 secrets_key: Some(Arc::new(secrets_key)),
             },
             engine,
-            registry,
-            state.clone(),
-            bus,
+            stores.control,
+            stores.state,
+            stores.bus,
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interfaces: {e:#}"))?,
     );
-    if let Some(replica) = state.replica() {
-        // Catch up before serving: a node that was away must not answer with old state.
-        let target = replica.last_seq().await?;
-        let started = std::time::Instant::now();
-        if state.wait_applied(target, CATCH_UP).await {
-            tracing::info!(seq = target, took = ?started.elapsed(), "state caught up with the cluster");
-        } else {
-            anyhow::bail!(
-                "state did not catch up with the cluster's log (at {} of {target}) within {CATCH_UP:?}; check NATS and the disk, then start again",
-                state.log_applied()
-            );
-        }
+    if let Some(cluster) = &stores.cluster {
+        catch_up(&stores.local, &cluster.replicated).await?;
     }
+    let invoker: Arc<dyn EventInvoker> = node.clone();
+    node.set_hook(EventTriggers::new(
+        Arc::downgrade(&invoker),
+        node.bus().clone(),
+    ));
     let restored = node.restore().await?;
-
     if let Some(endpoint) = &opts.otlp {
         node.traces()
             .export_to(crate::otlp::start(endpoint, &opts.name)?);
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = tokio::spawn(listen::serve(
+    let serving = tokio::spawn(crate::triggers::http::serve(
         listener,
         node.clone(),
         opts.limits.clone(),
@@ -174,29 +254,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     ));
     let admin = Arc::new(Admin::new(node.clone(), opts.token.clone()));
     let admin_serving = tokio::spawn(admin.serve(admin_listener, stop_rx));
-
-    let reporter = match cluster {
-        Some((client, registry)) => {
-            tokio::spawn(crate::cluster::sync::run(node.clone(), registry));
-            let host = |addr: SocketAddr| match &opts.advertise {
-                Some(h) if h.contains(':') => format!("http://{h}"),
-                Some(h) => format!("http://{h}:{}", addr.port()),
-                None => format!("http://{addr}"),
-            };
-            let reporter = Arc::new(Reporter::new(
-                node.clone(),
-                client,
-                host(bound.listen),
-                match &opts.advertise {
-                    Some(h) if !h.contains(':') => format!("http://{h}:{}", bound.admin.port()),
-                    _ => format!("http://{}", bound.admin),
-                },
-            ));
-            tokio::spawn(reporter.clone().run());
-            Some(reporter)
-        }
-        None => None,
-    };
+    let reporter = stores
+        .cluster
+        .map(|c| join_cluster(&node, c, bound, opts.advertise.as_deref()));
 
     // Tests and scripts read this line to learn the ports (useful with port 0).
     println!(
@@ -205,13 +265,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         bound.admin,
         opts.data_dir.display()
     );
-
-    let admin_url = format!("http://{}", bound.admin);
-    for dir in &opts.deploy {
-        let client = crate::cli::client::AdminClient::new(&admin_url, opts.token.clone())?;
-        if let Err(e) = crate::cli::deploy::deploy(&client, dir, true, Default::default()).await {
-            eprintln!("error: cannot deploy {}: {e:#}", dir.display());
-        }
+    if let Some(ready) = opts.ready.take() {
+        let _ = ready.send(bound);
     }
 
     shutdown_signal().await;

@@ -1,7 +1,9 @@
-//! One conformance suite for the state store, run against embedded mode (direct apply)
-//! and cluster mode (through the replicated JetStream log, applied back to redb).
+//! One conformance suite for [`StateBackend`], run against [`LocalState`] (embedded mode)
+//! and [`ReplicatedState`] (through the replicated JetStream log, applied back to redb). It
+//! checks what each write answers as well as what is stored.
 
 use super::*;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn limits() -> KvLimits {
@@ -13,7 +15,7 @@ fn limits() -> KvLimits {
     }
 }
 
-async fn run(s: &Arc<StateStore>) {
+async fn run(s: &dyn StateBackend) {
     let ns = Namespace::new("conf", "default");
     let other = Namespace::new("conf", "other");
     let set = |k: &str, v: &str| Op::Set {
@@ -22,8 +24,15 @@ async fn run(s: &Arc<StateStore>) {
         value: v.as_bytes().to_vec(),
     };
     // Set, read, overwrite, delete; buckets are separate.
-    s.write(set("a", "1"), limits()).await.unwrap();
+    assert_eq!(
+        s.write(set("a", "1"), limits()).await.unwrap(),
+        OpResult::Done
+    );
     s.write(set("a", "2"), limits()).await.unwrap();
+    assert_eq!(
+        s.get_consistent(&ns, "a").await.unwrap(),
+        Some(b"2".to_vec())
+    );
     assert_eq!(s.get(&ns, "a").unwrap(), Some(b"2".to_vec()));
     assert_eq!(s.get(&other, "a").unwrap(), None);
     s.write(
@@ -37,25 +46,27 @@ async fn run(s: &Arc<StateStore>) {
     .unwrap();
     assert_eq!(s.get(&ns, "a").unwrap(), None);
 
-    // Concurrent increments all count.
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
-        let (s, ns) = (s.clone(), ns.clone());
-        tasks.push(tokio::spawn(async move {
-            s.write(
-                Op::Increment {
-                    ns,
-                    key: "n".into(),
-                    delta: 1,
-                },
-                limits(),
-            )
-            .await
-        }));
-    }
-    for t in tasks {
-        assert!(matches!(t.await.unwrap(), Ok(OpResult::Incremented(_))));
-    }
+    // Concurrent increments all count, and each answers a different value.
+    let increments = (0..100).map(|_| {
+        s.write(
+            Op::Increment {
+                ns: ns.clone(),
+                key: "n".into(),
+                delta: 1,
+            },
+            limits(),
+        )
+    });
+    let mut answers: Vec<u64> = futures::future::join_all(increments)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(OpResult::Incremented(n)) => n,
+            other => panic!("increment answered {other:?}"),
+        })
+        .collect();
+    answers.sort_unstable();
+    assert_eq!(answers, (1..=100).collect::<Vec<u64>>());
     assert_eq!(s.get(&ns, "n").unwrap(), Some(b"100".to_vec()));
 
     // Compare-and-swap.
@@ -135,42 +146,68 @@ async fn run(s: &Arc<StateStore>) {
     assert_eq!(s.get(&ns, "one-too-many").unwrap(), None);
     assert_eq!(s.get(&ns, "c").unwrap(), Some(b"z".to_vec()));
 
-    // The same idempotent write twice (a redelivered handler) applies once.
+    // The same idempotent write twice (a redelivered handler) applies once, and the
+    // repeat answers what the first answered.
     for _ in 0..2 {
-        s.write_once(
-            Op::Increment {
-                ns: ns.clone(),
-                key: "once".into(),
-                delta: 5,
-            },
-            limits(),
-            Some("conf/event-1/0/abc".into()),
-        )
-        .await
-        .unwrap();
+        let answer = s
+            .write_once(
+                Op::Increment {
+                    ns: ns.clone(),
+                    key: "once".into(),
+                    delta: 5,
+                },
+                limits(),
+                Some("conf/event-1/0/abc".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, OpResult::Incremented(5));
     }
     assert_eq!(s.get(&ns, "once").unwrap(), Some(b"5".to_vec()));
+    // A redelivered swap answers true again, though the value no longer matches.
+    for _ in 0..2 {
+        let answer = s
+            .write_once(
+                Op::CompareAndSwap {
+                    ns: ns.clone(),
+                    key: "c".into(),
+                    expected: Some(b"z".to_vec()),
+                    new: b"w".to_vec(),
+                },
+                limits(),
+                Some("conf/event-2/0/def".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, OpResult::Swapped(true));
+    }
+    assert_eq!(s.get(&ns, "c").unwrap(), Some(b"w".to_vec()));
     // Usage follows the data.
     let (keys, _) = s.usage("conf").unwrap();
     assert_eq!(keys, 3, "n, c, once");
 }
 
+async fn local(path: &std::path::Path) -> Arc<LocalState> {
+    LocalState::open(crate::localdb::LocalDb::open(path).unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_state_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let s = StateStore::open(&dir.path().join("state.redb")).unwrap();
-    run(&s).await;
+    let s = local(&dir.path().join("state.redb")).await;
+    run(s.as_ref()).await;
 }
 
-async fn replicated(nats: &str, path: &std::path::Path) -> Arc<StateStore> {
+async fn replicated(nats: &str, path: &std::path::Path) -> Arc<ReplicatedState> {
     let client = skiff_core::nats::connect(nats, "test").await.unwrap();
     let replica = Replica::open(async_nats::jetstream::new(client), 1)
         .await
         .unwrap();
-    let s = StateStore::open(path).unwrap();
-    s.replicate(replica.clone());
-    tokio::spawn(replica.apply_forever(s.clone()));
-    s
+    let copy = local(path).await;
+    tokio::spawn(replica.clone().apply_forever(copy.clone()));
+    ReplicatedState::new(copy, replica)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -179,11 +216,15 @@ async fn replicated_state_conforms_and_every_node_converges() {
     let nats =
         skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
     let a = replicated(&nats.url(), &dir.path().join("a.redb")).await;
-    run(&a).await;
+    run(a.as_ref()).await;
     // A second node built from the stream alone holds the same state.
     let b = replicated(&nats.url(), &dir.path().join("b.redb")).await;
-    let target = a.replica().unwrap().last_seq().await.unwrap();
-    assert!(b.wait_applied(target, Duration::from_secs(10)).await);
+    let target = a.replica().last_seq().await.unwrap();
+    assert!(
+        b.local()
+            .wait_applied(target, Duration::from_secs(10))
+            .await
+    );
     let ns = Namespace::new("conf", "default");
     for key in ["n", "c", "once", "a", "b1"] {
         assert_eq!(b.get(&ns, key).unwrap(), a.get(&ns, key).unwrap(), "{key}");
@@ -200,13 +241,13 @@ async fn replicated_state_conforms_and_every_node_converges() {
     )
     .await
     .unwrap();
-    let replica = a.replica().unwrap();
+    let replica = a.replica();
     assert_eq!(
         replica.get_strong(&ns, "from-b").await.unwrap(),
         Some(b"hi".to_vec())
     );
-    let seq = b.log_applied();
-    assert!(a.wait_applied(seq, Duration::from_secs(5)).await);
+    let seq = b.local().log_applied();
+    assert!(a.local().wait_applied(seq, Duration::from_secs(5)).await);
     assert_eq!(a.get(&ns, "from-b").unwrap(), Some(b"hi".to_vec()));
     // Increments from both nodes at once all count.
     let mut tasks = Vec::new();
@@ -231,5 +272,22 @@ async fn replicated_state_conforms_and_every_node_converges() {
     assert_eq!(
         replica.get_strong(&ns, "both").await.unwrap(),
         Some(b"100".to_vec())
+    );
+    // An event redelivered to the other node: its write answers what it answered first.
+    let keyed = || Op::Increment {
+        ns: ns.clone(),
+        key: "moved".into(),
+        delta: 3,
+    };
+    let idem = || Some("conf/event-3/0/x".to_string());
+    let first = a.write_once(keyed(), limits(), idem()).await.unwrap();
+    let again = b.write_once(keyed(), limits(), idem()).await.unwrap();
+    assert_eq!(
+        (first, again),
+        (OpResult::Incremented(3), OpResult::Incremented(3))
+    );
+    assert_eq!(
+        replica.get_strong(&ns, "moved").await.unwrap(),
+        Some(b"3".to_vec())
     );
 }

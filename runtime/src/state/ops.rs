@@ -255,6 +255,78 @@ pub fn incremented(current: Option<&[u8]>, key: &str, delta: u64) -> Result<u64,
         .ok_or_else(|| OpError::Overflow(key.to_string()))
 }
 
+fn increment(
+    t: &mut Tables<'_>,
+    ns: &Namespace,
+    key: &str,
+    delta: u64,
+    limits: &KvLimits,
+) -> Result<OpResult, OpError> {
+    check_key(key, limits)?;
+    let k = ns.key(key);
+    let (next, old) = match t.data.get(k.as_slice())? {
+        Some(v) => (
+            incremented(Some(v.value()), key, delta)?,
+            Some(v.value().len()),
+        ),
+        None => (incremented(None, key, delta)?, None),
+    };
+    let text = next.to_string();
+    let mut d = Delta::default();
+    d.set(key, old, text.len());
+    commit_usage(t, &ns.function, d, limits)?;
+    t.data.insert(k.as_slice(), text.as_bytes())?;
+    Ok(OpResult::Incremented(next))
+}
+
+fn compare_and_swap(
+    t: &mut Tables<'_>,
+    ns: &Namespace,
+    key: &str,
+    expected: Option<&[u8]>,
+    new: &[u8],
+    limits: &KvLimits,
+) -> Result<OpResult, OpError> {
+    check_key(key, limits)?;
+    check_value(new, limits)?;
+    let k = ns.key(key);
+    let current = t.data.get(k.as_slice())?.map(|v| v.value().to_vec());
+    if current.as_deref() != expected {
+        return Ok(OpResult::Swapped(false));
+    }
+    let mut d = Delta::default();
+    d.set(key, current.map(|c| c.len()), new.len());
+    commit_usage(t, &ns.function, d, limits)?;
+    t.data.insert(k.as_slice(), new)?;
+    Ok(OpResult::Swapped(true))
+}
+
+fn set_many(
+    t: &mut Tables<'_>,
+    ns: &Namespace,
+    items: &[(String, Vec<u8>)],
+    limits: &KvLimits,
+) -> Result<OpResult, OpError> {
+    let mut d = Delta::default();
+    let mut seen = std::collections::HashMap::new();
+    for (key, value) in items {
+        check_key(key, limits)?;
+        check_value(value, limits)?;
+        // A key repeated in one batch counts once, at its last value.
+        let old = match seen.get(key) {
+            Some(len) => Some(*len),
+            None => old_len(t, &ns.key(key))?,
+        };
+        d.set(key, old, value.len());
+        seen.insert(key.clone(), value.len());
+    }
+    commit_usage(t, &ns.function, d, limits)?;
+    for (key, value) in items {
+        t.data.insert(ns.key(key).as_slice(), value.as_slice())?;
+    }
+    Ok(OpResult::Done)
+}
+
 /// Applies `op` under `limits`. Checks happen before writes, so on `Err` nothing changed.
 pub fn apply(t: &mut Tables<'_>, op: &Op, limits: &KvLimits) -> Result<OpResult, OpError> {
     match op {
@@ -276,62 +348,14 @@ pub fn apply(t: &mut Tables<'_>, op: &Op, limits: &KvLimits) -> Result<OpResult,
             t.data.remove(k.as_slice())?;
             Ok(OpResult::Done)
         }
-        Op::Increment { ns, key, delta } => {
-            check_key(key, limits)?;
-            let k = ns.key(key);
-            let (next, old) = match t.data.get(k.as_slice())? {
-                Some(v) => (
-                    incremented(Some(v.value()), key, *delta)?,
-                    Some(v.value().len()),
-                ),
-                None => (incremented(None, key, *delta)?, None),
-            };
-            let text = next.to_string();
-            let mut d = Delta::default();
-            d.set(key, old, text.len());
-            commit_usage(t, &ns.function, d, limits)?;
-            t.data.insert(k.as_slice(), text.as_bytes())?;
-            Ok(OpResult::Incremented(next))
-        }
+        Op::Increment { ns, key, delta } => increment(t, ns, key, *delta, limits),
         Op::CompareAndSwap {
             ns,
             key,
             expected,
             new,
-        } => {
-            check_key(key, limits)?;
-            check_value(new, limits)?;
-            let k = ns.key(key);
-            let current = t.data.get(k.as_slice())?.map(|v| v.value().to_vec());
-            if current != *expected {
-                return Ok(OpResult::Swapped(false));
-            }
-            let mut d = Delta::default();
-            d.set(key, current.map(|c| c.len()), new.len());
-            commit_usage(t, &ns.function, d, limits)?;
-            t.data.insert(k.as_slice(), new.as_slice())?;
-            Ok(OpResult::Swapped(true))
-        }
-        Op::SetMany { ns, items } => {
-            let mut d = Delta::default();
-            let mut seen = std::collections::HashMap::new();
-            for (key, value) in items {
-                check_key(key, limits)?;
-                check_value(value, limits)?;
-                // A key repeated in one batch counts once, at its last value.
-                let old = match seen.get(key) {
-                    Some(len) => Some(*len),
-                    None => old_len(t, &ns.key(key))?,
-                };
-                d.set(key, old, value.len());
-                seen.insert(key.clone(), value.len());
-            }
-            commit_usage(t, &ns.function, d, limits)?;
-            for (key, value) in items {
-                t.data.insert(ns.key(key).as_slice(), value.as_slice())?;
-            }
-            Ok(OpResult::Done)
-        }
+        } => compare_and_swap(t, ns, key, expected.as_deref(), new, limits),
+        Op::SetMany { ns, items } => set_many(t, ns, items, limits),
         Op::DeleteMany { ns, keys } => {
             let mut d = Delta::default();
             let mut gone = std::collections::HashSet::new();

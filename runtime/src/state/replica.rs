@@ -14,6 +14,9 @@
 //!   of the write (event id + position), so a redelivered handler's write is dropped as a
 //!   duplicate (within the stream's de-duplication window); other writes get a fresh id,
 //!   so a publish retried by the client library is not applied twice.
+//! * An idempotency-keyed write also carries its key and the answer it gave; every node
+//!   records them when it applies the message, so a redelivered write (JetStream reports
+//!   it as a duplicate) answers what the first one answered, as in embedded mode.
 //! * A write returns once this node has applied it (read-your-writes). Reads are local:
 //!   another node sees a write once it has applied it (usually within milliseconds;
 //!   measured in BENCHMARKS.md). [`Replica::get_strong`] reads the key's newest value from
@@ -25,12 +28,10 @@
 //!   the start of the stream.
 
 use super::ops::check_sizes;
-use super::{LogEntry, Namespace, Op, OpError, OpResult, StateError, StateStore};
-use crate::state::KvLimits;
+use super::{KvLimits, LocalState, Namespace, Op, OpError, OpResult, StateBackend, StateError};
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use futures::StreamExt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,11 +47,16 @@ const UPDATE_BUDGET: Duration = Duration::from_secs(30);
 /// A key that saw a conflict this recently counts as contended.
 const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// How long the applier waits for a message before checking that it is not stuck.
-const STALL_CHECK: Duration = Duration::from_secs(1);
+pub(super) const STALL_CHECK: Duration = Duration::from_secs(1);
 /// Messages applied per transaction at most.
-const APPLY_BATCH: usize = 1024;
+pub(super) const APPLY_BATCH: usize = 1024;
 
-const H_OP: &str = "Skiff-Op";
+pub(super) const H_OP: &str = "Skiff-Op";
+/// On the last message of an idempotency-keyed write: its key.
+pub(super) const H_IDEM: &str = "Skiff-Idem";
+/// On the last message of an idempotency-keyed write: what the write answered (JSON), so
+/// that every node records it and a redelivered write answers the same.
+pub(super) const H_ANSWER: &str = "Skiff-Answer";
 
 /// Stripes of the per-key lock that serialises one node's conditional writes.
 const KEY_LOCKS: usize = 256;
@@ -58,17 +64,17 @@ const KEY_LOCKS: usize = 256;
 /// The replicated log of one node.
 pub struct Replica {
     js: jetstream::Context,
-    stream: stream::Stream,
+    pub(super) stream: stream::Stream,
     /// One node's increments of a hot key wait for each other here instead of racing each
     /// other in JetStream: conflicts then only arise between nodes.
     key_locks: Vec<tokio::sync::Mutex<Option<Instant>>>,
     /// Picks a key's stripe (fixed for the process) and backoff jitter.
     hasher: std::collections::hash_map::RandomState,
     /// Why applying the log last failed here, until it succeeds again.
-    apply_error: std::sync::Mutex<Option<String>>,
+    pub(super) apply_error: std::sync::Mutex<Option<String>>,
 }
 
-fn log_err(what: &str, e: impl std::fmt::Display) -> StateError {
+pub(super) fn log_err(what: &str, e: impl std::fmt::Display) -> StateError {
     StateError::Log(format!(
         "cannot {what}: {e}; the write was not applied — the NATS cluster may have lost its quorum, retry once it is back"
     ))
@@ -118,7 +124,7 @@ impl Replica {
                 num_replicas: replicas,
                 max_messages_per_subject: 1,
                 allow_message_ttl: true,
-                duplicate_window: crate::events::nats::DEDUP_WINDOW,
+                duplicate_window: skiff_core::nats::DEDUP_WINDOW,
                 ..Default::default()
             })
             .await
@@ -141,9 +147,16 @@ impl Replica {
         value: Option<&[u8]>,
         expected: Option<u64>,
         msg_id: &str,
-    ) -> Result<u64, Publish> {
+        answered: Option<(&str, &OpResult)>,
+    ) -> Result<Published, Publish> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        if let Some((idem, answer)) = answered
+            && let Ok(json) = serde_json::to_string(answer)
+        {
+            headers.insert(H_IDEM, idem);
+            headers.insert(H_ANSWER, json.as_str());
+        }
         if let Some(seq) = expected {
             headers.insert(
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -171,7 +184,10 @@ impl Replica {
             .map_err(|e| Publish::Failed(log_err("send the write to the cluster", e)))?
             .await;
         match ack {
-            Ok(a) => Ok(a.sequence),
+            Ok(a) => Ok(Published {
+                seq: a.sequence,
+                duplicate: a.duplicate,
+            }),
             // JetStream answers a failed expected-sequence check with error code 10071 or,
             // from servers ≥ 2.11 in some paths, 10164; async-nats names only the first.
             Err(e)
@@ -222,7 +238,7 @@ impl Replica {
         Ok(self.newest(ns, key).await?.0)
     }
 
-    async fn settle(&self, store: &StateStore, seq: u64) -> Result<(), StateError> {
+    async fn settle(&self, store: &LocalState, seq: u64) -> Result<(), StateError> {
         if store.wait_applied(seq, APPLY_WAIT).await {
             return Ok(());
         }
@@ -237,28 +253,35 @@ impl Replica {
         }
     }
 
-    /// Writes `op` through the log; returns once this node has applied it.
+    /// Writes `op` through the log; returns once this node has applied it. A write keyed
+    /// `idem` that was made before answers what it answered then.
     pub async fn write(
         &self,
-        store: &StateStore,
+        store: &LocalState,
         op: Op,
         limits: KvLimits,
         idem: Option<String>,
     ) -> Result<OpResult, StateError> {
+        if let Some(k) = &idem
+            && let Some(first) = store.answered(k)?
+        {
+            return Ok(first);
+        }
         let id = |n: usize| match &idem {
             Some(k) => format!("{k}#{n}"),
-            None => format!("w-{}#{n}", crate::events::random_id()),
+            None => format!("w-{}#{n}", crate::ids::random_id()),
         };
+        let done = idem.as_deref().map(|k| (k, &OpResult::Done));
         match op {
             Op::Set { ns, key, value } => {
                 check_sizes(&limits, &key, Some(&value))?;
                 self.check_quota(store, &ns, &[(&key, Some(value.len()))], &limits)?;
-                let seq = self.plain(&ns, &key, Some(&value), &id(0)).await?;
+                let seq = self.plain(&ns, &key, Some(&value), &id(0), done).await?;
                 self.settle(store, seq).await?;
                 Ok(OpResult::Done)
             }
             Op::Delete { ns, key } => {
-                let seq = self.plain(&ns, &key, None, &id(0)).await?;
+                let seq = self.plain(&ns, &key, None, &id(0), done).await?;
                 self.settle(store, seq).await?;
                 Ok(OpResult::Done)
             }
@@ -273,7 +296,8 @@ impl Replica {
                 self.check_quota(store, &ns, &sizes, &limits)?;
                 let mut last = 0;
                 for (i, (k, v)) in items.iter().enumerate() {
-                    last = self.plain(&ns, k, Some(v), &id(i)).await?;
+                    let answered = done.filter(|_| i + 1 == items.len());
+                    last = self.plain(&ns, k, Some(v), &id(i), answered).await?;
                 }
                 self.settle(store, last).await?;
                 Ok(OpResult::Done)
@@ -281,7 +305,8 @@ impl Replica {
             Op::DeleteMany { ns, keys } => {
                 let mut last = 0;
                 for (i, k) in keys.iter().enumerate() {
-                    last = self.plain(&ns, k, None, &id(i)).await?;
+                    let answered = done.filter(|_| i + 1 == keys.len());
+                    last = self.plain(&ns, k, None, &id(i), answered).await?;
                 }
                 self.settle(store, last).await?;
                 Ok(OpResult::Done)
@@ -289,7 +314,11 @@ impl Replica {
             Op::Increment { ns, key, delta } => {
                 check_sizes(&limits, &key, None)?;
                 let k = key.clone();
-                self.update(store, &ns, &key, &limits, &id(0), |current| {
+                let keyed = Keyed {
+                    msg_id: &id(0),
+                    idem: idem.as_deref(),
+                };
+                self.update(store, &ns, &key, &limits, keyed, |current| {
                     let next = super::ops::incremented(current, &k, delta)?;
                     Ok(Update::Write(
                         next.to_string().into_bytes(),
@@ -305,7 +334,11 @@ impl Replica {
                 new,
             } => {
                 check_sizes(&limits, &key, Some(&new))?;
-                self.update(store, &ns, &key, &limits, &id(0), |current| {
+                let keyed = Keyed {
+                    msg_id: &id(0),
+                    idem: idem.as_deref(),
+                };
+                self.update(store, &ns, &key, &limits, keyed, |current| {
                     Ok(if current == expected.as_deref() {
                         Update::Write(new.clone(), OpResult::Swapped(true))
                     } else {
@@ -326,9 +359,11 @@ impl Replica {
         key: &str,
         value: Option<&[u8]>,
         msg_id: &str,
+        answered: Option<(&str, &OpResult)>,
     ) -> Result<u64, StateError> {
-        match self.publish(ns, key, value, None, msg_id).await {
-            Ok(seq) => Ok(seq),
+        match self.publish(ns, key, value, None, msg_id, answered).await {
+            // A duplicate answers the original's sequence: waiting for it is right too.
+            Ok(p) => Ok(p.seq),
             Err(Publish::Failed(e)) => Err(e),
             Err(Publish::Conflict) => Err(StateError::Log(
                 "the cluster refused an unconditional write as a conflict; retry".into(),
@@ -337,14 +372,16 @@ impl Replica {
     }
 
     /// Reads, computes, and writes conditionally on the key's sequence, retrying on
-    /// conflict with the newest value from the stream.
+    /// conflict with the newest value from the stream. A keyed write that JetStream
+    /// reports as a duplicate, or that finds nothing to do, answers what its first run
+    /// answered once this node has applied that far.
     async fn update(
         &self,
-        store: &StateStore,
+        store: &LocalState,
         ns: &Namespace,
         key: &str,
         limits: &KvLimits,
-        msg_id: &str,
+        keyed: Keyed<'_>,
         compute: impl Fn(Option<&[u8]>) -> Result<Update, OpError>,
     ) -> Result<OpResult, StateError> {
         let subject = subject(ns, key);
@@ -370,15 +407,25 @@ impl Replica {
             }
             let (value, seq) = &current;
             match compute(value.as_deref())? {
-                Update::Answer(r) if from_stream => return Ok(r),
+                Update::Answer(r) if from_stream => {
+                    return self.first_answer(store, keyed.idem, *seq, r).await;
+                }
                 // A "no" from a possibly stale local copy is checked against the stream.
                 Update::Answer(_) => {}
                 Update::Write(new, result) => {
                     self.check_quota(store, ns, &[(key, Some(new.len()))], limits)?;
-                    match self.publish(ns, key, Some(&new), Some(*seq), msg_id).await {
-                        Ok(s) => {
+                    let answered = keyed.idem.map(|k| (k, &result));
+                    let published = self
+                        .publish(ns, key, Some(&new), Some(*seq), keyed.msg_id, answered)
+                        .await;
+                    match published {
+                        Ok(p) if p.duplicate => {
                             drop(last_conflict);
-                            self.settle(store, s).await?;
+                            return self.first_answer(store, keyed.idem, p.seq, result).await;
+                        }
+                        Ok(p) => {
+                            drop(last_conflict);
+                            self.settle(store, p.seq).await?;
                             return Ok(result);
                         }
                         Err(Publish::Conflict) => *last_conflict = Some(Instant::now()),
@@ -397,11 +444,27 @@ impl Replica {
         )))
     }
 
+    /// What a keyed write answered the first time, once this node has applied the log up
+    /// to `seq` (where the first write, if any, is); `otherwise` if it was never made.
+    async fn first_answer(
+        &self,
+        store: &LocalState,
+        idem: Option<&str>,
+        seq: u64,
+        otherwise: OpResult,
+    ) -> Result<OpResult, StateError> {
+        let Some(idem) = idem else {
+            return Ok(otherwise);
+        };
+        self.settle(store, seq).await?;
+        Ok(store.answered(idem)?.unwrap_or(otherwise))
+    }
+
     /// Checks a function's key and byte quotas against this node's (current or nearly
     /// current) usage before a write enters the log; the log itself never refuses.
     fn check_quota(
         &self,
-        store: &StateStore,
+        store: &LocalState,
         ns: &Namespace,
         writes: &[(&str, Option<usize>)],
         limits: &KvLimits,
@@ -449,102 +512,23 @@ impl Replica {
             .map(|i| i.state.last_sequence)
             .map_err(|e| log_err("read the state stream's position", e))
     }
+}
 
-    /// Applies the stream to `store` for as long as the node runs, resuming after the
-    /// last applied sequence and reconnecting after failures.
-    pub async fn apply_forever(self: Arc<Self>, store: Arc<StateStore>) {
-        loop {
-            if let Err(e) = self.apply_from(&store).await {
-                tracing::warn!(error = %e, "state replication interrupted; resuming");
-                if let (StateError::Storage { .. }, Ok(mut last)) = (&e, self.apply_error.lock()) {
-                    *last = Some(e.to_string());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
+/// A write JetStream took.
+struct Published {
+    /// Its sequence (the original's, for a duplicate).
+    seq: u64,
+    /// JetStream had it already (same message id, within the de-duplication window).
+    duplicate: bool,
+}
 
-    async fn apply_from(&self, store: &StateStore) -> Result<(), StateError> {
-        let start = store.log_applied() + 1;
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: "state.>".into(),
-                // Short pulls mean heartbeats every second, so that a stream leader lost
-                // with its NATS server is noticed (and the consumer recreated) quickly.
-                max_expires: Duration::from_secs(2),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| log_err("follow the state stream", e))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| log_err("follow the state stream", e))?;
-        let mut chunks = messages.ready_chunks(APPLY_BATCH);
-        loop {
-            let chunk = match tokio::time::timeout(STALL_CHECK, chunks.next()).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(_) => {
-                    // Quiet: idle, or a consumer lost with its NATS server. If the stream has
-                    // moved on without us, start a new consumer from where we are.
-                    if self.last_seq().await? > store.log_applied() {
-                        return Err(log_err(
-                            "follow the state stream",
-                            "the consumer stalled behind the stream",
-                        ));
-                    }
-                    continue;
-                }
-            };
-            let mut entries = Vec::with_capacity(chunk.len());
-            let mut failure = None;
-            for m in chunk {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        failure = Some(log_err("read the state stream", e));
-                        break;
-                    }
-                };
-                let info = m.info().map_err(|e| log_err("read a state message", e))?;
-                let seq = info.stream_sequence;
-                let Some((ns, key)) = parse_subject(&m.subject) else {
-                    tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped");
-                    continue;
-                };
-                let deleted = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(H_OP))
-                    .is_some_and(|v| v.as_str() == "del");
-                let op = if deleted {
-                    Op::Delete { ns, key }
-                } else {
-                    Op::Set {
-                        ns,
-                        key,
-                        value: m.payload.to_vec(),
-                    }
-                };
-                entries.push(LogEntry { seq, op });
-            }
-            if !entries.is_empty() {
-                store.apply_log(entries).await?;
-                if let Ok(mut last) = self.apply_error.lock() {
-                    *last = None;
-                }
-            }
-            if let Some(e) = failure {
-                return Err(e);
-            }
-        }
-        Err(log_err("follow the state stream", "the stream ended"))
-    }
+/// How a conditional write is keyed.
+#[derive(Clone, Copy)]
+struct Keyed<'a> {
+    /// Its message id (de-duplicated by JetStream).
+    msg_id: &'a str,
+    /// Its idempotency key, when it has one.
+    idem: Option<&'a str>,
 }
 
 /// Why a publish did not go through.

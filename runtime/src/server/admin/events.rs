@@ -7,17 +7,17 @@
 //! * `POST /v1/functions/{name}/dead-letters/{id}/replay` — deliver it again
 //! * `POST /v1/functions/{name}/dead-letters/replay` — replay them all
 
-use crate::events::{Event, random_id};
 use crate::host::events::MAX_EVENT_BYTES;
 use crate::node::Node;
+use crate::node::operator::PublishError;
 use http::StatusCode;
 use hyper::body::Incoming;
 use skiff_core::http::{Response, error, json, read_body};
-use skiff_core::record::now_ms;
 use skiff_core::topic::check_topic;
 
 /// `POST /v1/events/{topic}`.
 pub async fn publish(node: &Node, topic: &str, req: http::Request<Incoming>) -> Response {
+    // Before reading the body: a wrong topic is refused at once.
     if let Err(e) = check_topic(topic) {
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
@@ -33,19 +33,12 @@ pub async fn publish(node: &Node, topic: &str, req: http::Request<Incoming>) -> 
         Ok(b) => b.to_vec(),
         Err(resp) => return resp,
     };
-    let id = random_id();
-    let event = Event {
-        id: id.clone(),
-        topic: topic.to_string(),
-        data,
-        headers,
-        published_at_ms: now_ms(),
-    };
-    match node.bus().publish(vec![event]).await {
-        Ok(()) => json(
+    match node.publish(topic, data, headers).await {
+        Ok(id) => json(
             StatusCode::OK,
             &serde_json::json!({ "id": id, "topic": topic }),
         ),
+        Err(PublishError::Refused(why)) => error(StatusCode::BAD_REQUEST, why),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

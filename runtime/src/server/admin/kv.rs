@@ -11,7 +11,7 @@
 use crate::host::kv::DEFAULT_BUCKET;
 use crate::node::Node;
 use crate::state::keys::MAX_BUCKET_BYTES;
-use crate::state::{Namespace, Op, StateError};
+use crate::state::{Namespace, StateError};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
@@ -109,12 +109,6 @@ pub async fn handle(
             Err(e) => state_error(e),
         };
     };
-    // A deployed function's own limits apply; a removed one's state is still repairable.
-    let limits = node
-        .snapshot()
-        .get(name)
-        .map(|d| d.spec.limits.kv)
-        .unwrap_or_default();
     match *req.method() {
         Method::GET => match if consistent {
             state.get_consistent(&ns, &key).await
@@ -139,17 +133,17 @@ pub async fn handle(
             Err(e) => state_error(e),
         },
         Method::PUT => {
-            let max = usize::try_from(limits.value_bytes).unwrap_or(usize::MAX);
+            let max = usize::try_from(node.kv_limits(name).value_bytes).unwrap_or(usize::MAX);
             let value = match read_body(req, max).await {
                 Ok(b) => b.to_vec(),
                 Err(resp) => return resp,
             };
-            match state.write(Op::Set { ns, key, value }, limits).await {
+            match node.kv_set(ns, key, value).await {
                 Ok(_) => json(StatusCode::OK, &serde_json::json!({ "set": true })),
                 Err(e) => state_error(e),
             }
         }
-        Method::DELETE => match state.write(Op::Delete { ns, key }, limits).await {
+        Method::DELETE => match node.kv_delete(ns, key).await {
             Ok(_) => json(StatusCode::OK, &serde_json::json!({ "deleted": true })),
             Err(e) => state_error(e),
         },

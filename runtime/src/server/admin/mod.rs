@@ -77,14 +77,7 @@ impl Admin {
         }
         match (method, segments.as_slice()) {
             (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.node.status()),
-            (Method::GET, ["metrics"]) => {
-                let mut r = http::Response::new(full(Bytes::from(self.node.metrics_text().await)));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                r
-            }
+            (Method::GET, ["metrics"]) => self.metrics().await,
             (Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.node.list()),
             (Method::GET, ["v1", "functions", name]) => self.get_function(name),
             (Method::PUT, ["v1", "functions", name]) => {
@@ -102,20 +95,7 @@ impl Admin {
                 let topic = topic.to_string();
                 events::publish(&self.node, &topic, req).await
             }
-            (Method::GET, ["v1", "traces", id]) => {
-                let spans = self.node.traces().trace(id);
-                if spans.is_empty() {
-                    error(
-                        StatusCode::NOT_FOUND,
-                        format!(
-                            "no trace `{id}` on this node (it keeps the newest {} spans); trace ids come back in the x-skiff-trace-id response header",
-                            crate::traces::MAX_SPANS
-                        ),
-                    )
-                } else {
-                    json(StatusCode::OK, &spans)
-                }
-            }
+            (Method::GET, ["v1", "traces", id]) => self.trace(id),
             (Method::GET, ["v1", "functions", name, "logs"]) => {
                 let name = name.to_string();
                 logs::logs(&self.node, &name, &req)
@@ -151,6 +131,29 @@ impl Admin {
         }
     }
 
+    async fn metrics(&self) -> Response {
+        let mut r = http::Response::new(full(Bytes::from(self.node.metrics_text().await)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+
+    fn trace(&self, id: &str) -> Response {
+        let spans = self.node.traces().trace(id);
+        if spans.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no trace `{id}` on this node (it keeps the newest {} spans); trace ids come back in the x-skiff-trace-id response header",
+                    crate::traces::MAX_SPANS
+                ),
+            );
+        }
+        json(StatusCode::OK, &spans)
+    }
+
     fn not_found(&self, name: &str) -> Response {
         error(
             StatusCode::NOT_FOUND,
@@ -183,23 +186,11 @@ impl Admin {
             };
         }
         // Purging works for a function already removed (its state was kept then).
-        let op = crate::state::Op::Purge {
-            function: name.to_string(),
-        };
-        match self
-            .node
-            .state()
-            .write(op, crate::state::KvLimits::default())
-            .await
-        {
-            Ok(crate::state::OpResult::Purged(0)) if !removed => self.not_found(name),
-            Ok(crate::state::OpResult::Purged(keys)) => json(
+        match self.node.purge_state(name).await {
+            Ok(0) if !removed => self.not_found(name),
+            Ok(keys) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "removed": name, "state": "purged", "keys": keys }),
-            ),
-            Ok(other) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("unexpected purge result {other:?}"),
             ),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
@@ -211,10 +202,8 @@ impl Admin {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        let registry = self.node.registry().clone();
-        match tokio::task::spawn_blocking(move || registry.put_artifact(&bytes)).await {
-            Ok(Ok(stored)) => json(StatusCode::OK, &serde_json::json!({ "artifact": stored })),
-            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        match self.node.control().put_artifact(&bytes).await {
+            Ok(stored) => json(StatusCode::OK, &serde_json::json!({ "artifact": stored })),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

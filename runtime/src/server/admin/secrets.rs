@@ -33,7 +33,7 @@ pub async fn handle(
 ) -> Response {
     let key = key.map(segment);
     match (req.method().clone(), key) {
-        (Method::GET, None) => match node.secret_keys(name) {
+        (Method::GET, None) => match node.secret_keys(name).await {
             Ok(keys) => keys_answer(name, keys),
             Err(e) => secret_error(e),
         },
@@ -42,15 +42,16 @@ pub async fn handle(
                 Ok(v) => v,
                 Err(resp) => return resp,
             };
-            match node
-                .seal_secret(name, &key, &value)
-                .and_then(|sealed| node.put_secret(name, &key, &sealed))
-            {
+            let stored = match node.seal_secret(name, &key, &value) {
+                Ok(sealed) => node.put_secret(name, &key, &sealed).await,
+                Err(e) => Err(e),
+            };
+            match stored {
                 Ok(()) => set_answer(name, &key),
                 Err(e) => secret_error(e),
             }
         }
-        (Method::DELETE, Some(key)) => match node.remove_secret(name, &key) {
+        (Method::DELETE, Some(key)) => match node.remove_secret(name, &key).await {
             Ok(existed) => removed_answer(name, &key, existed),
             Err(e) => secret_error(e),
         },

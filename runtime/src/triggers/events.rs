@@ -3,11 +3,13 @@
 //! settles each delivery: ack on success (after publishing what the handler published),
 //! nak with exponential backoff on failure, dead letter after `max_attempts`.
 
-use super::{ConsumerSpec, Delivery};
+use crate::events::{Bus, BusError, ConsumerSpec, Delivery, Event};
 use crate::metrics::Metrics;
-use crate::node::{DeployError, Deployment, Node};
+use crate::node::{Deployment, DeploymentHook, Node};
+use futures::future::BoxFuture;
 use skiff_core::manifest::EventTrigger;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 
@@ -16,8 +18,50 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How long one fetch waits for work before checking for a stop.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
 
+/// What the trigger loops need of a node: room, a way to run a function's event handler,
+/// and somewhere to count.
+pub trait EventInvoker: Send + Sync + 'static {
+    /// Invocations that could start now.
+    fn free_slots(&self) -> usize;
+    /// Runs `function`'s event handler on one delivery; the events it published, or why
+    /// it failed.
+    fn invoke_event<'a>(
+        &'a self,
+        function: &'a str,
+        event: &'a Event,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Vec<Event>, String>>;
+    /// Where settled deliveries are counted.
+    fn metrics(&self) -> &Metrics;
+}
+
+impl EventInvoker for Node {
+    fn free_slots(&self) -> usize {
+        Node::free_slots(self)
+    }
+
+    fn invoke_event<'a>(
+        &'a self,
+        function: &'a str,
+        event: &'a Event,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Vec<Event>, String>> {
+        Box::pin(async move {
+            let dep = self.snapshot().get(function).cloned();
+            match dep {
+                Some(dep) => Node::invoke_event(self, &dep, event, attempt).await,
+                None => Err(format!("function `{function}` was removed")),
+            }
+        })
+    }
+
+    fn metrics(&self) -> &Metrics {
+        Node::metrics(self)
+    }
+}
+
 /// The running loops of one function's triggers.
-pub struct TriggerLoops {
+struct TriggerLoops {
     stop: watch::Sender<bool>,
     consumers: Vec<String>,
 }
@@ -28,27 +72,42 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-impl Node {
+/// Every function's event-consumer loops on one node. The node tells it what it serves
+/// through [`DeploymentHook`].
+pub struct EventTriggers {
+    /// Weak: the node holds this as its hook, and loops end when the node is gone.
+    invoker: Weak<dyn EventInvoker>,
+    bus: Arc<dyn Bus>,
+    loops: Mutex<BTreeMap<String, TriggerLoops>>,
+}
+
+impl EventTriggers {
+    /// Trigger loops that run `invoker`'s handlers on deliveries from `bus`.
+    pub fn new(invoker: Weak<dyn EventInvoker>, bus: Arc<dyn Bus>) -> Arc<EventTriggers> {
+        Arc::new(EventTriggers {
+            invoker,
+            bus,
+            loops: Mutex::new(BTreeMap::new()),
+        })
+    }
+
     /// Starts (or restarts, after a redeploy) the trigger loops of `d`, creating its
     /// consumers; consumers of triggers the new version dropped are deleted.
-    pub(crate) async fn start_triggers(
-        self: &Arc<Self>,
-        d: &Arc<Deployment>,
-    ) -> Result<(), DeployError> {
+    async fn start(&self, d: &Arc<Deployment>) -> Result<(), BusError> {
         let name = d.record.name.clone();
         let old = self.take_loops(&name);
         let wanted: Vec<String> = d.triggers.iter().map(|(_, c)| c.name.clone()).collect();
         if let Some(old) = old {
             let _ = old.stop.send(true);
             for c in old.consumers.iter().filter(|c| !wanted.contains(c)) {
-                self.bus().delete_consumer(c).await?;
+                self.bus.delete_consumer(c).await?;
             }
         }
         if d.triggers.is_empty() {
             return Ok(());
         }
         for (_, spec) in &d.triggers {
-            self.bus().ensure_consumer(spec).await?;
+            self.bus.ensure_consumer(spec).await?;
         }
         let (stop, rx) = watch::channel(false);
         for (trigger, spec) in &d.triggers {
@@ -57,15 +116,18 @@ impl Node {
                 .unwrap_or(d.spec.limits.concurrency)
                 .max(1) as usize;
             tokio::spawn(run_trigger(
-                self.clone(),
-                name.clone(),
-                trigger.clone(),
-                spec.clone(),
+                Loop {
+                    invoker: self.invoker.clone(),
+                    bus: self.bus.clone(),
+                    function: name.clone(),
+                    trigger: trigger.clone(),
+                    consumer: spec.clone(),
+                },
                 concurrency,
                 rx.clone(),
             ));
         }
-        if let Ok(mut loops) = self.triggers.lock() {
+        if let Ok(mut loops) = self.loops.lock() {
             loops.insert(
                 name,
                 TriggerLoops {
@@ -77,38 +139,49 @@ impl Node {
         Ok(())
     }
 
-    /// Stops `name`'s trigger loops; with `delete`, also deletes its consumers and their
-    /// pending deliveries (the function was removed).
-    pub(crate) async fn stop_triggers(&self, name: &str, delete: bool) {
+    /// Stops `name`'s trigger loops and deletes its consumers and their pending
+    /// deliveries (the function was removed).
+    async fn stop(&self, name: &str) {
         let Some(old) = self.take_loops(name) else {
             return;
         };
         let _ = old.stop.send(true);
-        if delete {
-            for c in &old.consumers {
-                if let Err(e) = self.bus().delete_consumer(c).await {
-                    tracing::warn!(function = name, consumer = %c, error = %e, "cannot delete consumer");
-                }
+        for c in &old.consumers {
+            if let Err(e) = self.bus.delete_consumer(c).await {
+                tracing::warn!(function = name, consumer = %c, error = %e, "cannot delete consumer");
             }
         }
     }
 
     fn take_loops(&self, name: &str) -> Option<TriggerLoops> {
-        match self.triggers.lock() {
+        match self.loops.lock() {
             Ok(mut loops) => loops.remove(name),
             Err(poisoned) => poisoned.into_inner().remove(name),
         }
     }
 }
 
-async fn run_trigger(
-    node: Arc<Node>,
+impl DeploymentHook for EventTriggers {
+    fn deployed<'a>(&'a self, d: &'a Arc<Deployment>) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(self.start(d))
+    }
+
+    fn removed<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.stop(name))
+    }
+}
+
+/// What one trigger loop works with.
+struct Loop {
+    invoker: Weak<dyn EventInvoker>,
+    bus: Arc<dyn Bus>,
     function: String,
     trigger: EventTrigger,
     consumer: ConsumerSpec,
-    concurrency: usize,
-    mut stop: watch::Receiver<bool>,
-) {
+}
+
+async fn run_trigger(l: Loop, concurrency: usize, mut stop: watch::Receiver<bool>) {
+    let l = Arc::new(l);
     let slots = Arc::new(Semaphore::new(concurrency));
     loop {
         if *stop.borrow() {
@@ -127,7 +200,11 @@ async fn run_trigger(
             permits.push(p);
         }
         // ...and the node has room for more invocations.
-        let free = node.free_slots();
+        let Some(invoker) = l.invoker.upgrade() else {
+            return;
+        };
+        let free = invoker.free_slots();
+        drop(invoker);
         if free == 0 {
             drop(permits);
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -135,35 +212,37 @@ async fn run_trigger(
         }
         permits.truncate(free);
         let fetched = tokio::select! {
-            r = node.bus().fetch(&consumer.name, permits.len(), FETCH_WAIT) => r,
+            r = l.bus.fetch(&l.consumer.name, permits.len(), FETCH_WAIT) => r,
             _ = stop.changed() => return,
         };
         let deliveries = match fetched {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(function = %function, consumer = %consumer.name, error = %e, "fetch failed; retrying");
+                tracing::warn!(function = %l.function, consumer = %l.consumer.name, error = %e, "fetch failed; retrying");
                 tokio::time::sleep(FETCH_WAIT).await;
                 continue;
             }
         };
         for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
-            let (node, function, trigger) = (node.clone(), function.clone(), trigger.clone());
+            let l = l.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                handle(&node, &function, &trigger, delivery).await;
+                settle(&l, delivery).await;
             });
         }
     }
 }
 
-async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Delivery) {
-    let dep = node.snapshot().get(function).cloned();
-    let result = match dep {
-        Some(dep) => node.invoke_event(&dep, &d.event, d.attempt).await,
-        None => Err(format!("function `{function}` was removed")),
+/// Runs the handler on one delivery and settles it: ack after publishing what the
+/// handler published, nak with backoff, or dead letter after the last attempt.
+async fn settle(l: &Loop, d: Delivery) {
+    let Some(invoker) = l.invoker.upgrade() else {
+        // The node is gone: the lease runs out and the event comes again elsewhere.
+        return;
     };
-    let bus = node.bus();
-    let m = node.metrics();
+    let (function, trigger, bus) = (l.function.as_str(), &l.trigger, &l.bus);
+    let result = invoker.invoke_event(function, &d.event, d.attempt).await;
+    let m = invoker.metrics();
     let settled = match result {
         Ok(outbox) => {
             let n = outbox.len() as u64;
@@ -212,7 +291,7 @@ async fn handle(node: &Arc<Node>, function: &str, trigger: &EventTrigger, d: Del
 }
 
 /// The event that announces a dead letter on `deadletters.<function>`.
-fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> super::Event {
+fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> Event {
     let data = serde_json::json!({
         "function": function,
         "event": d.event.id,
@@ -220,8 +299,8 @@ fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> super::Event 
         "attempts": d.attempt,
         "error": error,
     });
-    super::Event {
-        id: super::derived_id(&d.event.id, &format!("{function}/dead-letter"), 0),
+    Event {
+        id: crate::ids::derived_id(&d.event.id, &format!("{function}/dead-letter"), 0),
         topic: format!("deadletters.{function}"),
         data: data.to_string().into_bytes(),
         headers: Vec::new(),

@@ -1,0 +1,260 @@
+//! The node's local database: one redb file, written by one thread that group-commits.
+//!
+//! Writers send [`Job`]s; the writer thread runs every job waiting at that moment in one
+//! transaction and commits it with `Durability::Immediate`, so concurrent writers share
+//! one fsync, and no job is answered before its writes are on disk. State (`state`)
+//! and the embedded event bus (`events::embedded`) both write through here.
+//!
+//! Each job is all-or-nothing. redb has no savepoint once a transaction has written, so
+//! when a job fails the whole transaction is dropped (nothing of it reaches the disk), that
+//! job is answered with its error, and the batch's other jobs run again in a new
+//! transaction. A job must therefore be re-runnable: it reads what it needs from the
+//! transaction it is given, every time.
+
+use redb::{Database, Durability, ReadTransaction, WriteTransaction};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// A failure of the local database.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LocalDbError {
+    /// redb failed, or the job did: nothing of the job was written.
+    #[error("local database {path}: {detail}")]
+    Failed {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// The writer is gone (the node is stopping).
+    #[error("the local database is shutting down; retry after restart")]
+    Closed,
+}
+
+/// A unit of work run inside the writer's shared transaction.
+///
+/// `Err` means the job may have written part of what it meant to: the transaction is
+/// dropped and the other jobs run again without it. A job that refuses cleanly (having
+/// written nothing) returns its refusal inside `Output` instead.
+pub trait Job: Send + 'static {
+    /// What the job answers once committed.
+    type Output: Send + 'static;
+    /// Runs the job in `tx`; may run more than once (on a fresh transaction each time).
+    fn run(&mut self, tx: &WriteTransaction) -> Result<Self::Output, String>;
+}
+
+impl<T, F> Job for F
+where
+    F: FnMut(&WriteTransaction) -> Result<T, String> + Send + 'static,
+    T: Send + 'static,
+{
+    type Output = T;
+
+    fn run(&mut self, tx: &WriteTransaction) -> Result<T, String> {
+        self(tx)
+    }
+}
+
+/// A job on its way through the writer, with its answer.
+trait Pending: Send {
+    fn run(&mut self, tx: &WriteTransaction) -> Result<(), String>;
+    fn answer(self: Box<Self>, result: Result<(), LocalDbError>);
+}
+
+struct Slot<J: Job> {
+    job: J,
+    output: Option<J::Output>,
+    reply: oneshot::Sender<Result<J::Output, LocalDbError>>,
+}
+
+impl<J: Job> Pending for Slot<J> {
+    fn run(&mut self, tx: &WriteTransaction) -> Result<(), String> {
+        self.output = Some(self.job.run(tx)?);
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, result: Result<(), LocalDbError>) {
+        let answer = match (result, self.output) {
+            (Ok(()), Some(out)) => Ok(out),
+            (Ok(()), None) => Err(LocalDbError::Closed),
+            (Err(e), _) => Err(e),
+        };
+        // The asker may have gone away; the job is committed (or not) all the same.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The node's local database and its writer thread.
+pub struct LocalDb {
+    db: Arc<Database>,
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<Box<dyn Pending>>,
+}
+
+impl std::fmt::Debug for LocalDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalDb").field("path", &self.path).finish()
+    }
+}
+
+impl LocalDb {
+    /// Opens (creating) the database at `path` and starts its writer thread, which ends
+    /// when the last handle is dropped.
+    pub fn open(path: &Path) -> Result<Arc<LocalDb>, LocalDbError> {
+        let failed = |e: &dyn std::fmt::Display| LocalDbError::Failed {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let db = Arc::new(Database::create(path).map_err(|e| failed(&e))?);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (writer_db, writer_path) = (db.clone(), path.to_path_buf());
+        std::thread::Builder::new()
+            .name("skiff-localdb-writer".into())
+            .spawn(move || writer(writer_db, writer_path, rx))
+            .map_err(|e| failed(&e))?;
+        Ok(Arc::new(LocalDb {
+            db,
+            path: path.to_path_buf(),
+            writer: tx,
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `job` in the writer's next group-committed transaction; answers once durable.
+    pub async fn run<J: Job>(&self, job: J) -> Result<J::Output, LocalDbError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Box::new(Slot {
+                job,
+                output: None,
+                reply,
+            }))
+            .map_err(|_| LocalDbError::Closed)?;
+        rx.await.map_err(|_| LocalDbError::Closed)?
+    }
+
+    /// A read snapshot (MVCC: readers never wait for the writer).
+    pub fn read(&self) -> Result<ReadTransaction, LocalDbError> {
+        use redb::ReadableDatabase;
+        self.db.begin_read().map_err(|e| LocalDbError::Failed {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// The writer thread: take what is waiting, commit it as one transaction, answer.
+fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Box<dyn Pending>>) {
+    let failed = |detail: String| LocalDbError::Failed {
+        path: path.clone(),
+        detail,
+    };
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        while !batch.is_empty() {
+            match commit(&db, &mut batch) {
+                Ok(()) => {
+                    for p in batch.drain(..) {
+                        p.answer(Ok(()));
+                    }
+                }
+                Err(Failure::Job(i, detail)) => {
+                    // Only that job fails; the others run again without it.
+                    tracing::debug!(error = %detail, "a local database job failed; its batch runs again without it");
+                    batch.remove(i).answer(Err(failed(detail)));
+                }
+                Err(Failure::Commit(detail)) => {
+                    tracing::error!(path = %path.display(), error = %detail, "local database commit failed; writes refused");
+                    for p in batch.drain(..) {
+                        p.answer(Err(failed(detail.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a batch did not commit.
+enum Failure {
+    /// Job number `.0` failed.
+    Job(usize, String),
+    /// redb could not begin or commit the transaction.
+    Commit(String),
+}
+
+fn commit(db: &Database, batch: &mut [Box<dyn Pending>]) -> Result<(), Failure> {
+    let mut tx = db
+        .begin_write()
+        .map_err(|e| Failure::Commit(e.to_string()))?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(|e| Failure::Commit(e.to_string()))?;
+    for (i, p) in batch.iter_mut().enumerate() {
+        p.run(&tx).map_err(|e| Failure::Job(i, e))?;
+    }
+    tx.commit().map_err(|e| Failure::Commit(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::TableDefinition;
+
+    const T: TableDefinition<&str, u64> = TableDefinition::new("t");
+
+    fn get(db: &LocalDb, key: &str) -> Option<u64> {
+        let rtx = db.read().unwrap();
+        let t = rtx.open_table(T).ok()?;
+        t.get(key).unwrap().map(|v| v.value())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_job_leaves_nothing_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = LocalDb::open(&dir.path().join("db.redb")).unwrap();
+        // Many at once, so that they share batches with the failing ones.
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let db = db.clone();
+            let key = format!("k{i}");
+            let fail = i % 7 == 0;
+            tasks.push(tokio::spawn(async move {
+                db.run(move |tx: &WriteTransaction| -> Result<String, String> {
+                    tx.open_table(T)
+                        .map_err(|e| e.to_string())?
+                        .insert(key.as_str(), 1)
+                        .map_err(|e| e.to_string())?;
+                    if fail {
+                        return Err(format!("{key} failed half-way"));
+                    }
+                    Ok(key.clone())
+                })
+                .await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap();
+            let key = format!("k{i}");
+            if i % 7 == 0 {
+                assert!(matches!(r, Err(LocalDbError::Failed { .. })), "{i}: {r:?}");
+                assert_eq!(get(&db, &key), None, "a failed job's write stayed: {key}");
+            } else {
+                assert_eq!(r.unwrap(), key.as_str());
+                assert_eq!(get(&db, &key), Some(1));
+            }
+        }
+    }
+}
