@@ -76,6 +76,36 @@ pub async fn read_artifact(
     Ok(bytes)
 }
 
+/// What every admin API answers before its own endpoints: `/healthz` (always open), then
+/// 401 without the bearer `token` when one is set. `None`: go on.
+pub fn gate(token: Option<&str>, req: &http::Request<Incoming>) -> Option<Response> {
+    if req.method() == Method::GET && req.uri().path().trim_matches('/') == "healthz" {
+        return Some(text(StatusCode::OK, "ok\n"));
+    }
+    if !authorized(token, req) {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "this admin API requires a token: pass --token or set SKIFF_TOKEN".into(),
+        ));
+    }
+    None
+}
+
+/// The answer for a path no admin endpoint serves.
+pub fn no_endpoint(method: &Method, path: &str) -> Response {
+    if path.trim_matches('/').split('/').next() == Some("v1") {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {path}"),
+        )
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {path}; the API lives under /v1"),
+        )
+    }
+}
+
 /// Whether `req` carries the bearer `token` (compared in constant time); always true
 /// when no token is configured.
 pub fn authorized(token: Option<&str>, req: &http::Request<Incoming>) -> bool {

@@ -10,8 +10,8 @@ use skiff_core::api::{ClusterStatus, FunctionInfo, NodeView};
 use skiff_core::control::ControlError;
 use skiff_core::deploy::record_route;
 use skiff_core::http::{
-    Response, authorized, error, full, json, keys_answer, method_not_allowed, read_body,
-    removed_answer, segment, set_answer, text,
+    Response, error, full, gate, json, keys_answer, method_not_allowed, no_endpoint, read_body,
+    removed_answer, segment, set_answer,
 };
 use skiff_core::manifest::FunctionName;
 use skiff_core::record::FunctionRecord;
@@ -29,14 +29,8 @@ impl Scheduler {
     pub(crate) async fn handle(&self, req: http::Request<Incoming>) -> Response {
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        if req.method() == Method::GET && segments == ["healthz"] {
-            return text(StatusCode::OK, "ok\n");
-        }
-        if !authorized(self.token.as_deref(), &req) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "this admin API requires a token: pass --token or set SKIFF_TOKEN".into(),
-            );
+        if let Some(answer) = gate(self.token.as_deref(), &req) {
+            return answer;
         }
         let method = req.method().clone();
         match (method, segments.as_slice()) {
@@ -99,14 +93,7 @@ impl Scheduler {
                     "no live node to take the event; start one with `skiff node --nats URL`".into(),
                 ),
             },
-            (_, ["v1", ..]) => error(
-                StatusCode::NOT_FOUND,
-                format!("no admin endpoint {} {path}", req.method()),
-            ),
-            _ => error(
-                StatusCode::NOT_FOUND,
-                format!("no admin endpoint {path}; the API lives under /v1"),
-            ),
+            _ => no_endpoint(req.method(), &path),
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use skiff_core::http::{
-    Response, authorized, error, full, json, read_artifact, read_deploy_request, text,
+    Response, error, full, gate, json, no_endpoint, read_artifact, read_deploy_request,
 };
 use skiff_core::serve::{ConnLimits, serve};
 use std::sync::Arc;
@@ -40,22 +40,12 @@ impl Admin {
         .await
     }
 
-    fn authorized(&self, req: &http::Request<Incoming>) -> bool {
-        authorized(self.token.as_deref(), req)
-    }
-
     /// Serves one admin request.
     pub async fn handle(&self, req: http::Request<Incoming>) -> Response {
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        if req.method() == Method::GET && segments == ["healthz"] {
-            return text(StatusCode::OK, "ok\n");
-        }
-        if !self.authorized(&req) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "this admin API requires a token: pass --token or set SKIFF_TOKEN".into(),
-            );
+        if let Some(answer) = gate(self.token.as_deref(), &req) {
+            return answer;
         }
         let method = req.method().clone();
         let changes_functions = matches!(
@@ -120,14 +110,7 @@ impl Admin {
                 let sha = sha.to_string();
                 self.upload(&sha, req).await
             }
-            (_, ["v1", ..]) => error(
-                StatusCode::NOT_FOUND,
-                format!("no admin endpoint {} {path}", req.method()),
-            ),
-            _ => error(
-                StatusCode::NOT_FOUND,
-                format!("no admin endpoint {path}; the API lives under /v1"),
-            ),
+            _ => no_endpoint(req.method(), &path),
         }
     }
 
