@@ -9,7 +9,7 @@
 //! Both hand out versions that never repeat for a function (not even after a removal),
 //! verify an artifact's sha256 whenever they give its bytes back, keep secrets only
 //! sealed, and report every change in order to whoever watches. One conformance suite
-//! ([`conformance`], feature `testkit`) runs against both.
+//! (`conformance`, with the `testkit` feature) runs against both.
 
 use crate::record::FunctionRecord;
 use futures::future::BoxFuture;

@@ -163,3 +163,19 @@ async fn out_of_file_descriptors_the_listeners_back_off_and_recover() {
     );
     skiff.assert_hello_serves().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_deploy_builds_and_serves_the_folders_it_was_given() {
+    let hello = repo().join("functions/hello");
+    let skiff = Skiff::start(&["--deploy", hello.to_str().unwrap()]);
+    assert!(
+        wait_until(Duration::from_secs(120), async || {
+            get(&format!("{}/hello/up", skiff.listen)).await.status == 200
+        })
+        .await,
+        "hello never served after `skiff up --deploy`: {}",
+        skiff.log()
+    );
+    let r = get(&format!("{}/hello/up", skiff.listen)).await;
+    assert_eq!(r.text(), "Hello from Skiff! You asked for /hello/up\n");
+}

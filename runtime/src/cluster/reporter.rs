@@ -1,5 +1,5 @@
 //! A node's load reports: published on `skiff.nodes.<node>` every
-//! [`REPORT_EVERY_MS`](skiff_core::report::REPORT_EVERY_MS), and sooner when the
+//! [`skiff_core::report::REPORT_EVERY_MS`] ms, and sooner when the
 //! number of running invocations moves sharply, so that the scheduler's picture is never
 //! more than a fraction of a second old.
 
