@@ -157,7 +157,7 @@ impl From<redb::StorageError> for OpError {
     }
 }
 
-/// The tables an op touches, opened once per transaction.
+/// The tables an op touches, opened by the job that applies it.
 pub struct Tables<'txn> {
     /// Data.
     pub data: Table<'txn, &'static [u8], &'static [u8]>,
