@@ -55,6 +55,12 @@ pub struct FunctionInfo {
     pub artifact: String,
     /// Resolved limits.
     pub limits: FunctionLimits,
+    /// The HTTP world its component implements (none: it handles only events).
+    #[serde(default)]
+    pub world: Option<crate::instances::HttpWorld>,
+    /// How its instances are reused.
+    #[serde(default)]
+    pub instances: Option<crate::instances::InstancePolicy>,
     /// Invocations running now.
     pub in_flight: u32,
     /// Where the running code came from.

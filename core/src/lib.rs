@@ -5,7 +5,8 @@
 //! * [`topic`], [`routes`], [`secrets`] — validated names: event topics, HTTP routes,
 //!   config and secret keys (and how secrets are sealed).
 //! * [`manifest`] — `skiff.toml`, parsed strictly into those types.
-//! * [`limits`] — invocation and key-value limits, resolved against a node's maxima.
+//! * [`limits`] — invocation and key-value limits, resolved against a node's maxima;
+//!   [`instances`] — instance reuse (`[instances]`), resolved per HTTP world.
 //! * [`deploy`] — the one deploy check both the node and the scheduler run.
 //! * [`report`] — a node's load report (NATS wire type).
 //! * [`api`] — the admin API's wire types; [`http`] — its shared answers and body reads.
@@ -21,6 +22,7 @@ pub mod cluster_registry;
 pub mod control;
 pub mod deploy;
 pub mod http;
+pub mod instances;
 pub mod limits;
 pub mod manifest;
 pub mod nats;

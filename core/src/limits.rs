@@ -75,6 +75,8 @@ pub struct NodeLimits {
     pub max_artifact_bytes: usize,
     /// Components kept loaded and linked in memory at once (least recently used go).
     pub code_cache: usize,
+    /// The most any function's `[instances]` may ask for.
+    pub instances: crate::instances::InstanceMaxima,
 }
 
 impl Default for NodeLimits {
@@ -104,6 +106,7 @@ impl Default for NodeLimits {
             header_read_timeout: Duration::from_secs(10),
             max_artifact_bytes: MAX_ARTIFACT_BYTES,
             code_cache: 512,
+            instances: crate::instances::InstanceMaxima::default(),
         }
     }
 }

@@ -220,6 +220,9 @@ pub struct Manifest {
     /// Per-function limits.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Instance reuse (see [`crate::instances`]).
+    #[serde(default)]
+    pub instances: crate::instances::InstancesSection,
     /// Environment variables the function sees (and nothing else of the host's).
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -86,6 +86,9 @@ impl NodeEngine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.memory_init_cow(true);
+        // WASI 0.3 components (`wasi:http/handler@0.3`) use the component model's async
+        // ABI; 0.2 components run unchanged beside them.
+        config.wasm_component_model_async(true);
         let slots = limits.node_concurrency.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots);

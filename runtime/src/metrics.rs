@@ -60,6 +60,15 @@ pub struct Outbound {
     pub outcome: String,
 }
 
+/// `function`, `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Retired {
+    /// The function.
+    pub function: String,
+    /// `reuse` (served its quota), `idle`, `trap`, `timeout`, `memory`, `error`.
+    pub reason: String,
+}
+
 /// `function`, `op`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KvOp {
@@ -98,6 +107,13 @@ pub struct Metrics {
     pub in_flight: Family<Function, Gauge>,
     /// `skiff_limit_rejections_total`.
     pub rejections: Family<Rejection, Counter>,
+    /// `skiff_instances_created_total`.
+    pub instances_created: Family<Function, Counter>,
+    /// `skiff_instances_reused_total`: requests served by an instance that had served
+    /// one before.
+    pub instances_reused: Family<Function, Counter>,
+    /// `skiff_instances_retired_total`.
+    pub instances_retired: Family<Retired, Counter>,
     /// `skiff_events_published_total`.
     pub published: Family<Function, Counter>,
     /// `skiff_events_acked_total`.
@@ -148,6 +164,9 @@ impl Metrics {
             instantiation: Family::new_with_constructor(latency_histogram),
             in_flight: Family::default(),
             rejections: Family::default(),
+            instances_created: Family::default(),
+            instances_reused: Family::default(),
+            instances_retired: Family::default(),
             published: Family::default(),
             acked: Family::default(),
             retried: Family::default(),
@@ -198,6 +217,21 @@ impl Metrics {
             "skiff_limit_rejections",
             "Requests refused by a limit before running, by kind",
             self.rejections.clone(),
+        );
+        registry.register(
+            "skiff_instances_created",
+            "Sandboxes (store + instance) created, by function",
+            self.instances_created.clone(),
+        );
+        registry.register(
+            "skiff_instances_reused",
+            "Requests served by an instance that had served one before",
+            self.instances_reused.clone(),
+        );
+        registry.register(
+            "skiff_instances_retired",
+            "Reused instances dropped, by reason (reuse, idle, trap, timeout, memory, error)",
+            self.instances_retired.clone(),
         );
     }
 
@@ -275,6 +309,8 @@ impl Metrics {
         let _ = self.in_flight.get_or_create(&f);
         let _ = self.instantiation.get_or_create(&f);
         let _ = self.published.get_or_create(&f);
+        let _ = self.instances_created.get_or_create(&f);
+        let _ = self.instances_reused.get_or_create(&f);
         if events {
             for family in [&self.acked, &self.retried, &self.dead_lettered] {
                 let _ = family.get_or_create(&f);
@@ -335,6 +371,16 @@ impl Metrics {
         let now = took.as_micros().min(u128::from(u64::MAX / 8)) as u64;
         self.recent_latency_us
             .store(if old == 0 { now } else { (old * 7 + now) / 8 }, Relaxed);
+    }
+
+    /// Counts a reused instance dropped for `reason`.
+    pub fn retired(&self, function: &str, reason: &str) {
+        self.instances_retired
+            .get_or_create(&Retired {
+                function: function.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts a request refused by a limit.

@@ -270,6 +270,8 @@ impl Scheduler {
                 triggers: Vec::new(),
                 artifact: record.artifact.clone(),
                 limits: skiff_core::limits::NodeLimits::default().defaults,
+                world: None,
+                instances: None,
                 in_flight: 0,
                 code: skiff_core::api::CodeSource::Compiled,
                 deployed_at_ms: record.deployed_at_ms,

@@ -27,6 +27,9 @@
 //! Outgoing HTTP: [`outbound::send`] calls the origins listed in the manifest's
 //! `allowed_outbound_hosts`; anything else fails with [`outbound::Error::Denied`].
 //!
+//! WASI 0.3: [`http_service!`] exports an `async fn` handler on `wasi:http/handler@0.3`
+//! (see [`service`]); Skiff reuses its instances, many requests each.
+//!
 //! Events: [`events::publish`] publishes (once the invocation succeeds), and
 //! [`event_handler!`] exports a handler for the function's `[[events]]` triggers:
 //!
@@ -43,6 +46,7 @@ pub mod config;
 pub mod events;
 pub mod kv;
 pub mod outbound;
+pub mod service;
 
 #[doc(hidden)]
 pub mod bindings {

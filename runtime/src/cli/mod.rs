@@ -332,13 +332,14 @@ fn print_functions(list: &[FunctionInfo]) {
         return;
     }
     println!(
-        "{:<24} {:>7} {:<24} {:>9}  URL",
-        "NAME", "VERSION", "ROUTE", "IN-FLIGHT"
+        "{:<24} {:>7} {:<24} {:<14} {:>9}  URL",
+        "NAME", "VERSION", "ROUTE", "WORLD", "IN-FLIGHT"
     );
     for f in list {
+        let world = f.world.map_or("events".to_string(), |w| w.to_string());
         println!(
-            "{:<24} {:>7} {:<24} {:>9}  {}",
-            f.name, f.version, f.route, f.in_flight, f.url
+            "{:<24} {:>7} {:<24} {:<14} {:>9}  {}",
+            f.name, f.version, f.route, world, f.in_flight, f.url
         );
     }
 }

@@ -6,6 +6,7 @@ use super::deploy;
 use crate::server::embedded::{self, UpOptions};
 use anyhow::bail;
 use clap::Args;
+use skiff_core::instances::InstanceMaxima;
 use skiff_core::limits::NodeLimits;
 use skiff_core::manifest::{Size, Timeout};
 use std::net::SocketAddr;
@@ -72,6 +73,15 @@ pub(super) struct UpArgs {
     /// loads again (from the precompiled cache) when next called.
     #[arg(long, default_value_t = NodeLimits::default().code_cache)]
     code_cache: usize,
+    /// The most requests one instance may serve (`[instances] reuse`).
+    #[arg(long, default_value_t = InstanceMaxima::default().reuse)]
+    max_instance_reuse: u32,
+    /// The most requests one instance may serve at once (`[instances] concurrency`).
+    #[arg(long, default_value_t = InstanceMaxima::default().concurrency)]
+    max_instance_concurrency: u32,
+    /// The longest an unused instance may be kept (`[instances] idle`).
+    #[arg(long, default_value = "60s", value_parser = Timeout::parse)]
+    max_instance_idle: Timeout,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +137,11 @@ impl UpArgs {
             header_read_timeout: self.header_read_timeout.0,
             max_artifact_bytes: usize::try_from(self.max_artifact.0).unwrap_or(usize::MAX),
             code_cache: self.code_cache.max(1),
+            instances: InstanceMaxima {
+                reuse: self.max_instance_reuse.max(1),
+                concurrency: self.max_instance_concurrency.max(1),
+                idle: self.max_instance_idle.0,
+            },
             ..defaults
         };
         limits.max.memory = self.max_memory.0;

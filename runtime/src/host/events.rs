@@ -10,6 +10,7 @@ use crate::events::Event;
 use crate::ids::{derived_id, random_id};
 use skiff_core::record::now_ms;
 use skiff_core::topic::check_topic;
+use std::sync::{Arc, Mutex, MutexGuard};
 use wasmtime::component::{HasData, Linker};
 
 /// Largest event (data + headers), in bytes.
@@ -34,13 +35,43 @@ pub fn check_event(topic: &str, data: &[u8], headers: &[(String, String)]) -> Re
     Ok(())
 }
 
-/// The events an invocation has published so far.
+/// Events published by an instance and not yet settled: shared between the instance's
+/// store and the request that settles them (a reused instance's store is out of reach of
+/// the request once it has answered).
+#[derive(Clone, Default)]
+pub struct Outbox(Arc<Mutex<Vec<Event>>>);
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, Vec<Event>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Takes every waiting event.
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The events an instance has published and not yet settled.
 pub struct EventCtx {
     function: String,
     cause: Option<String>,
     traceparent: String,
     /// Waiting for the invocation to succeed.
-    pub outbox: Vec<Event>,
+    pub outbox: Outbox,
 }
 
 impl EventCtx {
@@ -51,8 +82,14 @@ impl EventCtx {
             function: function.to_string(),
             cause: cause.map(String::from),
             traceparent,
-            outbox: Vec::new(),
+            outbox: Outbox::default(),
         }
+    }
+
+    /// A reused instance begins a request: what it publishes from now on carries
+    /// `traceparent`.
+    pub fn begin(&mut self, traceparent: String) {
+        self.traceparent = traceparent;
     }
 
     /// Queues an event; the error is the guest's to read. With `key`, the id derives from
@@ -65,12 +102,13 @@ impl EventCtx {
         headers: Vec<(String, String)>,
     ) -> Result<String, String> {
         check_event(&topic, &data, &headers)?;
-        if self.outbox.len() >= MAX_EVENTS_PER_INVOCATION {
+        let mut outbox = self.outbox.lock();
+        if outbox.len() >= MAX_EVENTS_PER_INVOCATION {
             return Err(format!(
                 "an invocation may publish at most {MAX_EVENTS_PER_INVOCATION} events"
             ));
         }
-        let n = self.outbox.len() as u32;
+        let n = outbox.len() as u32;
         let id = match (key, &self.cause) {
             (Some(key), _) => derived_id(&format!("key:{key}"), &self.function, 0),
             (None, Some(cause)) => derived_id(cause, &self.function, n),
@@ -83,7 +121,7 @@ impl EventCtx {
         {
             headers.push(("traceparent".to_string(), self.traceparent.clone()));
         }
-        self.outbox.push(Event {
+        outbox.push(Event {
             id: id.clone(),
             topic,
             data,

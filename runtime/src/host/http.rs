@@ -49,7 +49,9 @@ impl Capability for OutboundHttp {
     type Instance = HttpInstance;
 
     fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+        // wasi:http@0.3: the same hooks (and so the same outbound policy) serve both.
+        wasmtime_wasi_http::p3::add_to_linker(linker)
     }
 
     fn configure(cx: &DeployContext<'_>) -> Result<HttpDeployed, CapabilityError> {

@@ -96,6 +96,16 @@ impl InstanceState {
     }
 }
 
+impl InstanceState {
+    /// A reused instance begins a request that must be done by `deadline`: the guest is
+    /// interrupted only once every request it has begun is past its deadline, and what
+    /// it publishes from now on carries `traceparent`.
+    pub fn begin(&mut self, deadline: Instant, traceparent: String) {
+        self.deadline = self.deadline.max(deadline);
+        self.caps.events.begin(traceparent);
+    }
+}
+
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

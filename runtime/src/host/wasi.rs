@@ -20,7 +20,9 @@ impl Capability for Wasi {
     /// (environment, exit, filesystem types) even when unused, so all are linked; the
     /// context grants none of them any authority.
     fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
-        wasmtime_wasi::p2::add_to_linker_async(linker)
+        wasmtime_wasi::p2::add_to_linker_async(linker)?;
+        // WASI 0.3's async interfaces, for `wasi:http/handler@0.3` components.
+        wasmtime_wasi::p3::add_to_linker(linker)
     }
 
     fn configure(cx: &DeployContext<'_>) -> Result<Self::Deployed, CapabilityError> {

@@ -68,16 +68,30 @@ impl Body for LimitedBody {
     }
 }
 
+/// What a response body's end waits for: the invocation settled (`Err`: it was not).
+pub type Gate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A gate that opens when `rx` says the invocation settled.
+pub fn gate(rx: oneshot::Receiver<Result<(), String>>) -> Gate {
+    Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err("the invocation was lost".to_string()))
+    })
+}
+
 /// A function's response body whose end waits for the invocation to be settled (guest
 /// finished, its events published). With a Content-Length the last data frame is held
 /// back; otherwise the end of the stream is. If settling fails, the body ends in an
-/// error, so the client never sees a complete answer whose effects were lost.
+/// error, so the client never sees a complete answer whose effects were lost. The gate
+/// is polled only once the guest's body is complete; a body not complete by `deadline`
+/// ends in an error (the gate is then dropped unpolled).
 pub struct GatedBody {
     inner: HyperOutgoingBody,
     remaining: Option<u64>,
     held: Option<Frame<Bytes>>,
     inner_done: bool,
-    gate: Option<oneshot::Receiver<Result<(), String>>>,
+    gate: Option<Gate>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl GatedBody {
@@ -85,7 +99,8 @@ impl GatedBody {
     pub fn new(
         inner: HyperOutgoingBody,
         length: Option<u64>,
-        gate: oneshot::Receiver<Result<(), String>>,
+        gate: Gate,
+        deadline: Option<std::time::Instant>,
     ) -> Self {
         GatedBody {
             inner,
@@ -93,6 +108,7 @@ impl GatedBody {
             held: None,
             inner_done: false,
             gate: Some(gate),
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
         }
     }
 }
@@ -110,21 +126,24 @@ impl Body for GatedBody {
             if (this.held.is_some() || this.inner_done)
                 && let Some(gate) = this.gate.as_mut()
             {
-                let settled = ready!(Pin::new(gate).poll(cx));
+                let settled = ready!(gate.as_mut().poll(cx));
                 this.gate = None;
-                match settled {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Poll::Ready(Some(Err(Error::InternalError(Some(format!(
-                            "the invocation did not complete: {e}"
-                        ))))));
-                    }
-                    Err(_) => {
-                        return Poll::Ready(Some(Err(Error::InternalError(Some(
-                            "the invocation was lost".into(),
-                        )))));
-                    }
+                if let Err(e) = settled {
+                    return Poll::Ready(Some(Err(Error::InternalError(Some(format!(
+                        "the invocation did not complete: {e}"
+                    ))))));
                 }
+            }
+            if !this.inner_done
+                && let Some(deadline) = this.deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                this.deadline = None;
+                this.gate = None;
+                this.inner_done = true;
+                return Poll::Ready(Some(Err(Error::InternalError(Some(
+                    "the function did not finish its answer within its timeout".into(),
+                )))));
             }
             if let Some(frame) = this.held.take() {
                 return Poll::Ready(Some(Ok(frame)));

@@ -14,16 +14,21 @@ use crate::host::InstanceState;
 use crate::host::bindings::GuestPre;
 use skiff_core::api::CodeSource;
 use skiff_core::control::ControlStore;
+use skiff_core::instances::HttpWorld;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 use wasmtime::component::Linker;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::handler::ProxyPre;
+
+/// A component pre-linked as an HTTP handler of either world.
+pub type HttpPre = ProxyPre<InstanceState>;
 
 /// A component loaded and pre-linked, ready to instantiate.
 pub struct Linked {
-    /// As an HTTP handler, when it exports `wasi:http/incoming-handler`.
-    pub http: Option<ProxyPre<InstanceState>>,
+    /// As an HTTP handler, when it exports `wasi:http/handler@0.3` (tried first) or
+    /// `wasi:http/incoming-handler@0.2`.
+    pub http: Option<HttpPre>,
     /// As an event handler, when it exports `skiff:function/event-handler`.
     pub handler: Option<GuestPre<InstanceState>>,
     /// Where its code came from.
@@ -32,6 +37,16 @@ pub struct Linked {
     pub http_error: Option<String>,
     /// Why it is not an event handler, for deploy errors.
     pub handler_error: Option<String>,
+}
+
+impl Linked {
+    /// The HTTP world it implements (0.2 when it handles no HTTP).
+    pub fn world(&self) -> HttpWorld {
+        match self.http {
+            Some(ProxyPre::P3(_)) => HttpWorld::P3,
+            _ => HttpWorld::P2,
+        }
+    }
 }
 
 /// Why code could not be loaded.
@@ -183,10 +198,7 @@ impl CodeCache {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
-        let (http, http_error) = match ProxyPre::new(pre.clone()) {
-            Ok(p) => (Some(p), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
+        let (http, http_error) = http_pre(&pre);
         let (handler, handler_error) = match GuestPre::new(pre) {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(format!("{e:#}"))),
@@ -198,5 +210,21 @@ impl CodeCache {
             http_error,
             handler_error,
         }))
+    }
+}
+
+/// `pre` as an HTTP handler: 0.3 if it exports `wasi:http/handler@0.3`, else 0.2 if it
+/// exports `wasi:http/incoming-handler@0.2`, else why neither (wasmtime's words for both).
+fn http_pre(
+    pre: &wasmtime::component::InstancePre<InstanceState>,
+) -> (Option<HttpPre>, Option<String>) {
+    use wasmtime_wasi_http::{p2, p3};
+    let p3_error = match p3::bindings::ServicePre::new(pre.clone()) {
+        Ok(p) => return (Some(ProxyPre::P3(p)), None),
+        Err(e) => e,
+    };
+    match p2::bindings::ProxyPre::new(pre.clone()) {
+        Ok(p) => (Some(ProxyPre::P2(p)), None),
+        Err(p2_error) => (None, Some(format!("0.2: {p2_error:#}; 0.3: {p3_error:#}"))),
     }
 }

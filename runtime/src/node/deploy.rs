@@ -7,6 +7,7 @@
 
 use super::Exports;
 use super::code::LoadError;
+use super::pool::HttpPool;
 use super::{Deployment, Node, Snapshot};
 use crate::engine::CompileError;
 use crate::events::ConsumerSpec;
@@ -14,6 +15,8 @@ use crate::host::capability::{CapabilityError, DeployContext, NodeServices};
 use crate::host::{Deployed, SandboxSpec};
 use skiff_core::control::ControlError;
 use skiff_core::deploy::{CheckError, Checked, check_manifest};
+use skiff_core::instances::HttpWorld;
+use skiff_core::instances::{InstancePolicy, InstancesError};
 use skiff_core::limits::{FunctionLimits, LimitError};
 use skiff_core::manifest::{FunctionName, Manifest, NameError};
 use skiff_core::record::FunctionRecord;
@@ -49,7 +52,7 @@ pub enum DeployError {
     },
     /// The component imports something this node does not provide.
     #[error(
-        "cannot deploy `{name}`: the component needs an import Skiff does not provide ({detail}); Skiff provides WASI 0.2 and wasi:http — build against the wasi:http/proxy world"
+        "cannot deploy `{name}`: the component needs an import Skiff does not provide ({detail}); Skiff provides WASI 0.2 and 0.3 (wasi:http@0.2 and @0.3.0), wasi:keyvalue, wasi:config and skiff:function — build against the wasi:http/proxy (0.2) or wasi:http/service (0.3) world"
     )]
     Imports {
         /// The function.
@@ -67,9 +70,17 @@ pub enum DeployError {
         /// wasmtime's description.
         detail: String,
     },
+    /// `[instances]` asks for what the node or the component's world does not allow.
+    #[error("cannot deploy `{name}`: {source}")]
+    Instances {
+        /// The function.
+        name: String,
+        /// What is wrong.
+        source: InstancesError,
+    },
     /// The component has no HTTP handler.
     #[error(
-        "cannot deploy `{name}`: the component does not export wasi:http/incoming-handler@0.2.x ({detail}); HTTP functions must target the wasi:http/proxy world (with skiff-sdk, use `skiff_sdk::http_handler!`)"
+        "cannot deploy `{name}`: the component exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 ({detail}); HTTP functions must target the wasi:http/proxy (0.2) or wasi:http/service (0.3) world (with skiff-sdk, use `skiff_sdk::http_handler!` or `#[skiff_sdk::http_service]`)"
     )]
     NoHandler {
         /// The function.
@@ -122,6 +133,7 @@ struct Prepared {
     manifest: Manifest,
     route: Option<Route>,
     limits: FunctionLimits,
+    policy: InstancePolicy,
     caps: Deployed,
     exports: Exports,
 }
@@ -188,11 +200,20 @@ impl Node {
             }
             false => None,
         };
+        let policy = self
+            .limits
+            .instances
+            .resolve(&manifest.instances, exports.http.then_some(exports.world))
+            .map_err(|source| DeployError::Instances {
+                name: name.to_string(),
+                source,
+            })?;
         Ok(Prepared {
             name,
             manifest,
             route,
             limits,
+            policy,
             caps,
             exports,
         })
@@ -233,6 +254,7 @@ impl Node {
         })?;
         let exports = Exports {
             http: linked.http.is_some(),
+            world: linked.world(),
             events: linked.handler.is_some(),
             http_error: linked.http_error.clone(),
             events_error: linked.handler_error.clone(),
@@ -272,13 +294,27 @@ impl Node {
                 (t.clone(), spec)
             })
             .collect();
+        let spec = Arc::new(SandboxSpec {
+            function: record.name.clone(),
+            version: record.version,
+            limits: p.limits,
+            caps: p.caps,
+        });
+        // 0.3 handlers always run through the pool (its workers drive their async
+        // calls); 0.2 handlers only when they are reused.
+        let pooled = p.exports.http && (p.exports.world == HttpWorld::P3 || p.policy.reuses());
+        let pool = pooled.then(|| {
+            HttpPool::new(
+                spec.clone(),
+                p.policy,
+                record.artifact.clone(),
+                self.pool_deps(),
+            )
+        });
         let deployment = Arc::new(Deployment {
-            spec: SandboxSpec {
-                function: record.name.clone(),
-                version: record.version,
-                limits: p.limits,
-                caps: p.caps,
-            },
+            spec,
+            policy: p.policy,
+            pool,
             slots: Arc::new(Semaphore::new(p.limits.concurrency as usize)),
             record,
             route: p.route,

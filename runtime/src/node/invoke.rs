@@ -1,26 +1,36 @@
-//! One invocation: listener → route → limits → instantiate → call → response; and the
-//! same sandbox for an event delivery.
+//! One invocation, in three steps that every path shares:
+//!
+//! 1. **admit** ([`Node::handle`]): route, head and body size, node and function
+//!    concurrency; then [`Call`], the invocation's id, trace and metrics, made once.
+//! 2. **run**: a fresh 0.2 sandbox in one task ([`Node::run_fresh`]), or a reused
+//!    instance from the deployment's pool ([`Node::run_pooled`], every 0.3 handler and
+//!    0.2 handlers with `[instances] reuse`), or an event delivery ([`Node::invoke_event`]).
+//! 3. **settle**: the response head goes out at once with the invocation headers; its
+//!    body's end waits until the events the guest published are on the bus and the
+//!    invocation is counted ([`Node::answered`]); a failure becomes an answer that says
+//!    what went wrong ([`Node::failed`]).
 
-use super::body::{GatedBody, LimitedBody, reply};
+use super::body::{GatedBody, LimitedBody, gate, reply};
+use super::pool::{Shared, Ticket};
+use super::sandbox::{Failure, classify, new_store};
 use super::{Deployment, Node};
-use crate::events::Event;
+use crate::events::{Bus, Event};
+use crate::host::InstanceState;
 use crate::host::bindings::skiff::function::events as wit_events;
-use crate::host::limiter::MemoryLimitExceeded;
-use crate::host::{HostLimits, InstanceState};
 use crate::metrics::{self, InFlight, Metrics};
-use crate::traces::TraceContext;
+use crate::traces::{Finish, TraceContext};
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use skiff_core::manifest::{Size, Timeout};
+use skiff_core::manifest::Size;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::Store;
 use wasmtime::component::Resource;
-use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, ProxyPre};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
@@ -34,77 +44,17 @@ pub const ONE_WRITE_BYTES: u64 = 64 << 10;
 /// The response type of the function listener.
 pub type Response = http::Response<HyperOutgoingBody>;
 
-/// How an invocation failed.
-#[derive(Debug)]
-enum Failure {
-    MemoryLimit,
-    Timeout,
-    Trap(String),
-    /// An event handler returned `err`.
-    Handler(String),
-    NoResponse,
-}
-
-impl Failure {
-    /// The `outcome` label of the invocation counter.
-    fn label(&self) -> &'static str {
-        match self {
-            Failure::MemoryLimit => "memory",
-            Failure::Timeout => "timeout",
-            Failure::Trap(_) => "trap",
-            Failure::Handler(_) | Failure::NoResponse => "error",
-        }
-    }
-
-    fn describe(&self, dep: &Deployment) -> String {
-        let name = &dep.record.name;
-        let limits = &dep.spec.limits;
-        match self {
-            Failure::MemoryLimit => format!(
-                "function `{name}` exceeded its memory limit of {}; use less memory or raise [limits] memory",
-                Size(limits.memory)
-            ),
-            Failure::Timeout => format!(
-                "function `{name}` did not finish within its timeout of {}; make it faster or raise [limits] timeout",
-                Timeout(limits.timeout)
-            ),
-            Failure::Trap(detail) => {
-                format!("function `{name}` failed: {detail}; its output is in the node's log")
-            }
-            Failure::Handler(msg) => format!("function `{name}`'s event handler failed: {msg}"),
-            Failure::NoResponse => {
-                format!("function `{name}` returned without setting a response")
-            }
-        }
-    }
-}
-
-/// A fresh store for one invocation, with its memory limit and deadline armed.
-fn new_store(
-    engine: &wasmtime::Engine,
-    dep: &Deployment,
-    started: Instant,
-    cause: Option<&str>,
-    trace: &TraceContext,
-) -> Store<InstanceState> {
-    let mut store = Store::new(
-        engine,
-        InstanceState::new(&dep.spec, started, cause, trace.traceparent()),
-    );
-    store.limiter(|s| &mut s.limiter);
-    store.set_hostcall_fuel(HostLimits::hostcall_bytes(&dep.spec.limits));
-    store.set_max_component_handles(HostLimits::HANDLES);
-    // Every epoch tick the guest yields to the executor (so a busy guest cannot starve
-    // others on its thread) and is interrupted once past its deadline.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| {
-        if Instant::now() >= ctx.data().deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-    store
+/// One admitted HTTP invocation: everything about it that does not depend on how it runs.
+struct Call {
+    dep: Arc<Deployment>,
+    invocation: String,
+    trace: TraceContext,
+    finish: Finish,
+    /// Set when the request body outgrew `[limits] body`.
+    exceeded: Arc<AtomicBool>,
+    /// Node and function slots, held until the invocation is settled.
+    permits: [OwnedSemaphorePermit; 2],
+    deadline: Instant,
 }
 
 impl Node {
@@ -136,13 +86,12 @@ impl Node {
         };
         drop(snapshot);
         let name = &dep.record.name;
-        let limit = dep.spec.limits.body;
         let declared = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
+        if declared.is_some_and(|len| len > dep.spec.limits.body) {
             self.metrics.rejected(name, "body");
             return too_large(&dep);
         }
@@ -160,40 +109,6 @@ impl Node {
                 dep.spec.limits.concurrency
             ));
         };
-        self.invoke_http(dep, req, [node_permit, fn_permit], started)
-            .await
-    }
-
-    /// Invocations the node could start now.
-    pub fn free_slots(&self) -> usize {
-        self.slots.available_permits()
-    }
-
-    async fn invoke_http(
-        &self,
-        dep: Arc<Deployment>,
-        req: http::Request<Incoming>,
-        permits: [OwnedSemaphorePermit; 2],
-        started: Instant,
-    ) -> Response {
-        let pre = match self.code.get(&dep.record.artifact).await {
-            Ok(linked) => linked.http.clone(),
-            Err(e) => {
-                return reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "cannot load function `{}`: {e}; redeploy it",
-                        dep.record.name
-                    ),
-                );
-            }
-        };
-        let Some(pre) = pre else {
-            return reply(
-                StatusCode::NOT_FOUND,
-                format!("function `{}` does not handle HTTP", dep.record.name),
-            );
-        };
         let invocation = crate::ids::random_id();
         let traceparent = req
             .headers()
@@ -201,16 +116,66 @@ impl Node {
             .and_then(|v| v.to_str().ok());
         let trace = TraceContext::continue_or_start(traceparent, &invocation);
         let finish = self.finish(
-            &dep.record.name,
+            name,
             metrics::HTTP,
             req.uri().path(),
             trace.clone(),
             started,
         );
-        let mut store = new_store(self.engine.engine(), &dep, started, None, &trace);
         let exceeded = Arc::new(AtomicBool::new(false));
-        let limit = dep.spec.limits.body;
-        let req = req.map(|b| LimitedBody::new(b, limit, exceeded.clone()));
+        let req = req.map(|b| LimitedBody::new(b, dep.spec.limits.body, exceeded.clone()));
+        let call = Call {
+            deadline: started + dep.spec.limits.timeout,
+            dep,
+            invocation,
+            trace,
+            finish,
+            exceeded,
+            permits: [node_permit, fn_permit],
+        };
+        if call.dep.pool.is_some() {
+            self.run_pooled(call, req).await
+        } else {
+            self.run_fresh(call, req).await
+        }
+    }
+
+    /// Invocations the node could start now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Runs a 0.2 handler in a fresh sandbox, in its own task (so that it can keep
+    /// writing the body after it handed back the head).
+    async fn run_fresh(&self, call: Call, req: http::Request<LimitedBody>) -> Response {
+        let pre = match self.code.get(&call.dep.record.artifact).await {
+            Ok(linked) => match &linked.http {
+                Some(ProxyPre::P2(pre)) => pre.clone(),
+                _ => {
+                    return reply(
+                        StatusCode::NOT_FOUND,
+                        format!("function `{}` does not handle HTTP", call.dep.record.name),
+                    );
+                }
+            },
+            Err(e) => {
+                return reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "cannot load function `{}`: {e}; redeploy it",
+                        call.dep.record.name
+                    ),
+                );
+            }
+        };
+        let started = call.finish.started;
+        let mut store = new_store(
+            self.engine.engine(),
+            &call.dep.spec,
+            started,
+            None,
+            call.trace.traceparent(),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel();
         let prepared = store
             .data_mut()
@@ -229,7 +194,15 @@ impl Node {
                 );
             }
         };
-
+        let Call {
+            dep,
+            invocation,
+            trace,
+            finish,
+            exceeded,
+            permits,
+            deadline: _,
+        } = call;
         let task = spawn_guest(Guest {
             store,
             pre,
@@ -241,83 +214,138 @@ impl Node {
             logs: self.logs.clone(),
             invocation: invocation.clone(),
         });
-        let call = Call {
-            dep,
-            invocation,
-            trace,
-            finish,
-            exceeded,
-            task,
-        };
-        match rx.await {
-            Ok(Ok(resp)) => self.answered(call, resp).await,
+        let answer = rx.await;
+        if exceeded.load(Ordering::Relaxed) {
+            self.metrics.rejected(&dep.record.name, "body");
+            return too_large(&dep);
+        }
+        match answer {
+            Ok(Ok(resp)) => {
+                let publish = !resp.status().is_server_error();
+                let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+                let (bus, metrics, name) = (
+                    self.bus.clone(),
+                    self.metrics.clone(),
+                    dep.record.name.clone(),
+                );
+                // The one task this request may spawn besides its guest: it settles the
+                // invocation even if the client goes away before the body's end.
+                tokio::spawn(async move {
+                    let (result, outcome) = match task.await {
+                        Ok((Ok(()), outbox)) => {
+                            settle_events(&*bus, &metrics, &name, outbox, publish).await
+                        }
+                        Ok((Err(f), _)) => (Err(format!("{f:?}")), f.label()),
+                        Err(e) => (Err(e.to_string()), "trap"),
+                    };
+                    finish.done(outcome);
+                    let _ = gate_tx.send(result);
+                });
+                let head = Head::new(&dep, &invocation, &trace);
+                self.answered(head, resp, gate(gate_rx), None).await
+            }
             Ok(Err(code)) => {
-                call.finish.done("error");
+                finish.done("error");
                 reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!(
                         "function `{}` answered with an error: {code:?}",
-                        call.dep.record.name
+                        dep.record.name
                     ),
                 )
             }
-            Err(_) => self.unanswered(call).await,
+            Err(_) => {
+                let failure = match task.await {
+                    Ok((Ok(()), _)) => Failure::NoResponse,
+                    Ok((Err(f), _)) => f,
+                    Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
+                };
+                self.failed(&dep, &finish, failure)
+            }
         }
     }
 
-    /// The guest handed back a response head: send it on, and complete its body only
-    /// once the invocation has (its events are published if it succeeded and answered
-    /// below 500, so that a client never sees a complete success whose events were lost).
-    async fn answered(&self, call: Call, resp: http::Response<HyperOutgoingBody>) -> Response {
-        let Call {
-            dep,
-            invocation,
-            trace,
-            finish,
-            exceeded,
-            task,
-        } = call;
-        let name = dep.record.name.clone();
-        if exceeded.load(Ordering::Relaxed) {
-            self.metrics.rejected(&name, "body");
-            return too_large(&dep);
+    /// Hands the request to the deployment's pool of reused instances.
+    async fn run_pooled(&self, call: Call, req: http::Request<LimitedBody>) -> Response {
+        let Some(pool) = call.dep.pool.as_ref() else {
+            return reply(StatusCode::INTERNAL_SERVER_ERROR, "no pool".into());
+        };
+        let ticket = Ticket::new(call.deadline, call.trace.traceparent());
+        let req = req.map(BodyExt::boxed_unsync);
+        let in_flight = InFlight::start(&self.metrics, &call.dep.record.name);
+        // The pool's own expiry answers at the deadline; this bounds a worker stuck
+        // where the pool cannot see it.
+        let limit = tokio::time::Instant::from_std(call.deadline + Duration::from_secs(2));
+        let answer = tokio::time::timeout_at(limit, pool.handle(ticket.clone(), req)).await;
+        let shared = ticket.instance().cloned();
+        if call.exceeded.load(Ordering::Relaxed) {
+            self.metrics.rejected(&call.dep.record.name, "body");
+            if let Some(s) = &shared {
+                s.outbox.take();
+            }
+            return too_large(&call.dep);
         }
-        let (mut parts, body) = resp.into_parts();
-        parts
-            .headers
-            .insert("x-skiff-version", HeaderValue::from(dep.record.version));
-        if let Ok(v) = HeaderValue::from_str(&invocation) {
-            parts.headers.insert(INVOCATION_HEADER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&trace.trace_id) {
-            parts.headers.insert(crate::traces::TRACE_HEADER, v);
-        }
-        let publish = !parts.status.is_server_error();
-        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-        let (bus, metrics) = (self.bus.clone(), self.metrics.clone());
-        tokio::spawn(async move {
-            let (result, outcome) = match task.await {
-                Ok((Ok(()), outbox)) if publish && !outbox.is_empty() => {
-                    let n = outbox.len() as u64;
-                    let r = bus.publish(outbox).await.map_err(|e| e.to_string());
-                    if r.is_ok() {
-                        Metrics::count(&metrics.published, &name, n);
-                    }
-                    (r, "ok")
+        let resp = match answer {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let failure = pooled_failure(&e, shared.as_deref()).await;
+                if let Some(s) = &shared {
+                    s.outbox.take();
+                    s.logs.emit(
+                        &self.logs,
+                        &call.dep.spec.function,
+                        call.dep.spec.version,
+                        &call.invocation,
+                    );
                 }
-                Ok((Ok(()), _)) => (Ok(()), if publish { "ok" } else { "error" }),
-                Ok((Err(f), _)) => (Err(format!("{f:?}")), f.label()),
-                Err(e) => (Err(e.to_string()), "trap"),
-            };
-            finish.done(outcome);
-            let _ = gate_tx.send(result);
-        });
+                return self.failed(&call.dep, &call.finish, failure);
+            }
+            Err(_) => {
+                if let Some(s) = &shared {
+                    s.retire();
+                }
+                return self.failed(&call.dep, &call.finish, Failure::Timeout);
+            }
+        };
+        let Some(shared) = shared else {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the instance was lost".into(),
+            );
+        };
+        let head = Head::new(&call.dep, &call.invocation, &call.trace);
+        let deadline = call.deadline;
+        let settle = Settle {
+            publish: !resp.status().is_server_error(),
+            call,
+            shared,
+            bus: self.bus.clone(),
+            metrics: self.metrics.clone(),
+            logs: self.logs.clone(),
+            _in_flight: in_flight,
+            done: false,
+        };
+        let gate: super::body::Gate = Box::pin(settle.run());
+        self.answered(head, resp, gate, Some(deadline)).await
+    }
+
+    /// The guest handed back a response head: send it on with the invocation headers,
+    /// and complete its body only once `gate` (the settlement) opens.
+    async fn answered(
+        &self,
+        head: Head,
+        resp: http::Response<HyperOutgoingBody>,
+        gate: super::body::Gate,
+        deadline: Option<Instant>,
+    ) -> Response {
+        let (mut parts, body) = resp.into_parts();
+        let function = head.apply(&mut parts.headers);
         let length = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let body = GatedBody::new(body, length, gate_rx);
+        let body = GatedBody::new(body, length, gate, deadline);
         if length.is_some_and(|n| n <= ONE_WRITE_BYTES) {
             // A small answer goes out in one write: its end waits for the invocation
             // anyway, and a head flushed alone costs a second TCP segment (a fifth of the
@@ -332,34 +360,17 @@ impl Node {
                 ),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "function `{}` failed while writing its answer: {e}",
-                        dep.record.name
-                    ),
+                    format!("function `{function}` failed while writing its answer: {e}"),
                 ),
             };
         }
         http::Response::from_parts(parts, body.boxed_unsync())
     }
 
-    /// The guest ended without handing back a response: say why.
-    async fn unanswered(&self, call: Call) -> Response {
-        let dep = &call.dep;
-        if call.exceeded.load(Ordering::Relaxed) {
-            self.metrics.rejected(&dep.record.name, "body");
-            return too_large(dep);
-        }
-        let failure = match call.task.await {
-            Ok((Ok(()), _)) => Failure::NoResponse,
-            Ok((Err(f), _)) => f,
-            Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
-        };
-        call.finish.done(failure.label());
-        let status = match failure {
-            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        reply(status, failure.describe(dep))
+    /// The invocation ended without an answer: count it and say why.
+    fn failed(&self, dep: &Deployment, finish: &Finish, failure: Failure) -> Response {
+        finish.done(failure.label());
+        reply(failure.status(), failure.describe(&dep.spec))
     }
 
     /// Runs `dep`'s event handler on one delivery; returns the events it published, or
@@ -403,7 +414,13 @@ impl Node {
             started,
         );
         let _in_flight = InFlight::start(&self.metrics, &dep.record.name);
-        let mut store = new_store(self.engine.engine(), dep, started, Some(&event.id), &trace);
+        let mut store = new_store(
+            self.engine.engine(),
+            &dep.spec,
+            started,
+            Some(&event.id),
+            trace.traceparent(),
+        );
         let deadline = tokio::time::Instant::from_std(store.data().deadline);
         let wit_event = wit_events::Event {
             id: event.id.clone(),
@@ -433,12 +450,154 @@ impl Node {
             dep.spec.version,
             &invocation,
         );
-        let label = outcome.as_ref().err().map_or("ok", Failure::label);
-        finish.done(label);
+        finish.done(outcome.as_ref().err().map_or("ok", Failure::label));
         match outcome {
-            Ok(()) => Ok(std::mem::take(&mut store.data_mut().caps.events.outbox)),
-            Err(f) => Err(f.describe(dep)),
+            Ok(()) => Ok(store.data().caps.events.outbox.take()),
+            Err(f) => Err(f.describe(&dep.spec)),
         }
+    }
+}
+
+/// The headers every answer of an invocation carries.
+struct Head {
+    function: String,
+    version: HeaderValue,
+    invocation: Option<HeaderValue>,
+    trace: Option<HeaderValue>,
+}
+
+impl Head {
+    fn new(dep: &Deployment, invocation: &str, trace: &TraceContext) -> Head {
+        Head {
+            function: dep.record.name.clone(),
+            version: HeaderValue::from(dep.record.version),
+            invocation: HeaderValue::from_str(invocation).ok(),
+            trace: HeaderValue::from_str(&trace.trace_id).ok(),
+        }
+    }
+
+    /// Sets the headers; returns the function's name.
+    fn apply(self, headers: &mut http::HeaderMap) -> String {
+        headers.insert("x-skiff-version", self.version);
+        if let Some(v) = self.invocation {
+            headers.insert(INVOCATION_HEADER, v);
+        }
+        if let Some(v) = self.trace {
+            headers.insert(crate::traces::TRACE_HEADER, v);
+        }
+        self.function
+    }
+}
+
+/// Publishes an invocation's events if it answered below 500; the outcome label says
+/// whether the invocation as a whole succeeded.
+async fn settle_events(
+    bus: &dyn Bus,
+    metrics: &Metrics,
+    function: &str,
+    outbox: Vec<Event>,
+    publish: bool,
+) -> (Result<(), String>, &'static str) {
+    if !publish {
+        return (Ok(()), "error");
+    }
+    if outbox.is_empty() {
+        return (Ok(()), "ok");
+    }
+    let n = outbox.len() as u64;
+    match bus.publish(outbox).await {
+        Ok(()) => {
+            Metrics::count(&metrics.published, function, n);
+            (Ok(()), "ok")
+        }
+        Err(e) => (Err(e.to_string()), "error"),
+    }
+}
+
+/// The settlement of a pooled request, run when the guest's body is complete: its
+/// instance's events go to the bus, its output to the log, and it is counted. Dropped
+/// unrun (the body failed, timed out, or the client left), it discards the events and
+/// counts the failure. With `[instances] concurrency` above 1, an instance's events and
+/// output between two settlements are settled with whichever request ends first.
+struct Settle {
+    call: Call,
+    shared: Arc<Shared>,
+    publish: bool,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    logs: Arc<crate::logs::LogStore>,
+    _in_flight: InFlight,
+    done: bool,
+}
+
+impl Settle {
+    async fn run(mut self) -> Result<(), String> {
+        let outbox = self.shared.outbox.take();
+        let spec = &self.call.dep.spec;
+        let (result, outcome) = settle_events(
+            &*self.bus,
+            &self.metrics,
+            &spec.function,
+            outbox,
+            self.publish,
+        )
+        .await;
+        self.emit();
+        self.call.finish.done(outcome);
+        self.done = true;
+        result
+    }
+
+    fn emit(&self) {
+        let spec = &self.call.dep.spec;
+        self.shared.logs.emit(
+            &self.logs,
+            &spec.function,
+            spec.version,
+            &self.call.invocation,
+        );
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let dropped = self.shared.outbox.take().len();
+        if dropped > 0 {
+            tracing::warn!(function = %self.call.dep.spec.function, dropped, "events of an unfinished invocation discarded");
+        }
+        self.emit();
+        let outcome = if Instant::now() >= self.call.deadline {
+            self.shared.retire();
+            "timeout"
+        } else {
+            "error"
+        };
+        self.call.finish.done(outcome);
+    }
+}
+
+/// Why the pool gave no response.
+async fn pooled_failure(e: &wasmtime::Error, shared: Option<&Shared>) -> Failure {
+    if e.downcast_ref::<ExpirationError>().is_some() {
+        if let Some(s) = shared {
+            s.retire();
+        }
+        return Failure::Timeout;
+    }
+    if let Some(i) = e.downcast_ref::<InstantiationError<Arc<Ticket>>>() {
+        return Failure::Trap(format!("its instance could not start: {:#}", i.error));
+    }
+    // The worker ended with the request unanswered: ask the instance why.
+    let reason = match shared {
+        Some(s) => s.failure(Duration::from_millis(500)).await,
+        None => None,
+    };
+    match reason {
+        Some(Failure::Instance(_)) | None => Failure::Trap(format!("{e:#}")),
+        Some(f) => f,
     }
 }
 
@@ -448,7 +607,7 @@ type GuestTask = tokio::task::JoinHandle<(Result<(), Failure>, Vec<Event>)>;
 /// One HTTP invocation's guest, ready to run.
 struct Guest {
     store: Store<InstanceState>,
-    pre: ProxyPre<InstanceState>,
+    pre: wasmtime_wasi_http::p2::bindings::ProxyPre<InstanceState>,
     request: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
     permits: [OwnedSemaphorePermit; 2],
@@ -456,16 +615,6 @@ struct Guest {
     metrics: Arc<Metrics>,
     logs: Arc<crate::logs::LogStore>,
     invocation: String,
-}
-
-/// An HTTP invocation in flight, waiting for its answer.
-struct Call {
-    dep: Arc<Deployment>,
-    invocation: String,
-    trace: TraceContext,
-    finish: crate::traces::Finish,
-    exceeded: Arc<AtomicBool>,
-    task: GuestTask,
 }
 
 /// Runs the guest in its own task, so that it can keep streaming the body after the
@@ -507,17 +656,20 @@ fn spawn_guest(g: Guest) -> GuestTask {
         if let Err(f) = &outcome {
             tracing::warn!(function = %dep.spec.function, version = dep.spec.version, failure = ?f, "invocation failed");
         }
-        let outbox = std::mem::take(&mut store.data_mut().caps.events.outbox);
+        let outbox = store.data().caps.events.outbox.take();
         (outcome, outbox)
     })
 }
 
-fn observe_instantiation(m: &Metrics, function: &str, started: Instant) {
+/// Counts a new sandbox and how long it took to instantiate.
+pub(super) fn observe_instantiation(m: &Metrics, function: &str, started: Instant) {
+    let f = metrics::Function {
+        function: function.into(),
+    };
     m.instantiation
-        .get_or_create(&metrics::Function {
-            function: function.into(),
-        })
+        .get_or_create(&f)
         .observe(started.elapsed().as_secs_f64());
+    m.instances_created.get_or_create(&f).inc();
 }
 
 fn busy(message: String) -> Response {
@@ -541,22 +693,6 @@ fn too_large(dep: &Deployment) -> Response {
             Size(dep.spec.limits.body)
         ),
     )
-}
-
-fn classify(e: &wasmtime::Error, state: &InstanceState) -> Failure {
-    if state.limiter.memory_exceeded || e.downcast_ref::<MemoryLimitExceeded>().is_some() {
-        return Failure::MemoryLimit;
-    }
-    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        return Failure::Timeout;
-    }
-    // The trap code says what happened; the guest's own message (a panic's, say) is on
-    // its stderr, which goes to the function's log rather than to the HTTP client.
-    let detail = match e.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => e.root_cause().to_string(),
-    };
-    Failure::Trap(detail)
 }
 
 /// Bytes of the request head as it came over the wire: request line and header lines.

@@ -12,6 +12,8 @@ pub mod code;
 pub mod deploy;
 pub mod invoke;
 pub mod operator;
+pub mod pool;
+pub mod sandbox;
 pub mod secrets;
 
 use crate::engine::NodeEngine;
@@ -21,6 +23,7 @@ use crate::state::StateBackend;
 use skiff_core::api::CodeSource;
 use skiff_core::api::{FunctionInfo, NodeStatus};
 use skiff_core::control::ControlStore;
+use skiff_core::instances::{HttpWorld, InstancePolicy};
 use skiff_core::limits::NodeLimits;
 use skiff_core::manifest::EventTrigger;
 use skiff_core::manifest::FunctionName;
@@ -40,7 +43,12 @@ pub struct Deployment {
     /// The route it serves, when the component handles HTTP.
     pub route: Option<Route>,
     /// Per-invocation sandbox facts.
-    pub spec: SandboxSpec,
+    pub spec: Arc<SandboxSpec>,
+    /// How its instances are reused.
+    pub policy: InstancePolicy,
+    /// Its reused instances, when `policy` reuses them or the component is a
+    /// wasi:http 0.3 handler (see [`pool`]).
+    pub pool: Option<pool::HttpPool>,
     /// What its component exports; the linked code itself is in the node's code cache.
     pub exports: Exports,
     /// Its event triggers and their durable consumers.
@@ -52,8 +60,10 @@ pub struct Deployment {
 /// What a component exports, known from linking it once.
 #[derive(Debug, Clone, Default)]
 pub struct Exports {
-    /// `wasi:http/incoming-handler`.
+    /// An HTTP handler: `wasi:http/incoming-handler@0.2` or `wasi:http/handler@0.3`.
     pub http: bool,
+    /// Which of the two (meaningful when `http`).
+    pub world: HttpWorld,
     /// `skiff:function/event-handler`.
     pub events: bool,
     /// Why it is not an HTTP handler (when linked in this process).
@@ -65,7 +75,9 @@ pub struct Exports {
 impl Exports {
     /// As recorded in the control store.
     pub fn bits(&self) -> u8 {
-        u8::from(self.http) | (u8::from(self.events) << 1)
+        u8::from(self.http)
+            | (u8::from(self.events) << 1)
+            | (u8::from(self.world == HttpWorld::P3) << 2)
     }
 
     /// From the recorded bits.
@@ -73,6 +85,11 @@ impl Exports {
         Exports {
             http: bits & 1 != 0,
             events: bits & 2 != 0,
+            world: if bits & 4 != 0 {
+                HttpWorld::P3
+            } else {
+                HttpWorld::P2
+            },
             ..Exports::default()
         }
     }
@@ -142,7 +159,7 @@ pub struct Node {
     started: Instant,
     engine: NodeEngine,
     /// Linked components, loaded on demand and bounded.
-    pub(crate) code: code::CodeCache,
+    pub(crate) code: Arc<code::CodeCache>,
     control: Arc<dyn ControlStore>,
     state: Arc<dyn StateBackend>,
     bus: Arc<dyn Bus>,
@@ -216,12 +233,12 @@ impl Node {
         bus: Arc<dyn Bus>,
     ) -> wasmtime::Result<Node> {
         let linker = crate::host::linker(engine.engine())?;
-        let code = code::CodeCache::new(
+        let code = Arc::new(code::CodeCache::new(
             engine.clone(),
             linker,
             control.clone(),
             config.limits.code_cache,
-        );
+        ));
         let logs = Arc::new(crate::logs::LogStore::new(&config.name));
         Ok(Node {
             name: config.name,
@@ -400,6 +417,16 @@ impl Node {
         }
     }
 
+    /// What a deployment's pool of reused instances borrows from the node.
+    pub(crate) fn pool_deps(&self) -> pool::PoolDeps {
+        pool::PoolDeps {
+            engine: self.engine.engine().clone(),
+            code: self.code.clone(),
+            metrics: self.metrics.clone(),
+            logs: self.logs.clone(),
+        }
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
@@ -452,6 +479,8 @@ impl Node {
             triggers: d.triggers.iter().map(|(t, _)| t.topic.clone()).collect(),
             artifact: d.record.artifact.clone(),
             limits: d.spec.limits,
+            world: d.exports.http.then_some(d.exports.world),
+            instances: Some(d.policy),
             in_flight: d.in_flight(),
             code: self
                 .code
