@@ -37,7 +37,7 @@ async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
             "no-handler",
             "name = \"no-handler\"\ncomponent = \"f.wasm\"\n".into(),
             Some(b"\0asm\x0d\0\x01\0"),
-            vec!["does not export wasi:http/incoming-handler"],
+            vec!["exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3"],
         ),
         (
             "unknown-key",

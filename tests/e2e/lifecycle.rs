@@ -188,8 +188,10 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     // Room for one component: two functions with different components take turns.
+    // (Both are 0.2 functions, a fresh instance per request; a reused 0.3 instance
+    // keeps its code while it lives, whatever the cache holds.)
     let mut skiff = Skiff::start_in(&data, &["--code-cache", "1"]);
-    for f in ["hello", "counter"] {
+    for f in ["echo-wstd", "counter"] {
         skiff.cli_ok(&[
             "deploy",
             repo().join("functions").join(f).to_str().unwrap(),
@@ -202,9 +204,9 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
         info["code"].as_str().unwrap_or_default().to_string()
     };
     for round in 0..3 {
-        let r = get(&format!("{}/hello/r{round}", skiff.listen)).await;
+        let r = get(&format!("{}/echo/r{round}", skiff.listen)).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_ne!(code(&skiff, "hello").await, "unloaded");
+        assert_ne!(code(&skiff, "echo-wstd").await, "unloaded");
         assert_eq!(code(&skiff, "counter").await, "unloaded");
         let r = request(
             "POST",
@@ -215,7 +217,7 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
         .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text().trim(), (round + 1).to_string());
-        assert_eq!(code(&skiff, "hello").await, "unloaded");
+        assert_eq!(code(&skiff, "echo-wstd").await, "unloaded");
     }
     let metrics = get(&format!("{}/metrics", skiff.admin)).await.text();
     assert!(
@@ -226,9 +228,9 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
     // A restart loads nothing until a function is called.
     skiff.kill();
     let skiff = Skiff::start_in(&data, &[]);
-    assert_eq!(code(&skiff, "hello").await, "unloaded");
+    assert_eq!(code(&skiff, "echo-wstd").await, "unloaded");
     assert_eq!(code(&skiff, "counter").await, "unloaded");
-    let r = get(&format!("{}/hello/after", skiff.listen)).await;
+    let r = get(&format!("{}/echo/after", skiff.listen)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(code(&skiff, "hello").await, "cache");
+    assert_eq!(code(&skiff, "echo-wstd").await, "cache");
 }

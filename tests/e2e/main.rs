@@ -13,3 +13,4 @@ mod replicated;
 mod sandbox;
 mod serving;
 mod state;
+mod wasi_p3;

@@ -12,12 +12,14 @@
 use crate::engine::{CompileError, NodeEngine};
 use crate::host::InstanceState;
 use crate::host::bindings::GuestPre;
+use arc_swap::ArcSwapOption;
 use skiff_core::api::CodeSource;
 use skiff_core::control::ControlStore;
 use skiff_core::instances::HttpWorld;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::OnceCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::handler::ProxyPre;
 
@@ -63,17 +65,31 @@ pub enum LoadError {
     Task(String),
 }
 
-type Slot = Arc<OnceCell<Arc<Linked>>>;
+/// The code of one artifact: loaded or not, shared by every deployment of it. A
+/// deployment holds its slot, so an invocation reaches loaded code without taking any
+/// lock of the cache (an atomic load and a timestamp).
+pub struct CodeSlot {
+    artifact: String,
+    linked: ArcSwapOption<Linked>,
+    /// When it was last used, in ms since the cache started.
+    used: AtomicU64,
+    /// One load at a time per artifact; concurrent callers wait for it.
+    loading: tokio::sync::Mutex<()>,
+}
 
-struct Entry {
-    slot: Slot,
-    used: u64,
+impl CodeSlot {
+    /// The artifact (sha256) it holds the code of.
+    pub fn artifact(&self) -> &str {
+        &self.artifact
+    }
 }
 
 #[derive(Default)]
-struct Lru {
-    entries: HashMap<String, Entry>,
-    tick: u64,
+struct Index {
+    /// Every slot a deployment still holds, by artifact.
+    slots: HashMap<String, Weak<CodeSlot>>,
+    /// The slots whose code is in memory.
+    resident: Vec<Arc<CodeSlot>>,
 }
 
 /// The node's loaded components, by artifact sha256.
@@ -82,7 +98,10 @@ pub struct CodeCache {
     linker: Linker<InstanceState>,
     control: Arc<dyn ControlStore>,
     capacity: usize,
-    lru: Mutex<Lru>,
+    started: Instant,
+    /// Taken to find or make a slot (at deploy) and when code loads or is evicted —
+    /// never by an invocation whose code is in memory.
+    index: Mutex<Index>,
 }
 
 impl CodeCache {
@@ -98,70 +117,87 @@ impl CodeCache {
             linker,
             control,
             capacity: capacity.max(1),
-            lru: Mutex::new(Lru::default()),
+            started: Instant::now(),
+            index: Mutex::new(Index::default()),
         }
     }
 
-    fn lru(&self) -> std::sync::MutexGuard<'_, Lru> {
-        match self.lru.lock() {
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        match self.index.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// The slot for `artifact`, marked as just used; makes room for it if it is new.
-    fn slot(&self, artifact: &str) -> Slot {
-        let mut lru = self.lru();
-        lru.tick += 1;
-        let tick = lru.tick;
-        if let Some(e) = lru.entries.get_mut(artifact) {
-            e.used = tick;
-            return e.slot.clone();
+    fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The slot of `artifact`, shared with every other holder of it.
+    pub fn slot(&self, artifact: &str) -> Arc<CodeSlot> {
+        let mut index = self.index();
+        if let Some(slot) = index.slots.get(artifact).and_then(Weak::upgrade) {
+            return slot;
         }
-        while lru.entries.len() >= self.capacity {
-            let Some(oldest) = lru
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            lru.entries.remove(&oldest);
-        }
-        let slot = Slot::default();
-        lru.entries.insert(
-            artifact.to_string(),
-            Entry {
-                slot: slot.clone(),
-                used: tick,
-            },
-        );
+        index.slots.retain(|_, w| w.strong_count() > 0);
+        let slot = Arc::new(CodeSlot {
+            artifact: artifact.to_string(),
+            linked: ArcSwapOption::empty(),
+            used: AtomicU64::new(0),
+            loading: tokio::sync::Mutex::new(()),
+        });
+        index
+            .slots
+            .insert(artifact.to_string(), Arc::downgrade(&slot));
         slot
     }
 
-    /// The linked code of `artifact`, loading it if it is not in memory. Concurrent
-    /// callers share one load; a failed load is not cached.
-    pub async fn get(&self, artifact: &str) -> Result<Arc<Linked>, LoadError> {
-        let slot = self.slot(artifact);
-        slot.get_or_try_init(|| self.load(artifact)).await.cloned()
+    /// The linked code of `slot`, loading it if it is not in memory. Concurrent callers
+    /// share one load; a failed load is not cached.
+    pub async fn get(&self, slot: &Arc<CodeSlot>) -> Result<Arc<Linked>, LoadError> {
+        if let Some(linked) = slot.linked.load_full() {
+            slot.used.store(self.now(), Ordering::Relaxed);
+            return Ok(linked);
+        }
+        let _loading = slot.loading.lock().await;
+        if let Some(linked) = slot.linked.load_full() {
+            return Ok(linked);
+        }
+        let linked = self.load(&slot.artifact).await?;
+        slot.linked.store(Some(linked.clone()));
+        slot.used.store(self.now(), Ordering::Relaxed);
+        self.admit(slot.clone());
+        Ok(linked)
+    }
+
+    /// Counts `slot` as in memory, evicting the least recently used beyond capacity;
+    /// invocations already holding evicted code finish on it.
+    fn admit(&self, slot: Arc<CodeSlot>) {
+        let mut index = self.index();
+        index.resident.push(slot);
+        while index.resident.len() > self.capacity {
+            let Some((oldest, _)) = index
+                .resident
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
+            else {
+                break;
+            };
+            let evicted = index.resident.swap_remove(oldest);
+            evicted.linked.store(None);
+        }
     }
 
     /// Whether `artifact`'s code is in memory now, and from where it came.
     pub fn loaded(&self, artifact: &str) -> Option<CodeSource> {
-        self.lru()
-            .entries
-            .get(artifact)
-            .and_then(|e| e.slot.get().map(|l| l.source))
+        let slot = self.index().slots.get(artifact).and_then(Weak::upgrade)?;
+        slot.linked.load().as_ref().map(|l| l.source)
     }
 
     /// Components in memory now.
     pub fn len(&self) -> usize {
-        self.lru()
-            .entries
-            .values()
-            .filter(|e| e.slot.initialized())
-            .count()
+        self.index().resident.len()
     }
 
     /// Whether no component is in memory.

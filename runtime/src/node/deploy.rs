@@ -238,20 +238,24 @@ impl Node {
         {
             return Ok(Exports::from_bits(bits));
         }
-        let linked = self.code.get(artifact).await.map_err(|e| match e {
-            LoadError::Compile(source) => DeployError::Compile {
-                name: name.to_string(),
-                source,
-            },
-            LoadError::Imports(detail) => DeployError::Imports {
-                name: name.to_string(),
-                detail,
-            },
-            LoadError::Task(detail) => DeployError::Internal {
-                name: name.to_string(),
-                detail,
-            },
-        })?;
+        let linked = self
+            .code
+            .get(&self.code.slot(artifact))
+            .await
+            .map_err(|e| match e {
+                LoadError::Compile(source) => DeployError::Compile {
+                    name: name.to_string(),
+                    source,
+                },
+                LoadError::Imports(detail) => DeployError::Imports {
+                    name: name.to_string(),
+                    detail,
+                },
+                LoadError::Task(detail) => DeployError::Internal {
+                    name: name.to_string(),
+                    detail,
+                },
+            })?;
         let exports = Exports {
             http: linked.http.is_some(),
             world: linked.world(),
@@ -303,15 +307,11 @@ impl Node {
         // 0.3 handlers always run through the pool (its workers drive their async
         // calls); 0.2 handlers only when they are reused.
         let pooled = p.exports.http && (p.exports.world == HttpWorld::P3 || p.policy.reuses());
-        let pool = pooled.then(|| {
-            HttpPool::new(
-                spec.clone(),
-                p.policy,
-                record.artifact.clone(),
-                self.pool_deps(),
-            )
-        });
+        let code = self.code.slot(&record.artifact);
+        let pool =
+            pooled.then(|| HttpPool::new(spec.clone(), p.policy, code.clone(), self.pool_deps()));
         let deployment = Arc::new(Deployment {
+            code,
             spec,
             policy: p.policy,
             pool,

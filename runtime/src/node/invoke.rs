@@ -148,7 +148,7 @@ impl Node {
     /// Runs a 0.2 handler in a fresh sandbox, in its own task (so that it can keep
     /// writing the body after it handed back the head).
     async fn run_fresh(&self, call: Call, req: http::Request<LimitedBody>) -> Response {
-        let pre = match self.code.get(&call.dep.record.artifact).await {
+        let pre = match self.code.get(&call.dep.code).await {
             Ok(linked) => match &linked.http {
                 Some(ProxyPre::P2(pre)) => pre.clone(),
                 _ => {
@@ -203,6 +203,8 @@ impl Node {
             permits,
             deadline: _,
         } = call;
+        let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
         let task = spawn_guest(Guest {
             store,
             pre,
@@ -210,9 +212,11 @@ impl Node {
             outparam,
             permits,
             dep: dep.clone(),
-            metrics: self.metrics.clone(),
-            logs: self.logs.clone(),
+            node: self.settling(),
+            finish,
             invocation: invocation.clone(),
+            answered: answered_rx,
+            gate: gate_tx,
         });
         let answer = rx.await;
         if exceeded.load(Ordering::Relaxed) {
@@ -221,46 +225,27 @@ impl Node {
         }
         match answer {
             Ok(Ok(resp)) => {
-                let publish = !resp.status().is_server_error();
-                let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-                let (bus, metrics, name) = (
-                    self.bus.clone(),
-                    self.metrics.clone(),
-                    dep.record.name.clone(),
-                );
-                // The one task this request may spawn besides its guest: it settles the
-                // invocation even if the client goes away before the body's end.
-                tokio::spawn(async move {
-                    let (result, outcome) = match task.await {
-                        Ok((Ok(()), outbox)) => {
-                            settle_events(&*bus, &metrics, &name, outbox, publish).await
-                        }
-                        Ok((Err(f), _)) => (Err(format!("{f:?}")), f.label()),
-                        Err(e) => (Err(e.to_string()), "trap"),
-                    };
-                    finish.done(outcome);
-                    let _ = gate_tx.send(result);
-                });
+                // The guest task settles the invocation (publishes its events, counts
+                // it) once it ends, even if the client goes away first.
+                let _ = answered_tx.send(!resp.status().is_server_error());
                 let head = Head::new(&dep, &invocation, &trace);
                 self.answered(head, resp, gate(gate_rx), None).await
             }
-            Ok(Err(code)) => {
-                finish.done("error");
-                reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "function `{}` answered with an error: {code:?}",
-                        dep.record.name
-                    ),
-                )
-            }
+            Ok(Err(code)) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "function `{}` answered with an error: {code:?}",
+                    dep.record.name
+                ),
+            ),
             Err(_) => {
+                drop(answered_tx);
                 let failure = match task.await {
-                    Ok((Ok(()), _)) => Failure::NoResponse,
-                    Ok((Err(f), _)) => f,
+                    Ok(Ok(())) => Failure::NoResponse,
+                    Ok(Err(f)) => f,
                     Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
                 };
-                self.failed(&dep, &finish, failure)
+                failed(&dep, failure)
             }
         }
     }
@@ -298,13 +283,15 @@ impl Node {
                         &call.invocation,
                     );
                 }
-                return self.failed(&call.dep, &call.finish, failure);
+                call.finish.done(failure.label());
+                return failed(&call.dep, failure);
             }
             Err(_) => {
                 if let Some(s) = &shared {
                     s.retire();
                 }
-                return self.failed(&call.dep, &call.finish, Failure::Timeout);
+                call.finish.done(Failure::Timeout.label());
+                return failed(&call.dep, Failure::Timeout);
             }
         };
         let Some(shared) = shared else {
@@ -367,12 +354,6 @@ impl Node {
         http::Response::from_parts(parts, body.boxed_unsync())
     }
 
-    /// The invocation ended without an answer: count it and say why.
-    fn failed(&self, dep: &Deployment, finish: &Finish, failure: Failure) -> Response {
-        finish.done(failure.label());
-        reply(failure.status(), failure.describe(&dep.spec))
-    }
-
     /// Runs `dep`'s event handler on one delivery; returns the events it published, or
     /// why it failed.
     pub async fn invoke_event(
@@ -383,7 +364,7 @@ impl Node {
     ) -> Result<Vec<Event>, String> {
         let linked = self
             .code
-            .get(&dep.record.artifact)
+            .get(&dep.code)
             .await
             .map_err(|e| format!("cannot load function `{}`: {e}", dep.record.name))?;
         let Some(pre) = linked.handler.clone() else {
@@ -486,6 +467,29 @@ impl Head {
             headers.insert(crate::traces::TRACE_HEADER, v);
         }
         self.function
+    }
+}
+
+/// The answer to an invocation that ended without one: what went wrong.
+fn failed(dep: &Deployment, failure: Failure) -> Response {
+    reply(failure.status(), failure.describe(&dep.spec))
+}
+
+/// What a guest task needs of the node to settle its invocation.
+#[derive(Clone)]
+struct Settling {
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    logs: Arc<crate::logs::LogStore>,
+}
+
+impl Node {
+    fn settling(&self) -> Settling {
+        Settling {
+            bus: self.bus.clone(),
+            metrics: self.metrics.clone(),
+            logs: self.logs.clone(),
+        }
     }
 }
 
@@ -601,8 +605,8 @@ async fn pooled_failure(e: &wasmtime::Error, shared: Option<&Shared>) -> Failure
     }
 }
 
-/// What a guest run produced: how it ended, and the events it published.
-type GuestTask = tokio::task::JoinHandle<(Result<(), Failure>, Vec<Event>)>;
+/// How a fresh guest's run ended (its events are settled by the task itself).
+type GuestTask = tokio::task::JoinHandle<Result<(), Failure>>;
 
 /// One HTTP invocation's guest, ready to run.
 struct Guest {
@@ -612,13 +616,18 @@ struct Guest {
     outparam: Resource<HostResponseOutparam>,
     permits: [OwnedSemaphorePermit; 2],
     dep: Arc<Deployment>,
-    metrics: Arc<Metrics>,
-    logs: Arc<crate::logs::LogStore>,
+    node: Settling,
+    finish: Finish,
     invocation: String,
+    /// Whether the guest's answer allows its events (below 500); closed when it gave none.
+    answered: tokio::sync::oneshot::Receiver<bool>,
+    /// Opens the answer's body once the invocation is settled.
+    gate: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Runs the guest in its own task, so that it can keep streaming the body after the
-/// response head has been handed back; the permits live exactly as long as it runs.
+/// Runs the guest in the one task its request spawns: it keeps streaming the body after
+/// the response head has been handed back, then settles the invocation; the permits live
+/// exactly as long as it runs.
 fn spawn_guest(g: Guest) -> GuestTask {
     let Guest {
         mut store,
@@ -627,18 +636,20 @@ fn spawn_guest(g: Guest) -> GuestTask {
         outparam,
         permits,
         dep,
-        metrics,
-        logs,
+        node,
+        finish,
         invocation,
+        answered,
+        gate,
     } = g;
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
     tokio::spawn(async move {
         let _permits = permits;
-        let _in_flight = InFlight::start(&metrics, &dep.record.name);
+        let _in_flight = InFlight::start(&node.metrics, &dep.record.name);
         let run = async {
             let t = Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
-            observe_instantiation(&metrics, &dep.record.name, t);
+            observe_instantiation(&node.metrics, &dep.record.name, t);
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, outparam)
@@ -649,15 +660,34 @@ fn spawn_guest(g: Guest) -> GuestTask {
             Ok(Err(e)) => Err(classify(&e, store.data())),
             Err(_) => Err(Failure::Timeout),
         };
+        let spec = &dep.spec;
         store
             .data()
             .logs
-            .emit(&logs, &dep.spec.function, dep.spec.version, &invocation);
+            .emit(&node.logs, &spec.function, spec.version, &invocation);
         if let Err(f) = &outcome {
-            tracing::warn!(function = %dep.spec.function, version = dep.spec.version, failure = ?f, "invocation failed");
+            tracing::warn!(function = %spec.function, version = spec.version, failure = ?f, "invocation failed");
         }
         let outbox = store.data().caps.events.outbox.take();
-        (outcome, outbox)
+        // Dropping the store drops the response outparam: a guest that never answered
+        // is known as such to the request now.
+        drop(store);
+        let label = match (answered.await, &outcome) {
+            (Ok(publish), Ok(())) => {
+                let (result, label) =
+                    settle_events(&*node.bus, &node.metrics, &spec.function, outbox, publish).await;
+                let _ = gate.send(result);
+                label
+            }
+            (Ok(_), Err(f)) => {
+                let _ = gate.send(Err(format!("{f:?}")));
+                f.label()
+            }
+            (Err(_), Ok(())) => "error",
+            (Err(_), Err(f)) => f.label(),
+        };
+        finish.done(label);
+        outcome
     })
 }
 

@@ -46,6 +46,8 @@ pub struct Deployment {
     pub spec: Arc<SandboxSpec>,
     /// How its instances are reused.
     pub policy: InstancePolicy,
+    /// Its code, loaded or not (see [`code`]).
+    pub code: Arc<code::CodeSlot>,
     /// Its reused instances, when `policy` reuses them or the component is a
     /// wasi:http 0.3 handler (see [`pool`]).
     pub pool: Option<pool::HttpPool>,

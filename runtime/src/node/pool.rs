@@ -15,7 +15,7 @@
 //! * An idle instance is dropped after `idle`; an instance that served `reuse` requests
 //!   is dropped once its last one ends.
 
-use super::code::CodeCache;
+use super::code::{CodeCache, CodeSlot};
 use super::sandbox::{Failure, classify, new_store};
 use crate::host::events::Outbox;
 use crate::host::logging::CapturedOutput;
@@ -59,18 +59,18 @@ pub struct HttpPool {
 }
 
 impl HttpPool {
-    /// A pool for `spec` (code `artifact`) under `policy`; makes no instance yet.
+    /// A pool for `spec` (its code in `code`) under `policy`; makes no instance yet.
     pub fn new(
         spec: Arc<SandboxSpec>,
         policy: InstancePolicy,
-        artifact: String,
+        code: Arc<CodeSlot>,
         deps: PoolDeps,
     ) -> HttpPool {
         HttpPool {
             handler: ProxyHandler::new(PoolState {
                 spec,
                 policy,
-                artifact,
+                code,
                 deps,
             }),
         }
@@ -147,7 +147,7 @@ impl Shared {
 struct PoolState {
     spec: Arc<SandboxSpec>,
     policy: InstancePolicy,
-    artifact: String,
+    code: Arc<CodeSlot>,
     deps: PoolDeps,
 }
 
@@ -160,7 +160,7 @@ impl HandlerState for PoolState {
         let linked = self
             .deps
             .code
-            .get(&self.artifact)
+            .get(&self.code)
             .await
             .map_err(wasmtime::Error::new)?;
         let Some(pre) = linked.http.as_ref() else {

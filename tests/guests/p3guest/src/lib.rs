@@ -1,13 +1,14 @@
-//! A wasi:http 0.3 guest for the end-to-end tests: behaves by path.
+//! A wasi:http 0.3 guest for the end-to-end tests: behaves by the last segment of the
+//! path (so that it can be deployed under any route).
 //!
-//! * `/p3/count` — counts requests in a global (grows only when the instance is reused).
-//! * `/p3/echo` — streams the request body back as it arrives.
-//! * `/p3/hang` — waits a minute before answering (never, as far as a test can tell).
-//! * `/p3/leak` — keeps 4 MiB more in a global on every request, until the memory
+//! * `…/count` — counts requests in a global (grows only when the instance is reused).
+//! * `…/echo` — streams the request body back as it arrives.
+//! * `…/hang` — waits a minute before answering (never, as far as a test can tell).
+//! * `…/leak` — keeps 4 MiB more in a global on every request, until the memory
 //!   limit retires the instance.
-//! * `/p3/flaky` — traps on every tenth request its instance serves.
-//! * `/p3/kv` — increments a key in its key-value store and publishes an event.
-//! * `/p3/config` — reads `greeting` from wasi:config.
+//! * `…/flaky` — traps on every tenth request its instance serves.
+//! * `…/kv` — increments a key in its key-value store and publishes an event.
+//! * `…/config` — reads `greeting` from wasi:config.
 
 use skiff_sdk::service::{Request, Streaming};
 use std::sync::Mutex;
@@ -19,41 +20,42 @@ static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 async fn handle(req: Request) -> Result<http::Response<Vec<u8>>, String> {
     let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
     let text = |s: String| Ok(http::Response::new(s.into_bytes()));
-    match req.uri().path() {
-        "/p3/count" => text(format!("{n}")),
-        "/p3/hang" => {
+    let path = req.uri().path().to_string();
+    match path.rsplit('/').next().unwrap_or_default() {
+        "count" => text(format!("{n}")),
+        "hang" => {
             // A minute of waiting on the host's clock: far past any test's timeout.
             skiff_sdk::service::wasip3::clocks::monotonic_clock::wait_for(60_000_000_000).await;
             text("woke up".into())
         }
-        "/p3/leak" => {
+        "leak" => {
             let mut h = HOARD.lock().map_err(|e| e.to_string())?;
             h.push(vec![7u8; 4 << 20]);
             text(format!("holding {} MiB after {n} requests", h.len() * 4))
         }
-        "/p3/flaky" => {
+        "flaky" => {
             if n % 10 == 0 {
                 panic!("request {n} of this instance fails on purpose");
             }
             text(format!("ok {n}"))
         }
-        "/p3/kv" => {
+        "kv" => {
             let store = skiff_sdk::kv::Store::open_default().map_err(|e| e.to_string())?;
             let v = store.increment("hits", 1).map_err(|e| e.to_string())?;
             skiff_sdk::events::publish("p3.hit", format!("{v}").as_bytes())
                 .map_err(|e| e.to_string())?;
             text(format!("hits {v}"))
         }
-        "/p3/config" => text(skiff_sdk::config::get("greeting").map_err(|e| e.to_string())?.unwrap_or_default()),
-        other => Ok(http::Response::builder()
+        "config" => text(skiff_sdk::config::get("greeting").map_err(|e| e.to_string())?.unwrap_or_default()),
+        _ => Ok(http::Response::builder()
             .status(404)
-            .body(format!("no {other}").into_bytes())
+            .body(format!("no {path}").into_bytes())
             .map_err(|e| e.to_string())?),
     }
 }
 
 async fn entry(req: Request) -> Either {
-    if req.uri().path() == "/p3/echo" {
+    if req.uri().path().ends_with("/echo") {
         return Either::Stream(Streaming(http::Response::new(req.into_body())));
     }
     Either::Whole(handle(req).await)

@@ -1,0 +1,332 @@
+//! WASI 0.3: wasi:http/handler@0.3 components (spin-sdk 7's, the SDK's) beside 0.2 ones,
+//! instance reuse by `[instances]`, and the limits' meaning under reuse.
+
+use crate::harness::*;
+use bytes::Bytes;
+use skiff_core::testkit::NatsServer;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Deploys the p3 test guest as `name` with `extra` manifest lines.
+fn deploy_p3(skiff: &Skiff, parent: &Path, name: &str, extra: &str) {
+    let manifest = format!(
+        "name = \"{name}\"\ncomponent = \"{}\"\n{extra}",
+        guest("tests/guests", "p3guest.wasm").display()
+    );
+    let dir = function_dir(parent, name, &manifest);
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+}
+
+fn deploy_spin(skiff: &Skiff, parent: &Path) {
+    let manifest = format!(
+        "name = \"spinhello\"\ncomponent = \"{}\"\n[limits]\nconcurrency = 256\n",
+        guest("tests/guests", "spinhello.wasm").display()
+    );
+    let dir = function_dir(parent, "spinhello", &manifest);
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+}
+
+fn metric(text: &str, name: &str, function: &str, extra: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("function=\"{function}\"")))
+        .filter(|l| l.contains(extra))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn p3_components_serve_beside_p2_and_reuse_instances() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    let echo = repo().join("functions/echo-wstd");
+    skiff.cli_ok(&["deploy", echo.to_str().unwrap(), "--no-build"]);
+    deploy_spin(&skiff, tmp.path());
+    deploy_p3(
+        &skiff,
+        tmp.path(),
+        "pooled",
+        "[config]\ngreeting = \"hi from config\"\n[limits]\nbody = \"16MiB\"\n",
+    );
+    deploy_p3(&skiff, tmp.path(), "fresh", "[instances]\nreuse = 1\n");
+    // A 0.2 component may opt into (sequential) reuse.
+    let wstd = function_dir(
+        tmp.path(),
+        "echo-reused",
+        &format!(
+            "name = \"echo-reused\"\ncomponent = \"{}\"\n[instances]\nreuse = 50\n",
+            guest("functions", "echo_wstd.wasm").display()
+        ),
+    );
+    skiff.cli_ok(&["deploy", wstd.to_str().unwrap(), "--no-build"]);
+
+    // The world shows in `skiff ls`.
+    let ls = skiff.cli_ok(&["ls"]);
+    let world = |name: &str| {
+        ls.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed: {ls}"))
+            .to_string()
+    };
+    assert!(world("hello ").contains("wasi:http 0.3"), "{ls}");
+    assert!(world("spinhello").contains("wasi:http 0.3"), "{ls}");
+    assert!(world("echo-wstd").contains("wasi:http 0.2"), "{ls}");
+
+    let r = get(&format!("{}/spinhello/", skiff.listen)).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello, Spin"));
+    let r = get(&format!("{}/hello/p3", skiff.listen)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from Skiff! You asked for /hello/p3\n");
+    assert!(r.headers.contains_key("x-skiff-invocation-id"));
+
+    // A global counter grows under the 0.3 defaults, and stays 1 with reuse = 1.
+    let mut pooled = Vec::new();
+    let mut fresh = Vec::new();
+    for _ in 0..5 {
+        pooled.push(get(&format!("{}/pooled/count", skiff.listen)).await.text());
+        fresh.push(get(&format!("{}/fresh/count", skiff.listen)).await.text());
+    }
+    assert_eq!(pooled, ["1", "2", "3", "4", "5"]);
+    assert_eq!(fresh, ["1", "1", "1", "1", "1"]);
+
+    // Capabilities reach 0.3 guests: config, kv, events.
+    let r = get(&format!("{}/pooled/config", skiff.listen)).await;
+    assert_eq!(r.text(), "hi from config");
+    for want in ["hits 1", "hits 2"] {
+        assert_eq!(
+            get(&format!("{}/pooled/kv", skiff.listen)).await.text(),
+            want
+        );
+    }
+
+    // A multi-megabyte body streams through and back.
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = request(
+        "POST",
+        &format!("{}/pooled/echo", skiff.listen),
+        &[],
+        Bytes::from(big.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "echo differs: {} bytes back", r.body.len());
+
+    // 200 parallel requests to a 0.3 function all answer, on few instances.
+    let calls = (0..200).map(|_| {
+        let url = format!("{}/spinhello/", skiff.listen);
+        tokio::spawn(async move { get(&url).await })
+    });
+    for r in futures::future::join_all(calls).await {
+        let r = r.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "Hello, Spin"));
+    }
+    // The opted-in 0.2 function answers right on reused instances.
+    for i in 0..20 {
+        let r = request(
+            "POST",
+            &format!("{}/echo-reused/", skiff.listen),
+            &[],
+            Bytes::from(format!("ping {i}")),
+        )
+        .await;
+        assert_eq!((r.status, r.text()), (200, format!("ping {i}")));
+    }
+
+    let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+    // Most requests reused an instance (how many instances a burst makes is
+    // wasmtime-wasi-http's call: a busy instance takes no second request until its first
+    // one waits, so a burst starts workers, some of which find no request left).
+    let created = metric(&m, "skiff_instances_created_total", "spinhello", "");
+    let reused = metric(&m, "skiff_instances_reused_total", "spinhello", "");
+    assert!(
+        created + reused >= 201.0,
+        "created {created}, reused {reused}"
+    );
+    assert!(
+        reused >= 100.0,
+        "201 requests, {reused} on a reused instance"
+    );
+    assert!(created <= 150.0, "201 requests on {created} instances");
+    assert!(metric(&m, "skiff_instances_reused_total", "echo-reused", "") >= 10.0);
+    assert_eq!(metric(&m, "skiff_instances_reused_total", "fresh", ""), 0.0);
+    assert!(metric(&m, "skiff_events_published_total", "pooled", "") >= 2.0);
+    // Idle instances go after 1 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+    assert!(
+        metric(
+            &m,
+            "skiff_instances_retired_total",
+            "pooled",
+            "reason=\"idle\""
+        ) >= 1.0
+    );
+    let logs = skiff.cli_ok(&["logs", "hello"]);
+    assert!(logs.contains("hello called on /hello/p3"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn p3_limits_hold_under_reuse_and_the_node_keeps_serving() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    deploy_p3(
+        &skiff,
+        tmp.path(),
+        "bad",
+        "[limits]\ntimeout = \"2s\"\nmemory = \"32MiB\"\n",
+    );
+    let url = |p: &str| format!("{}/bad/{p}", skiff.listen);
+
+    // One request never answers while others answer on the same instance; it gets 504
+    // at its deadline, and its instance takes no further request.
+    let hang = tokio::spawn({
+        let u = url("hang");
+        async move {
+            let t = Instant::now();
+            (get(&u).await, t.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        counts.push(get(&url("count")).await.text());
+    }
+    assert_eq!(
+        counts,
+        ["2", "3", "4"],
+        "others answer on the same instance"
+    );
+    let (r, took) = hang.await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        r.text().contains("did not finish within its timeout of 2s"),
+        "{}",
+        r.text()
+    );
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(
+        get(&url("count")).await.text(),
+        "1",
+        "a fresh instance after the timeout"
+    );
+
+    // A global buffer grows until the memory limit: that instance is retired, and the
+    // next request succeeds on a fresh one.
+    let mut failed = None;
+    for i in 0..20 {
+        let r = get(&url("leak")).await;
+        if r.status != 200 {
+            failed = Some((i, r));
+            break;
+        }
+    }
+    let (_, r) = failed.expect("the leak hit the memory limit");
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text().contains("exceeded its memory limit of 32.0 MiB"),
+        "{}",
+        r.text()
+    );
+    let r = get(&url("leak")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("holding 4 MiB"), "{}", r.text());
+
+    // A guest that traps on every tenth request: the other nine answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the leaky instance goes idle
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(get(&url("flaky")).await.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 18, "{statuses:?}");
+    assert_eq!(statuses[9], 500, "{statuses:?}");
+
+    let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+    for reason in ["timeout", "memory", "trap"] {
+        let n = metric(
+            &m,
+            "skiff_instances_retired_total",
+            "bad",
+            &format!("reason=\"{reason}\""),
+        );
+        assert!(n >= 1.0, "no instance retired for {reason}:\n{m}");
+    }
+    assert!(metric(&m, "skiff_invocations_total", "bad", "outcome=\"timeout\"") >= 1.0);
+    skiff.assert_hello_serves().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_instances_settings_are_refused_with_the_limit_named() {
+    let skiff = Skiff::start(&["--max-instance-reuse", "500"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let p2 = guest("tests/guests", "misbehave.wasm");
+    let p3 = guest("tests/guests", "p3guest.wasm");
+    let cases = [
+        (
+            "p2conc",
+            &p2,
+            "[instances]\nconcurrency = 4\n",
+            vec!["concurrency = 4", "needs a wasi:http 0.3 component"],
+        ),
+        (
+            "p3reuse",
+            &p3,
+            "[instances]\nreuse = 1000\n",
+            vec!["[instances] reuse = 1000", "maximum of 500"],
+        ),
+        (
+            "p3conc",
+            &p3,
+            "[instances]\nconcurrency = 100\n",
+            vec!["[instances] concurrency = 100", "maximum of 64"],
+        ),
+        (
+            "zero",
+            &p3,
+            "[instances]\nreuse = 0\n",
+            vec!["reuse must be at least 1"],
+        ),
+        ("unknown", &p3, "[instances]\nreuses = 3\n", vec!["reuses"]),
+    ];
+    for (name, wasm, extra, wants) in cases {
+        let manifest = format!(
+            "name = \"{name}\"\ncomponent = \"{}\"\n{extra}",
+            wasm.display()
+        );
+        let dir = function_dir(tmp.path(), name, &manifest);
+        let err = skiff.cli_err(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+        for want in wants {
+            assert!(err.contains(want), "{name}: `{want}` not in: {err}");
+        }
+    }
+    deploy_p3(
+        &skiff,
+        tmp.path(),
+        "good",
+        "[instances]\nreuse = 500\nconcurrency = 2\nidle = \"5s\"\n",
+    );
+    assert_eq!(
+        get(&format!("{}/good/count", skiff.listen)).await.text(),
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn p3_components_answer_through_the_scheduler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&tmp.path().join("nats")).expect("nats");
+    let sched = Skiff::scheduler(&nats.url(), &[]);
+    let _node = Skiff::node(&tmp.path().join("n1"), &nats.url(), "n1", &[]);
+    let hello = repo().join("functions/hello");
+    sched.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    deploy_spin(&sched, tmp.path());
+    let r = get(&format!("{}/spinhello/", sched.listen)).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "Hello, Spin"));
+    let r = get(&format!("{}/hello/through", sched.listen)).await;
+    assert_eq!(r.text(), "Hello from Skiff! You asked for /hello/through\n");
+    let ls = sched.cli_ok(&["ls"]);
+    assert!(ls.contains("wasi:http 0.3"), "{ls}");
+}
