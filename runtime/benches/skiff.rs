@@ -34,6 +34,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/peer.rs"]
+mod peer;
+
 const RUN: Duration = Duration::from_secs(3);
 const WARMUP: Duration = Duration::from_secs(1);
 const RUNS: usize = 3;
@@ -364,20 +367,159 @@ fn header(title: &str) {
     );
 }
 
+/// A component both Skiff and `wasmtime serve` run, and the path it is asked for.
+struct Bench {
+    label: &'static str,
+    wasm: PathBuf,
+    path: &'static str,
+}
+
+fn bench_components() -> Vec<Bench> {
+    let guests = repo().join("tests/guests/target/wasm32-wasip2/release");
+    vec![
+        Bench {
+            label: "hello 0.3 (skiff-sdk)",
+            wasm: repo().join("functions/target/wasm32-wasip2/release/hello.wasm"),
+            path: "/hello/bench",
+        },
+        Bench {
+            label: "hello 0.2 (skiff-sdk)",
+            wasm: guests.join("hello02.wasm"),
+            path: "/hello02/bench",
+        },
+        Bench {
+            label: "hello 0.3 (spin-sdk 7)",
+            wasm: guests.join("spinhello.wasm"),
+            path: "/spinhello/bench",
+        },
+    ]
+}
+
+/// Sends `body` with `method` to `url`; the status and the whole answer.
+async fn fetch(url: &str, method: http::Method, body: Bytes) -> (u16, Bytes) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body))
+        .expect("request");
+    let resp = client.request(req).await.expect("call");
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.into_body().collect().await.expect("body").to_bytes(),
+    )
+}
+
+/// Skiff and the peer answer the same requests the same way: each hello, and a streamed
+/// 4 MB echo through the 0.3 echo component.
+async fn same_answers(skiff: &Skiff, peers: &[(String, Option<peer::Peer>)], echo: &peer::Peer) {
+    for (b, (_, p)) in bench_components().iter().zip(peers) {
+        let Some(p) = p else { continue };
+        let ours = fetch(
+            &format!("{}{}", skiff.listen, b.path),
+            http::Method::GET,
+            Bytes::new(),
+        )
+        .await;
+        let theirs = fetch(
+            &format!("{}{}", p.url, b.path),
+            http::Method::GET,
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            ours, theirs,
+            "{}: Skiff and wasmtime serve answer differently",
+            b.label
+        );
+    }
+    let big: Bytes = (0..4_000_000u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let ours = fetch(
+        &format!("{}/echo03/x", skiff.listen),
+        http::Method::POST,
+        big.clone(),
+    )
+    .await;
+    let theirs = fetch(
+        &format!("{}/echo03/x", echo.url),
+        http::Method::POST,
+        big.clone(),
+    )
+    .await;
+    assert_eq!((ours.0, theirs.0), (200, 200));
+    assert!(ours.1 == big && theirs.1 == big, "the 4 MB echo differs");
+    println!(
+        "\nSkiff and wasmtime serve {} gave the same answers (status and body) to every hello above and to a streamed 4 MB echo (0.3).",
+        peer::VERSION
+    );
+}
+
 async fn hello(skiff: &Skiff, native: &str) {
+    let wasmtime = peer::binary();
+    let server_cores = cores().map(|(s, _)| s);
+    let peers: Vec<(String, Option<peer::Peer>)> = bench_components()
+        .into_iter()
+        .map(|b| {
+            let p = wasmtime.as_ref().ok().map(|w| {
+                peer::Peer::start(w, &b.wasm, server_cores.as_deref()).expect("wasmtime serve")
+            });
+            (b.label.to_string(), p)
+        })
+        .collect();
     header("hello world over HTTP/1.1 keep-alive");
     let mut bases = Vec::new();
+    let mut versus = Vec::new();
     for conns in [1, 32] {
         let base = measure(native, "/hello/bench", http::Method::GET, conns).await;
         row(&format!("native hyper, {conns} conn"), &base, None);
-        let s = measure(&skiff.listen, "/hello/bench", http::Method::GET, conns).await;
-        row(
-            &format!("skiff node (hello.wasm), {conns} conn"),
-            &s,
-            Some(&base),
-        );
+        for (b, (_, p)) in bench_components().iter().zip(&peers) {
+            let s = measure(&skiff.listen, b.path, http::Method::GET, conns).await;
+            row(
+                &format!("skiff, {}, {conns} conn", b.label),
+                &s,
+                Some(&base),
+            );
+            if let Some(p) = p {
+                let w = measure(&p.url, b.path, http::Method::GET, conns).await;
+                row(
+                    &format!("wasmtime serve, {}, {conns} conn", b.label),
+                    &w,
+                    Some(&base),
+                );
+                versus.push((b.label, conns, s.rps, w.rps, base.rps));
+            }
+        }
         bases.push((conns, base));
     }
+    match &wasmtime {
+        Ok(_) => {
+            println!(
+                "\n| component | conns | skiff req/s | wasmtime serve req/s | skiff ÷ wasmtime | skiff ÷ native |"
+            );
+            println!("|---|---|---|---|---|---|");
+            for (label, conns, s, w, n) in &versus {
+                println!(
+                    "| {label} | {conns} | {s:.0} | {w:.0} | {:.2}× | {:.1}% |",
+                    s / w.max(1e-9),
+                    100.0 * s / n.max(1e-9)
+                );
+            }
+            let echo = peer::Peer::start(
+                wasmtime.as_ref().expect("checked"),
+                &repo().join("tests/guests/target/wasm32-wasip2/release/echo03.wasm"),
+                server_cores.as_deref(),
+            )
+            .expect("wasmtime serve echo");
+            same_answers(skiff, &peers, &echo).await;
+        }
+        Err(why) => println!("\n(no wasmtime serve rows: {why})"),
+    }
+    drop(peers);
     // Through the scheduler (its own node, NATS beside them), against the same baselines;
     // started only now so that the rows above have the server cores to themselves.
     let cluster = Cluster::start();
@@ -393,22 +535,29 @@ async fn hello(skiff: &Skiff, native: &str) {
     }
     drop(cluster);
     let metrics = admin_get(&skiff.admin, "/metrics").await;
-    let series = |name: &str| -> f64 {
-        let prefix = format!("{name}{{function=\"hello\"}} ");
+    let series = |name: &str, function: &str| -> f64 {
+        let prefix = format!("{name}{{function=\"{function}\"}} ");
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     };
-    let (sum, count) = (
-        series("skiff_instantiation_duration_seconds_sum"),
-        series("skiff_instantiation_duration_seconds_count"),
-    );
-    println!(
-        "\nPer-request instantiation of hello.wasm (fresh store + instance from the pooling allocator): mean {:.1} µs over {count:.0} requests.",
-        1e6 * sum / count.max(1.0)
-    );
+    for function in ["hello", "hello02"] {
+        let (sum, count) = (
+            series("skiff_instantiation_duration_seconds_sum", function),
+            series("skiff_instantiation_duration_seconds_count", function),
+        );
+        let requests: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("skiff_invocations_total{{function=\"{function}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        println!(
+            "\n`{function}`: {count:.0} instances for {requests:.0} requests; instantiation mean {:.1} µs.",
+            1e6 * sum / count.max(1.0)
+        );
+    }
 }
 
 /// A nats-server, one `skiff node` and a `skiff scheduler`, hello deployed.
@@ -1004,6 +1153,21 @@ fn main() {
     let skiff = Skiff::start();
     skiff.deploy(&repo().join("functions/hello"));
     skiff.deploy(&repo().join("functions/counter"));
+    let tmp_guests = tempfile::tempdir().expect("tempdir");
+    for name in ["hello02", "spinhello", "echo03"] {
+        let dir = tmp_guests.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let wasm = repo().join(format!(
+            "tests/guests/target/wasm32-wasip2/release/{name}.wasm"
+        ));
+        // As many requests at once as the load generator sends.
+        let manifest = format!(
+            "name = \"{name}\"\ncomponent = \"{}\"\n[limits]\nconcurrency = 64\nbody = \"16MiB\"\n",
+            wasm.display()
+        );
+        std::fs::write(dir.join("skiff.toml"), manifest).expect("manifest");
+        skiff.deploy(&dir);
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let probe = tmp.path().join("probe");
     std::fs::create_dir_all(&probe).expect("mkdir");

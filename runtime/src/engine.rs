@@ -89,7 +89,9 @@ impl NodeEngine {
         // WASI 0.3 components (`wasi:http/handler@0.3`) use the component model's async
         // ABI; 0.2 components run unchanged beside them.
         config.wasm_component_model_async(true);
-        let slots = limits.node_concurrency.max(1);
+        // Requests hold node slots; reused instances also live between requests (until
+        // idle), so the pool has room for twice as many instances as requests at once.
+        let slots = limits.node_concurrency.max(1).saturating_mul(2);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots);
         // A wasm32-wasip2 component holds a handful of core instances, memories and tables.

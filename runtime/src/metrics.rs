@@ -363,6 +363,11 @@ impl Metrics {
                 trigger: trigger.into(),
             })
             .observe(took.as_secs_f64());
+        self.ended_one(took);
+    }
+
+    /// Feeds the load report: invocations ended, and their recent latency.
+    fn ended_one(&self, took: Duration) {
         // An exponential moving average over roughly the last eight invocations; the
         // read-modify-write may lose an update under contention, which only blurs it.
         use std::sync::atomic::Ordering::Relaxed;
@@ -430,10 +435,122 @@ impl Metrics {
     }
 }
 
+/// Outcomes an invocation can end in (the `outcome` label).
+const OUTCOMES: [&str; 5] = ["ok", "error", "trap", "timeout", "memory"];
+
+/// One trigger's invocation handles.
+#[derive(Clone)]
+struct TriggerHandles {
+    duration: Histogram,
+    outcomes: [Counter; 5],
+}
+
+/// One deployed function's metric handles, made once at deploy: an invocation counts
+/// through them without building a label or taking a family's lock.
+#[derive(Clone)]
+pub struct FnMetrics {
+    node: std::sync::Arc<Metrics>,
+    function: std::sync::Arc<str>,
+    /// `skiff_in_flight_invocations`.
+    pub in_flight: Gauge,
+    /// `skiff_instantiation_duration_seconds`.
+    pub instantiation: Histogram,
+    /// `skiff_instances_created_total`.
+    pub created: Counter,
+    /// `skiff_instances_reused_total`.
+    pub reused: Counter,
+    /// `skiff_events_published_total`.
+    pub published: Counter,
+    http: TriggerHandles,
+    event: TriggerHandles,
+}
+
+impl FnMetrics {
+    /// The handles of `function` in `node`'s metrics (its series created at zero).
+    pub fn new(
+        node: &std::sync::Arc<Metrics>,
+        function: &str,
+        http: bool,
+        events: bool,
+    ) -> FnMetrics {
+        node.prepare(function, http, events);
+        let f = Function {
+            function: function.into(),
+        };
+        let trigger = |trigger: &str| TriggerHandles {
+            duration: node
+                .duration
+                .get_or_create(&FnTrigger {
+                    function: function.into(),
+                    trigger: trigger.into(),
+                })
+                .clone(),
+            outcomes: OUTCOMES.map(|outcome| {
+                node.invocations
+                    .get_or_create(&Outcome {
+                        function: function.into(),
+                        trigger: trigger.into(),
+                        outcome: outcome.into(),
+                    })
+                    .clone()
+            }),
+        };
+        FnMetrics {
+            in_flight: node.in_flight.get_or_create(&f).clone(),
+            instantiation: node.instantiation.get_or_create(&f).clone(),
+            created: node.instances_created.get_or_create(&f).clone(),
+            reused: node.instances_reused.get_or_create(&f).clone(),
+            published: node.published.get_or_create(&f).clone(),
+            http: trigger(HTTP),
+            event: trigger(EVENT),
+            node: node.clone(),
+            function: function.into(),
+        }
+    }
+
+    /// Counts one finished invocation by `trigger` that ended in `outcome`.
+    pub fn invocation(&self, trigger: &str, outcome: &str, took: Duration) {
+        let handles = if trigger == EVENT {
+            &self.event
+        } else {
+            &self.http
+        };
+        match OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => {
+                handles.outcomes[i].inc();
+            }
+            None => {
+                // An outcome outside the usual five: counted through the family.
+                self.node
+                    .invocations
+                    .get_or_create(&Outcome {
+                        function: self.function.to_string(),
+                        trigger: trigger.into(),
+                        outcome: outcome.into(),
+                    })
+                    .inc();
+            }
+        };
+        handles.duration.observe(took.as_secs_f64());
+        self.node.ended_one(took);
+    }
+
+    /// The node's metrics.
+    pub fn node(&self) -> &Metrics {
+        &self.node
+    }
+}
+
 /// Keeps the in-flight gauge of a function up while alive.
 pub struct InFlight(Gauge);
 
 impl InFlight {
+    /// Counts one more invocation in flight, through a deployment's handles.
+    pub fn of(m: &FnMetrics) -> InFlight {
+        m.in_flight.inc();
+        InFlight(m.in_flight.clone())
+    }
+
     /// Counts one more invocation of `function` in flight.
     pub fn start(m: &Metrics, function: &str) -> InFlight {
         let g = m

@@ -66,9 +66,13 @@ pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
     Some((trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
 }
 
-/// The node's recent spans.
+/// Shards of the span store: a span goes to its trace's shard, so that concurrent
+/// invocations rarely meet on a lock and a trace is read from one shard.
+const SHARDS: usize = 16;
+
+/// The node's recent spans (the newest [`MAX_SPANS`], kept per shard).
 pub struct TraceStore {
-    spans: Mutex<VecDeque<Span>>,
+    shards: [Mutex<VecDeque<Span>>; SHARDS],
     /// Where finished spans are also sent (an OTLP exporter), if anywhere.
     export: std::sync::OnceLock<tokio::sync::mpsc::Sender<Span>>,
 }
@@ -76,7 +80,7 @@ pub struct TraceStore {
 impl Default for TraceStore {
     fn default() -> Self {
         TraceStore {
-            spans: Mutex::new(VecDeque::new()),
+            shards: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
             export: std::sync::OnceLock::new(),
         }
     }
@@ -88,6 +92,18 @@ impl TraceStore {
         let _ = self.export.set(exporter);
     }
 
+    fn shard(&self, trace_id: &str) -> std::sync::MutexGuard<'_, VecDeque<Span>> {
+        // Trace ids are random hex: their last digit spreads them evenly.
+        let i = trace_id
+            .bytes()
+            .last()
+            .map_or(0, |b| usize::from(b) % SHARDS);
+        match self.shards[i].lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     /// Records a finished span.
     pub fn record(&self, span: Span) {
         if let Some(tx) = self.export.get() {
@@ -95,11 +111,8 @@ impl TraceStore {
             // full the span is kept here only (the exporter counts what it missed).
             let _ = tx.try_send(span.clone());
         }
-        let mut spans = match self.spans.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if spans.len() == MAX_SPANS {
+        let mut spans = self.shard(&span.trace_id);
+        if spans.len() >= MAX_SPANS / SHARDS {
             spans.pop_front();
         }
         spans.push_back(span);
@@ -107,10 +120,7 @@ impl TraceStore {
 
     /// The spans of `trace_id`, by start time.
     pub fn trace(&self, trace_id: &str) -> Vec<Span> {
-        let spans = match self.spans.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let spans = self.shard(trace_id);
         let mut out: Vec<Span> = spans
             .iter()
             .filter(|s| s.trace_id == trace_id)
@@ -124,8 +134,8 @@ impl TraceStore {
 /// Records how one invocation ended: its metrics and its span.
 #[derive(Clone)]
 pub struct Finish {
-    /// The node's metrics.
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The function's metric handles.
+    pub metrics: crate::metrics::FnMetrics,
     /// The node's spans.
     pub traces: std::sync::Arc<TraceStore>,
     /// The node's name.
@@ -148,8 +158,7 @@ impl Finish {
     /// Counts the invocation and records its span.
     pub fn done(&self, outcome: &str) {
         let took = self.started.elapsed();
-        self.metrics
-            .invocation(&self.function, self.kind, outcome, took);
+        self.metrics.invocation(self.kind, outcome, took);
         self.traces.record(Span {
             trace_id: self.trace.trace_id.clone(),
             span_id: self.trace.span_id.clone(),

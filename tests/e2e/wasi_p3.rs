@@ -330,3 +330,49 @@ async fn p3_components_answer_through_the_scheduler() {
     let ls = sched.cli_ok(&["ls"]);
     assert!(ls.contains("wasi:http 0.3"), "{ls}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_deliveries_follow_the_instance_policy() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    deploy_p3(
+        &skiff,
+        tmp.path(),
+        "reused",
+        "[instances]\nidle = \"30s\"\n[[events]]\ntopic = \"ticks.reused\"\nconcurrency = 1\n",
+    );
+    deploy_p3(
+        &skiff,
+        tmp.path(),
+        "fresh",
+        "[instances]\nreuse = 1\n[[events]]\ntopic = \"ticks.fresh\"\nconcurrency = 1\n",
+    );
+    for _ in 0..5 {
+        skiff.cli_ok(&["publish", "ticks.reused", "x"]);
+        skiff.cli_ok(&["publish", "ticks.fresh", "x"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+        let acked = |f: &str| metric(&m, "skiff_events_acked_total", f, "");
+        if acked("reused") >= 5.0 && acked("fresh") >= 5.0 {
+            assert!(
+                metric(&m, "skiff_instances_reused_total", "reused", "") >= 4.0,
+                "{m}"
+            );
+            assert_eq!(metric(&m, "skiff_instances_reused_total", "fresh", ""), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "deliveries did not finish:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One instance saw all five deliveries; the fresh ones each saw one.
+    assert_eq!(
+        get(&format!("{}/reused/last", skiff.listen)).await.text(),
+        "5"
+    );
+    assert_eq!(
+        get(&format!("{}/fresh/last", skiff.listen)).await.text(),
+        "1"
+    );
+}

@@ -92,6 +92,13 @@ impl EventCtx {
         self.traceparent = traceparent;
     }
 
+    /// A reused instance begins handling event `cause`: the ids of what it publishes
+    /// derive from it.
+    pub fn begin_delivery(&mut self, cause: &str, traceparent: String) {
+        self.cause = Some(cause.to_string());
+        self.traceparent = traceparent;
+    }
+
     /// Queues an event; the error is the guest's to read. With `key`, the id derives from
     /// (function, key); else from the handled event, or is random.
     pub fn publish(

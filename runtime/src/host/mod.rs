@@ -104,6 +104,12 @@ impl InstanceState {
         self.deadline = self.deadline.max(deadline);
         self.caps.events.begin(traceparent);
     }
+
+    /// A reused instance begins an event delivery (one at a time), due by `deadline`.
+    pub fn begin_delivery(&mut self, deadline: Instant, cause: &str, traceparent: String) {
+        self.deadline = deadline;
+        self.caps.events.begin_delivery(cause, traceparent);
+    }
 }
 
 impl WasiView for InstanceState {

@@ -7,12 +7,14 @@
 
 use super::Exports;
 use super::code::LoadError;
+use super::event_pool::EventPool;
 use super::pool::HttpPool;
 use super::{Deployment, Node, Snapshot};
 use crate::engine::CompileError;
 use crate::events::ConsumerSpec;
 use crate::host::capability::{CapabilityError, DeployContext, NodeServices};
 use crate::host::{Deployed, SandboxSpec};
+use crate::metrics::FnMetrics;
 use skiff_core::control::ControlError;
 use skiff_core::deploy::{CheckError, Checked, check_manifest};
 use skiff_core::instances::HttpWorld;
@@ -308,9 +310,25 @@ impl Node {
         // calls); 0.2 handlers only when they are reused.
         let pooled = p.exports.http && (p.exports.world == HttpWorld::P3 || p.policy.reuses());
         let code = self.code.slot(&record.artifact);
-        let pool =
-            pooled.then(|| HttpPool::new(spec.clone(), p.policy, code.clone(), self.pool_deps()));
-        let deployment = Arc::new(Deployment {
+        let metrics = FnMetrics::new(
+            &self.metrics,
+            &record.name,
+            p.exports.http,
+            !p.manifest.events.is_empty(),
+        );
+        let pool = pooled.then(|| {
+            HttpPool::new(
+                spec.clone(),
+                p.policy,
+                code.clone(),
+                metrics.clone(),
+                self.pool_deps(),
+            )
+        });
+        let events = EventPool::new(&record.name, p.policy, metrics.clone());
+        Arc::new(Deployment {
+            metrics,
+            events,
             code,
             spec,
             policy: p.policy,
@@ -320,13 +338,7 @@ impl Node {
             route: p.route,
             exports: p.exports,
             triggers,
-        });
-        self.metrics.prepare(
-            &deployment.record.name,
-            deployment.exports.http,
-            !deployment.triggers.is_empty(),
-        );
-        deployment
+        })
     }
 
     /// Makes `deployments` serve, in one swap of the snapshot (a restart brings back

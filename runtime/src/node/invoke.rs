@@ -17,7 +17,7 @@ use super::{Deployment, Node};
 use crate::events::{Bus, Event};
 use crate::host::InstanceState;
 use crate::host::bindings::skiff::function::events as wit_events;
-use crate::metrics::{self, InFlight, Metrics};
+use crate::metrics::{self, FnMetrics, InFlight};
 use crate::traces::{Finish, TraceContext};
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -116,7 +116,7 @@ impl Node {
             .and_then(|v| v.to_str().ok());
         let trace = TraceContext::continue_or_start(traceparent, &invocation);
         let finish = self.finish(
-            name,
+            &dep,
             metrics::HTTP,
             req.uri().path(),
             trace.clone(),
@@ -257,7 +257,7 @@ impl Node {
         };
         let ticket = Ticket::new(call.deadline, call.trace.traceparent());
         let req = req.map(BodyExt::boxed_unsync);
-        let in_flight = InFlight::start(&self.metrics, &call.dep.record.name);
+        let in_flight = InFlight::of(&call.dep.metrics);
         // The pool's own expiry answers at the deadline; this bounds a worker stuck
         // where the pool cannot see it.
         let limit = tokio::time::Instant::from_std(call.deadline + Duration::from_secs(2));
@@ -307,7 +307,6 @@ impl Node {
             call,
             shared,
             bus: self.bus.clone(),
-            metrics: self.metrics.clone(),
             logs: self.logs.clone(),
             _in_flight: in_flight,
             done: false,
@@ -387,22 +386,9 @@ impl Node {
             .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
             .map(|(_, v)| v.as_str());
         let trace = TraceContext::continue_or_start(traceparent, &invocation);
-        let finish = self.finish(
-            &dep.record.name,
-            metrics::EVENT,
-            &event.topic,
-            trace.clone(),
-            started,
-        );
-        let _in_flight = InFlight::start(&self.metrics, &dep.record.name);
-        let mut store = new_store(
-            self.engine.engine(),
-            &dep.spec,
-            started,
-            Some(&event.id),
-            trace.traceparent(),
-        );
-        let deadline = tokio::time::Instant::from_std(store.data().deadline);
+        let finish = self.finish(dep, metrics::EVENT, &event.topic, trace.clone(), started);
+        let _in_flight = InFlight::of(&dep.metrics);
+        let deadline = started + dep.spec.limits.timeout;
         let wit_event = wit_events::Event {
             id: event.id.clone(),
             topic: event.topic.clone(),
@@ -410,18 +396,46 @@ impl Node {
             headers: event.headers.clone(),
             attempt,
         };
+        let reused = dep.events.take();
+        let served = reused.as_ref().map_or(0, |i| i.served);
+        let (mut store, guest) = match reused {
+            Some(mut idle) => {
+                idle.store
+                    .data_mut()
+                    .begin_delivery(deadline, &event.id, trace.traceparent());
+                dep.metrics.reused.inc();
+                (idle.store, Some(idle.guest))
+            }
+            None => (
+                new_store(
+                    self.engine.engine(),
+                    &dep.spec,
+                    started,
+                    Some(&event.id),
+                    trace.traceparent(),
+                ),
+                None,
+            ),
+        };
         let run = async {
-            let t = Instant::now();
-            let guest = pre.instantiate_async(&mut store).await?;
-            observe_instantiation(&self.metrics, &dep.record.name, t);
-            guest
+            let guest = match guest {
+                Some(g) => g,
+                None => {
+                    let t = Instant::now();
+                    let g = pre.instantiate_async(&mut store).await?;
+                    observe_instantiation(&dep.metrics, t);
+                    g
+                }
+            };
+            let r = guest
                 .skiff_function_event_handler()
                 .call_handle(&mut store, &wit_event)
-                .await
+                .await?;
+            Ok::<_, wasmtime::Error>((r, guest))
         };
-        let outcome = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(msg))) => Err(Failure::Handler(msg)),
+        let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
+            Ok(Ok((Ok(()), guest))) => Ok(guest),
+            Ok(Ok((Err(msg), _))) => Err(Failure::Handler(msg)),
             Ok(Err(e)) => Err(classify(&e, store.data())),
             Err(_) => Err(Failure::Timeout),
         };
@@ -433,8 +447,18 @@ impl Node {
         );
         finish.done(outcome.as_ref().err().map_or("ok", Failure::label));
         match outcome {
-            Ok(()) => Ok(store.data().caps.events.outbox.take()),
-            Err(f) => Err(f.describe(&dep.spec)),
+            Ok(guest) => {
+                let published = store.data().caps.events.outbox.take();
+                // Ready for the next delivery (or dropped, past its quota).
+                store.data_mut().deadline = Instant::now();
+                dep.events
+                    .give_back(super::event_pool::Idle::new(store, guest, served + 1));
+                Ok(published)
+            }
+            Err(f) => {
+                self.metrics.retired(&dep.record.name, f.label());
+                Err(f.describe(&dep.spec))
+            }
         }
     }
 }
@@ -479,7 +503,6 @@ fn failed(dep: &Deployment, failure: Failure) -> Response {
 #[derive(Clone)]
 struct Settling {
     bus: Arc<dyn Bus>,
-    metrics: Arc<Metrics>,
     logs: Arc<crate::logs::LogStore>,
 }
 
@@ -487,7 +510,6 @@ impl Node {
     fn settling(&self) -> Settling {
         Settling {
             bus: self.bus.clone(),
-            metrics: self.metrics.clone(),
             logs: self.logs.clone(),
         }
     }
@@ -497,8 +519,7 @@ impl Node {
 /// whether the invocation as a whole succeeded.
 async fn settle_events(
     bus: &dyn Bus,
-    metrics: &Metrics,
-    function: &str,
+    metrics: &FnMetrics,
     outbox: Vec<Event>,
     publish: bool,
 ) -> (Result<(), String>, &'static str) {
@@ -511,7 +532,7 @@ async fn settle_events(
     let n = outbox.len() as u64;
     match bus.publish(outbox).await {
         Ok(()) => {
-            Metrics::count(&metrics.published, function, n);
+            metrics.published.inc_by(n);
             (Ok(()), "ok")
         }
         Err(e) => (Err(e.to_string()), "error"),
@@ -528,7 +549,6 @@ struct Settle {
     shared: Arc<Shared>,
     publish: bool,
     bus: Arc<dyn Bus>,
-    metrics: Arc<Metrics>,
     logs: Arc<crate::logs::LogStore>,
     _in_flight: InFlight,
     done: bool,
@@ -537,15 +557,8 @@ struct Settle {
 impl Settle {
     async fn run(mut self) -> Result<(), String> {
         let outbox = self.shared.outbox.take();
-        let spec = &self.call.dep.spec;
-        let (result, outcome) = settle_events(
-            &*self.bus,
-            &self.metrics,
-            &spec.function,
-            outbox,
-            self.publish,
-        )
-        .await;
+        let (result, outcome) =
+            settle_events(&*self.bus, &self.call.dep.metrics, outbox, self.publish).await;
         self.emit();
         self.call.finish.done(outcome);
         self.done = true;
@@ -645,11 +658,11 @@ fn spawn_guest(g: Guest) -> GuestTask {
     let deadline = tokio::time::Instant::from_std(store.data().deadline);
     tokio::spawn(async move {
         let _permits = permits;
-        let _in_flight = InFlight::start(&node.metrics, &dep.record.name);
+        let _in_flight = InFlight::of(&dep.metrics);
         let run = async {
             let t = Instant::now();
             let proxy = pre.instantiate_async(&mut store).await?;
-            observe_instantiation(&node.metrics, &dep.record.name, t);
+            observe_instantiation(&dep.metrics, t);
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, outparam)
@@ -675,7 +688,7 @@ fn spawn_guest(g: Guest) -> GuestTask {
         let label = match (answered.await, &outcome) {
             (Ok(publish), Ok(())) => {
                 let (result, label) =
-                    settle_events(&*node.bus, &node.metrics, &spec.function, outbox, publish).await;
+                    settle_events(&*node.bus, &dep.metrics, outbox, publish).await;
                 let _ = gate.send(result);
                 label
             }
@@ -692,14 +705,9 @@ fn spawn_guest(g: Guest) -> GuestTask {
 }
 
 /// Counts a new sandbox and how long it took to instantiate.
-pub(super) fn observe_instantiation(m: &Metrics, function: &str, started: Instant) {
-    let f = metrics::Function {
-        function: function.into(),
-    };
-    m.instantiation
-        .get_or_create(&f)
-        .observe(started.elapsed().as_secs_f64());
-    m.instances_created.get_or_create(&f).inc();
+pub(super) fn observe_instantiation(m: &FnMetrics, started: Instant) {
+    m.instantiation.observe(started.elapsed().as_secs_f64());
+    m.created.inc();
 }
 
 fn busy(message: String) -> Response {

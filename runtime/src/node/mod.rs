@@ -10,6 +10,7 @@
 mod body;
 pub mod code;
 pub mod deploy;
+pub mod event_pool;
 pub mod invoke;
 pub mod operator;
 pub mod pool;
@@ -46,6 +47,10 @@ pub struct Deployment {
     pub spec: Arc<SandboxSpec>,
     /// How its instances are reused.
     pub policy: InstancePolicy,
+    /// Its metric handles.
+    pub metrics: crate::metrics::FnMetrics,
+    /// Its event handler's idle instances (see [`event_pool`]).
+    pub events: Arc<event_pool::EventPool>,
     /// Its code, loaded or not (see [`code`]).
     pub code: Arc<code::CodeSlot>,
     /// Its reused instances, when `policy` reuses them or the component is a
@@ -400,17 +405,17 @@ impl Node {
     /// How a new invocation of `function` will be recorded when it ends.
     pub(crate) fn finish(
         &self,
-        function: &str,
+        dep: &Deployment,
         kind: &'static str,
         detail: &str,
         trace: crate::traces::TraceContext,
         started: Instant,
     ) -> crate::traces::Finish {
         crate::traces::Finish {
-            metrics: self.metrics.clone(),
+            metrics: dep.metrics.clone(),
             traces: self.traces.clone(),
             node: self.name.clone(),
-            function: function.to_string(),
+            function: dep.record.name.clone(),
             kind,
             detail: detail.to_string(),
             trace,

@@ -20,7 +20,7 @@ use super::sandbox::{Failure, classify, new_store};
 use crate::host::events::Outbox;
 use crate::host::logging::CapturedOutput;
 use crate::host::{InstanceState, SandboxSpec};
-use crate::metrics::Metrics;
+use crate::metrics::{FnMetrics, Metrics};
 use skiff_core::instances::InstancePolicy;
 use std::future::Future;
 use std::pin::Pin;
@@ -64,11 +64,13 @@ impl HttpPool {
         spec: Arc<SandboxSpec>,
         policy: InstancePolicy,
         code: Arc<CodeSlot>,
+        metrics: FnMetrics,
         deps: PoolDeps,
     ) -> HttpPool {
         HttpPool {
             handler: ProxyHandler::new(PoolState {
                 spec,
+                metrics,
                 policy,
                 code,
                 deps,
@@ -146,6 +148,7 @@ impl Shared {
 
 struct PoolState {
     spec: Arc<SandboxSpec>,
+    metrics: FnMetrics,
     policy: InstancePolicy,
     code: Arc<CodeSlot>,
     deps: PoolDeps,
@@ -176,8 +179,7 @@ impl HandlerState for PoolState {
             retiring: false.into(),
         });
         let proxy = pre.instantiate_async(&mut store).await?;
-        let function = &self.spec.function;
-        super::invoke::observe_instantiation(&self.deps.metrics, function, started);
+        super::invoke::observe_instantiation(&self.metrics, started);
         Ok(Instance {
             store,
             proxy,
@@ -189,6 +191,7 @@ impl HandlerState for PoolState {
                 sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             },
             state: Worker {
+                metrics: self.metrics.clone(),
                 shared,
                 policy: self.policy,
                 spec: self.spec.clone(),
@@ -200,6 +203,7 @@ impl HandlerState for PoolState {
 
 /// Decides for one instance whether it takes requests.
 pub struct Worker {
+    metrics: FnMetrics,
     shared: Arc<Shared>,
     policy: InstancePolicy,
     spec: Arc<SandboxSpec>,
@@ -230,7 +234,7 @@ impl WorkerState for Worker {
             .data_mut()
             .begin(ticket.deadline, ticket.traceparent.clone());
         if self.shared.served.fetch_add(1, Ordering::Relaxed) > 0 {
-            Metrics::count(&self.deps.metrics.instances_reused, &self.spec.function, 1);
+            self.metrics.reused.inc();
         }
         let deadline = tokio::time::Instant::from_std(ticket.deadline);
         let _ = ticket.instance.set(self.shared.clone());

@@ -9,6 +9,10 @@
 //! * `…/flaky` — traps on every tenth request its instance serves.
 //! * `…/kv` — increments a key in its key-value store and publishes an event.
 //! * `…/config` — reads `greeting` from wasi:config.
+//! * `…/last` — what the event handler last stored.
+//!
+//! Its event handler stores the instance's count of calls (HTTP and events) under
+//! `last-event`, so a test sees whether deliveries reuse an instance.
 
 use skiff_sdk::service::{Request, Streaming};
 use std::sync::Mutex;
@@ -46,6 +50,11 @@ async fn handle(req: Request) -> Result<http::Response<Vec<u8>>, String> {
                 .map_err(|e| e.to_string())?;
             text(format!("hits {v}"))
         }
+        "last" => {
+            let store = skiff_sdk::kv::Store::open_default().map_err(|e| e.to_string())?;
+            let v = store.get("last-event").map_err(|e| e.to_string())?;
+            text(String::from_utf8_lossy(&v.unwrap_or_default()).into_owned())
+        }
         "config" => text(skiff_sdk::config::get("greeting").map_err(|e| e.to_string())?.unwrap_or_default()),
         _ => Ok(http::Response::builder()
             .status(404)
@@ -78,3 +87,13 @@ impl skiff_sdk::service::IntoServiceResponse for Either {
 }
 
 skiff_sdk::http_service!(entry);
+
+fn on_event(_event: skiff_sdk::events::Event) -> Result<(), String> {
+    let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+    let store = skiff_sdk::kv::Store::open_default().map_err(|e| e.to_string())?;
+    store
+        .set("last-event", n.to_string().as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+skiff_sdk::event_handler!(on_event);
