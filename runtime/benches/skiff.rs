@@ -1144,6 +1144,36 @@ async fn state_writes(dir: &Path) {
 
 fn main() {
     let _ = cores();
+    // `SKIFF_BENCH_LOAD=http://host:port/path [SKIFF_BENCH_CONNS=32]`: only drive load at
+    // that URL for 10 s and print requests/s (for profiling a server started by hand).
+    if let Ok(url) = std::env::var("SKIFF_BENCH_LOAD") {
+        let conns = std::env::var("SKIFF_BENCH_CONNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(32);
+        let uri: http::Uri = url.parse().expect("SKIFF_BENCH_LOAD is a URL");
+        let addr = uri.authority().expect("host:port").to_string();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        if let Some((_, client)) = cores() {
+            pin_thread(client);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let s = rt.block_on(run_load(
+            &addr,
+            &path,
+            &http::Method::GET,
+            conns,
+            Duration::from_secs(10),
+        ));
+        println!(
+            "{:.0} req/s, p50 {} µs, p99 {} µs, {} errors",
+            s.rps, s.p50_us, s.p99_us, s.errors
+        );
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

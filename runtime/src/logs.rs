@@ -14,9 +14,13 @@ pub const LINES_PER_FUNCTION: usize = 2000;
 /// The node's log store.
 pub struct LogStore {
     node: String,
-    recent: Mutex<HashMap<String, VecDeque<LogLine>>>,
+    /// By function, in shards (a function's lines in one), so that functions printing
+    /// at once rarely meet on a lock.
+    recent: [Mutex<HashMap<String, VecDeque<LogLine>>>; SHARDS],
     live: broadcast::Sender<LogLine>,
 }
+
+const SHARDS: usize = 16;
 
 impl LogStore {
     /// An empty store for `node`.
@@ -24,7 +28,7 @@ impl LogStore {
         let (live, _) = broadcast::channel(4096);
         LogStore {
             node: node.to_string(),
-            recent: Mutex::new(HashMap::new()),
+            recent: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             live,
         }
     }
@@ -32,11 +36,15 @@ impl LogStore {
     /// Records what an invocation printed.
     pub fn record(&self, function: &str, version: u64, invocation: &str, stream: &str, text: &str) {
         let ts_ms = skiff_core::record::now_ms();
-        let mut recent = match self.recent.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
+        // Sending takes the channel's lock: only when someone follows.
+        let followed = self.live.receiver_count() > 0;
+        let mut recent = self.shard(function);
+        if !recent.contains_key(function) {
+            recent.insert(function.to_string(), VecDeque::new());
+        }
+        let Some(lines) = recent.get_mut(function) else {
+            return;
         };
-        let lines = recent.entry(function.to_string()).or_default();
         for line in text.lines() {
             let entry = LogLine {
                 ts_ms,
@@ -50,22 +58,33 @@ impl LogStore {
             if lines.len() == LINES_PER_FUNCTION {
                 lines.pop_front();
             }
-            lines.push_back(entry.clone());
-            // No follower is fine.
-            let _ = self.live.send(entry);
+            if followed {
+                // A follower that went away meanwhile is fine.
+                let _ = self.live.send(entry.clone());
+            }
+            lines.push_back(entry);
         }
     }
 
     /// The newest `n` lines of `function`, oldest first.
     pub fn tail(&self, function: &str, n: usize) -> Vec<LogLine> {
-        let recent = match self.recent.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        recent
+        self.shard(function)
             .get(function)
             .map(|l| l.iter().skip(l.len().saturating_sub(n)).cloned().collect())
             .unwrap_or_default()
+    }
+
+    fn shard(
+        &self,
+        function: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<LogLine>>> {
+        let i = function.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        }) % SHARDS;
+        match self.recent[i].lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Lines recorded from now on (every function; filter by name).

@@ -1,8 +1,10 @@
 //! # skiff-sdk
 //!
 //! Write Skiff functions in plain Rust. A function is a WebAssembly component built for
-//! `wasm32-wasip2` that exports the standard `wasi:http/incoming-handler`, so it runs on
-//! Skiff and on any other `wasi:http/proxy` host.
+//! `wasm32-wasip2` that exports the standard `wasi:http/incoming-handler@0.2` (a `fn`
+//! with [`http_handler!`]) or `wasi:http/handler@0.3` (an `async fn` with
+//! [`http_service!`], see [`service`]), so it runs on Skiff and on any other `wasi:http`
+//! host.
 //!
 //! ```text
 //! use skiff_sdk::{Request, Response};

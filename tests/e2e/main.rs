@@ -9,6 +9,7 @@ mod harness;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod polyglot;
 mod replicated;
 mod sandbox;
 mod serving;

@@ -255,7 +255,114 @@ async fn p3_limits_hold_under_reuse_and_the_node_keeps_serving() {
         assert!(n >= 1.0, "no instance retired for {reason}:\n{m}");
     }
     assert!(metric(&m, "skiff_invocations_total", "bad", "outcome=\"timeout\"") >= 1.0);
+
+    // A trap retires the instance: the request that trapped and the one it was serving
+    // at once both get 500 saying so, at once, not at the other's deadline.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = tokio::spawn({
+        let u = url("hang");
+        async move {
+            let t = Instant::now();
+            (get(&u).await, t.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = get(&url("boom")).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text().contains("its instance was retired"),
+        "{}",
+        r.text()
+    );
+    let (r, took) = waiting.await.unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("the requests it was serving at once failed with it"),
+        "{}",
+        r.text()
+    );
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(get(&url("count")).await.text(), "1");
     skiff.assert_hello_serves().await;
+}
+
+/// Serves `/pong` ("pong") on a free loopback port; returns its origin.
+async fn upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"pong")),
+                    ))
+                }),
+            ));
+        }
+    });
+    origin
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn p3_outgoing_http_follows_the_allowlist() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = upstream().await;
+    deploy_p3(
+        &skiff,
+        tmp.path(),
+        "out3",
+        &format!("allowed_outbound_hosts = [\"{origin}\"]\n"),
+    );
+    let fetch = async |url: &str| get(&format!("{}/out3/fetch/{}", skiff.listen, enc(url))).await;
+    let r = fetch(&format!("{origin}/pong")).await;
+    assert_eq!((r.status, r.text()), (200, "200 pong".to_string()));
+    // Another port on the same host, and the admin API, are not on the list.
+    for denied in [
+        format!("{}/hello/", skiff.listen),
+        format!("{}/v1/status", skiff.admin),
+    ] {
+        let r = fetch(&denied).await;
+        assert!(
+            r.text().contains("HttpRequestDenied"),
+            "{denied}: {}",
+            r.text()
+        );
+    }
+    let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "skiff_outbound_requests_total",
+            "out3",
+            "outcome=\"sent\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "skiff_outbound_requests_total",
+            "out3",
+            "outcome=\"denied\""
+        ),
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,6 +409,17 @@ async fn bad_instances_settings_are_refused_with_the_limit_named() {
             assert!(err.contains(want), "{name}: `{want}` not in: {err}");
         }
     }
+    // A 0.3 component importing what Skiff does not provide: the error names the import.
+    let manifest = format!(
+        "name = \"needs\"\ncomponent = \"{}\"\n",
+        guest("tests/guests", "p3import.wasm").display()
+    );
+    let dir = function_dir(tmp.path(), "needs", &manifest);
+    let err = skiff.cli_err(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    assert!(
+        err.contains("example:missing/oracle") && err.contains("does not provide"),
+        "{err}"
+    );
     deploy_p3(
         &skiff,
         tmp.path(),
@@ -375,4 +493,111 @@ async fn event_deliveries_follow_the_instance_policy() {
         get(&format!("{}/fresh/last", skiff.listen)).await.text(),
         "1"
     );
+}
+
+/// `wasmtime serve` 48.0.8 on `component`, on a free loopback port (installed by
+/// tests/setup.sh, or named by `SKIFF_WASMTIME`).
+struct WasmtimeServe {
+    child: std::process::Child,
+    url: String,
+}
+
+impl WasmtimeServe {
+    fn start(component: &Path) -> WasmtimeServe {
+        use std::io::BufRead;
+        let bin = std::env::var_os("SKIFF_WASMTIME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").expect("HOME");
+                Path::new(&home).join(".cache/skiff-bench/wasmtime-48.0.8/bin/wasmtime")
+            });
+        assert!(
+            bin.exists(),
+            "wasmtime 48.0.8 is not at {}: run `bash tests/setup.sh` (or set SKIFF_WASMTIME)",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = std::process::Command::new(&bin)
+            .args(["serve", "--addr", &addr, "-Scli"])
+            .arg(component)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start wasmtime serve");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            let line = lines.next().expect("wasmtime serve exited").unwrap();
+            if line.contains("Serving HTTP") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        WasmtimeServe {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_equal_wasmtime_serves_for_the_same_components() {
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    deploy_spin(&skiff, tmp.path());
+    for name in ["hello02", "echo03"] {
+        let manifest = format!(
+            "name = \"{name}\"\ncomponent = \"{}\"\n[limits]\nbody = \"16MiB\"\n",
+            guest("tests/guests", &format!("{name}.wasm")).display()
+        );
+        let dir = function_dir(tmp.path(), name, &manifest);
+        skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    }
+    let cases = [
+        (guest("functions", "hello.wasm"), "/hello/same?x=1"),
+        (guest("tests/guests", "hello02.wasm"), "/hello02/same"),
+        (guest("tests/guests", "spinhello.wasm"), "/spinhello/"),
+    ];
+    for (wasm, path) in &cases {
+        let peer = WasmtimeServe::start(wasm);
+        let ours = get(&format!("{}{path}", skiff.listen)).await;
+        let theirs = get(&format!("{}{path}", peer.url)).await;
+        assert_eq!(
+            (ours.status, &ours.body),
+            (theirs.status, &theirs.body),
+            "{path}"
+        );
+        assert_eq!(
+            ours.headers.get("content-type"),
+            theirs.headers.get("content-type"),
+            "{path}"
+        );
+    }
+    // A multi-megabyte body streamed through a 0.3 echo, both ways.
+    let peer = WasmtimeServe::start(&guest("tests/guests", "echo03.wasm"));
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    for base in [&skiff.listen, &peer.url] {
+        let r = request(
+            "POST",
+            &format!("{base}/echo03/x"),
+            &[],
+            Bytes::from(big.clone()),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{base}");
+        assert!(r.body == big, "{base}: {} bytes back", r.body.len());
+    }
 }

@@ -1,6 +1,6 @@
 //! Host capabilities a function's sandbox can reach, each in its own module: WASI 0.2
-//! basics without ambient authority ([`wasi`]), `wasi:http` with the outbound policy
-//! ([`http`]), `wasi:config` with the manifest's `[config]` and the operator's secrets
+//! and 0.3 basics without ambient authority ([`wasi`]), `wasi:http` 0.2 and 0.3 with the
+//! outbound policy ([`http`]), `wasi:config` with the manifest's `[config]` and the operator's secrets
 //! ([`config`]), key-value state ([`kv`]), and captured stdout/stderr ([`logging`]).
 //!
 //! Each is a [`capability::Capability`]: it links itself, checks its part of the manifest

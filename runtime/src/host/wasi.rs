@@ -1,5 +1,5 @@
-//! WASI 0.2 (clocks, random, cli, io, and filesystem and sockets interfaces that reach
-//! nothing): a sandbox with no preopened directory, no socket, no inherited environment
+//! WASI 0.2 and 0.3 (clocks, random, cli, io, and filesystem and sockets interfaces that
+//! reach nothing): a sandbox with no preopened directory, no socket, no inherited environment
 //! and no arguments — only the manifest's `[env]`.
 
 use super::InstanceState;

@@ -612,8 +612,10 @@ async fn pooled_failure(e: &wasmtime::Error, shared: Option<&Shared>) -> Failure
         Some(s) => s.failure(Duration::from_millis(500)).await,
         None => None,
     };
+    // Which of its requests a trap came from cannot be told: each gets the same answer.
     match reason {
-        Some(Failure::Instance(_)) | None => Failure::Trap(format!("{e:#}")),
+        Some(Failure::Trap(why)) => Failure::Instance(why),
+        Some(Failure::Instance(_)) | None => Failure::Instance(format!("{e:#}")),
         Some(f) => f,
     }
 }

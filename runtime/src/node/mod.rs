@@ -1,9 +1,12 @@
 //! The runtime node: holds the deployed functions and runs invocations.
 //!
-//! A request's path through the node: route lookup in the current [`Snapshot`] →
-//! limits (body size, node and function concurrency) → a fresh store and instance from
-//! the deployment's pre-linked `ProxyPre` → `wasi:http/incoming-handler.handle` under
-//! the time limit → the response streamed back ([`invoke`]). Deploys build a new
+//! A request's path through the node, in five files: `triggers/http.rs` (the listener)
+//! → [`invoke`] (admit: route lookup in the current [`Snapshot`], body size, node and
+//! function concurrency; run; settle) → a fresh 0.2 sandbox, or a reused instance from
+//! the deployment's [`pool`] (every `wasi:http/handler@0.3` component, and 0.2 ones with
+//! `[instances] reuse`) → [`sandbox`] (the store, its limits, and how a run failed) →
+//! the response streamed back through `body.rs`, its end held until the invocation is
+//! settled. Event deliveries reuse instances through [`event_pool`]. Deploys build a new
 //! [`Deployment`] off to the side and swap the snapshot ([`deploy`]), so in-flight
 //! invocations finish on the version they started with.
 

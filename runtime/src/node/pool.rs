@@ -264,7 +264,7 @@ impl WorkerState for Worker {
             .logs
             .emit(&self.deps.logs, &spec.function, spec.version, "instance");
         self.shared.retired.send_replace(Some(
-            failure.unwrap_or(Failure::Instance("it was retired".into())),
+            failure.unwrap_or_else(|| Failure::Instance("it was retired".into())),
         ));
         drop(store);
     }

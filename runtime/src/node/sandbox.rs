@@ -50,7 +50,8 @@ pub enum Failure {
     Handler(String),
     /// An HTTP handler returned without a response.
     NoResponse,
-    /// The instance serving the request failed while serving another one.
+    /// The reused instance serving the request trapped (in this request or in another
+    /// it was serving at once).
     Instance(String),
 }
 
@@ -86,7 +87,7 @@ impl Failure {
                 format!("function `{name}` returned without setting a response")
             }
             Failure::Instance(why) => format!(
-                "function `{name}`: the instance serving this request failed while serving another one ({why}); the request was not completed, retry it"
+                "function `{name}` failed: {why}; its instance was retired, and the requests it was serving at once failed with it; its output is in the node's log"
             ),
         }
     }

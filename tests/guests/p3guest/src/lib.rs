@@ -10,6 +10,9 @@
 //! * `…/kv` — increments a key in its key-value store and publishes an event.
 //! * `…/config` — reads `greeting` from wasi:config.
 //! * `…/last` — what the event handler last stored.
+//! * `…/boom` — traps at once.
+//! * `…/fetch/<percent-encoded URL>` — GETs the URL through wasi:http@0.3's client and
+//!   answers `<status> <body>`, or the error.
 //!
 //! Its event handler stores the instance's count of calls (HTTP and events) under
 //! `last-event`, so a test sees whether deliveries reuse an instance.
@@ -25,6 +28,9 @@ async fn handle(req: Request) -> Result<http::Response<Vec<u8>>, String> {
     let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
     let text = |s: String| Ok(http::Response::new(s.into_bytes()));
     let path = req.uri().path().to_string();
+    if let Some((_, url)) = path.split_once("/fetch/") {
+        return fetch(&decode(url)).await;
+    }
     match path.rsplit('/').next().unwrap_or_default() {
         "count" => text(format!("{n}")),
         "hang" => {
@@ -50,6 +56,7 @@ async fn handle(req: Request) -> Result<http::Response<Vec<u8>>, String> {
                 .map_err(|e| e.to_string())?;
             text(format!("hits {v}"))
         }
+        "boom" => panic!("boom, on purpose"),
         "last" => {
             let store = skiff_sdk::kv::Store::open_default().map_err(|e| e.to_string())?;
             let v = store.get("last-event").map_err(|e| e.to_string())?;
@@ -97,3 +104,38 @@ fn on_event(_event: skiff_sdk::events::Event) -> Result<(), String> {
 }
 
 skiff_sdk::event_handler!(on_event);
+
+async fn fetch(url: &str) -> Result<http::Response<Vec<u8>>, String> {
+    let req = http::Request::get(url)
+        .body(String::new())
+        .map_err(|e| e.to_string())?;
+    let text = match skiff_sdk::service::send(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = skiff_sdk::service::read_body(resp.into_body(), 1 << 20)
+                .await
+                .map_err(|e| e.to_string())?;
+            format!("{status} {}", String::from_utf8_lossy(&body))
+        }
+        Err(e) => format!("error: {e:?}"),
+    };
+    Ok(http::Response::new(text.into_bytes()))
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,72 @@
+//! Python and JavaScript wasi:http 0.2 components (componentize-py, componentize-js):
+//! a fresh sandbox per request by default, and right answers under 200 at once.
+
+use crate::harness::*;
+use std::sync::OnceLock;
+
+/// Builds tests/guests/polyglot once per test process; the folder of the components.
+fn polyglot() -> std::path::PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("tests/guests/polyglot/build.sh"))
+            .output()
+            .map_err(|e| format!("cannot run build.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "building the Python and JavaScript components failed (run `bash tests/setup.sh` first):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    repo().join("tests/guests/target/polyglot")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_components_answer_200_parallel_requests() {
+    let dir = polyglot();
+    let skiff = Skiff::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, greeting) in [("pyhello", "Python"), ("jshello", "JavaScript")] {
+        let manifest = format!(
+            "name = \"{name}\"\ncomponent = \"{}\"\n[limits]\nconcurrency = 256\n",
+            dir.join(format!("{name}.wasm")).display()
+        );
+        let fdir = function_dir(tmp.path(), name, &manifest);
+        skiff.cli_ok(&["deploy", fdir.to_str().unwrap(), "--no-build"]);
+        let ls = skiff.cli_ok(&["ls"]);
+        assert!(
+            ls.lines()
+                .any(|l| l.starts_with(name) && l.contains("wasi:http 0.2")),
+            "{ls}"
+        );
+        let calls = (0..200).map(|i| {
+            let url = format!("{}/{name}/r{i}", skiff.listen);
+            tokio::spawn(async move { (i, get(&url).await) })
+        });
+        for call in futures::future::join_all(calls).await {
+            let (i, r) = call.unwrap();
+            assert_eq!(r.status, 200, "{name} r{i}: {}", r.text());
+            assert_eq!(
+                r.text(),
+                format!("Hello from {greeting}! You asked for /{name}/r{i}\n")
+            );
+        }
+        // The 0.2 default: a fresh instance for every request.
+        let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+        let created = m
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "skiff_instances_created_total{{function=\"{name}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert_eq!(created, Some(200.0), "{name}");
+    }
+}
