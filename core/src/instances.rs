@@ -9,22 +9,11 @@
 //! them, 0.2 handlers get a fresh sandbox per request because some toolchains' 0.2 guests
 //! break when reused (componentize-js answers "respondWith can't be called twice").
 
+pub use crate::manifest::InstancesSection;
 use crate::manifest::Timeout;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
-
-/// The `[instances]` table of `skiff.toml`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct InstancesSection {
-    /// Requests one instance serves before it is dropped; `1`: a fresh one per request.
-    pub reuse: Option<u32>,
-    /// Requests one instance serves at once (WASI 0.3 components only).
-    pub concurrency: Option<u32>,
-    /// How long an instance with nothing to do is kept.
-    pub idle: Option<Timeout>,
-}
 
 /// Which HTTP world a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

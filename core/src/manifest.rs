@@ -176,6 +176,18 @@ pub struct LimitsSection {
     pub kv_bytes: Option<Size>,
 }
 
+/// The `[instances]` table: instance reuse (resolved in [`crate::instances`]).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesSection {
+    /// Requests one instance serves before it is dropped; `1`: a fresh one per request.
+    pub reuse: Option<u32>,
+    /// Requests one instance serves at once (WASI 0.3 components only).
+    pub concurrency: Option<u32>,
+    /// How long an instance with nothing to do is kept.
+    pub idle: Option<Timeout>,
+}
+
 /// One `[[events]]` trigger.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -222,7 +234,7 @@ pub struct Manifest {
     pub limits: LimitsSection,
     /// Instance reuse (see [`crate::instances`]).
     #[serde(default)]
-    pub instances: crate::instances::InstancesSection,
+    pub instances: InstancesSection,
     /// Environment variables the function sees (and nothing else of the host's).
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -101,6 +101,8 @@ impl Peer {
         };
         let mut child = cmd
             .args(["serve", "--addr", &addr, "-Scli"])
+            // As for Skiff: no backtrace captured for every error value.
+            .env("RUST_LIB_BACKTRACE", "0")
             .arg(component)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,22 +1,21 @@
 //! One invocation, in three steps that every path shares:
 //!
 //! 1. **admit** ([`Node::handle`]): route, head and body size, node and function
-//!    concurrency; then [`Call`], the invocation's id, trace and metrics, made once.
-//! 2. **run**: a fresh 0.2 sandbox in one task ([`Node::run_fresh`]), or a reused
-//!    instance from the deployment's pool ([`Node::run_pooled`], every 0.3 handler and
-//!    0.2 handlers with `[instances] reuse`), or an event delivery ([`Node::invoke_event`]).
+//!    concurrency; then `Call`, the invocation's id, trace and metrics, made once.
+//! 2. **run**: a fresh 0.2 sandbox in one task (`fresh.rs`), or a reused instance from
+//!    the deployment's pool (`Node::run_pooled` here, over [`super::pool`]: every 0.3
+//!    handler, and 0.2 handlers with `[instances] reuse`); an event delivery runs in
+//!    `deliver.rs` under the same sandbox rules.
 //! 3. **settle**: the response head goes out at once with the invocation headers; its
 //!    body's end waits until the events the guest published are on the bus and the
-//!    invocation is counted ([`Node::answered`]); a failure becomes an answer that says
-//!    what went wrong ([`Node::failed`]).
+//!    invocation is counted (`Node::answered`); a failure becomes an answer that says
+//!    what went wrong (`failed`).
 
-use super::body::{GatedBody, LimitedBody, gate, reply};
+use super::body::{GatedBody, LimitedBody, reply};
 use super::pool::{Shared, Ticket};
-use super::sandbox::{Failure, classify, new_store};
+use super::sandbox::Failure;
 use super::{Deployment, Node};
 use crate::events::{Bus, Event};
-use crate::host::InstanceState;
-use crate::host::bindings::skiff::function::events as wit_events;
 use crate::metrics::{self, FnMetrics, InFlight};
 use crate::traces::{Finish, TraceContext};
 use http::{HeaderValue, StatusCode};
@@ -27,13 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
-use wasmtime::Store;
-use wasmtime::component::Resource;
-use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, ProxyPre};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 /// The response header that names the invocation (its lines in `skiff logs` carry it).
 pub const INVOCATION_HEADER: &str = "x-skiff-invocation-id";
@@ -45,16 +39,16 @@ pub const ONE_WRITE_BYTES: u64 = 64 << 10;
 pub type Response = http::Response<HyperOutgoingBody>;
 
 /// One admitted HTTP invocation: everything about it that does not depend on how it runs.
-struct Call {
-    dep: Arc<Deployment>,
-    invocation: String,
-    trace: TraceContext,
-    finish: Finish,
+pub(super) struct Call {
+    pub(super) dep: Arc<Deployment>,
+    pub(super) invocation: String,
+    pub(super) trace: TraceContext,
+    pub(super) finish: Finish,
     /// Set when the request body outgrew `[limits] body`.
-    exceeded: Arc<AtomicBool>,
+    pub(super) exceeded: Arc<AtomicBool>,
     /// Node and function slots, held until the invocation is settled.
-    permits: [OwnedSemaphorePermit; 2],
-    deadline: Instant,
+    pub(super) permits: [OwnedSemaphorePermit; 2],
+    pub(super) deadline: Instant,
 }
 
 impl Node {
@@ -145,111 +139,6 @@ impl Node {
         self.slots.available_permits()
     }
 
-    /// Runs a 0.2 handler in a fresh sandbox, in its own task (so that it can keep
-    /// writing the body after it handed back the head).
-    async fn run_fresh(&self, call: Call, req: http::Request<LimitedBody>) -> Response {
-        let pre = match self.code.get(&call.dep.code).await {
-            Ok(linked) => match &linked.http {
-                Some(ProxyPre::P2(pre)) => pre.clone(),
-                _ => {
-                    return reply(
-                        StatusCode::NOT_FOUND,
-                        format!("function `{}` does not handle HTTP", call.dep.record.name),
-                    );
-                }
-            },
-            Err(e) => {
-                return reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "cannot load function `{}`: {e}; redeploy it",
-                        call.dep.record.name
-                    ),
-                );
-            }
-        };
-        let started = call.finish.started;
-        let mut store = new_store(
-            self.engine.engine(),
-            &call.dep.spec,
-            started,
-            None,
-            call.trace.traceparent(),
-        );
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let prepared = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .and_then(|r| {
-                let out = store.data_mut().http().new_response_outparam(tx)?;
-                Ok((r, out))
-            });
-        let (request, outparam) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot pass the request to the function: {e}"),
-                );
-            }
-        };
-        let Call {
-            dep,
-            invocation,
-            trace,
-            finish,
-            exceeded,
-            permits,
-            deadline: _,
-        } = call;
-        let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
-        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
-        let task = spawn_guest(Guest {
-            store,
-            pre,
-            request,
-            outparam,
-            permits,
-            dep: dep.clone(),
-            node: self.settling(),
-            finish,
-            invocation: invocation.clone(),
-            answered: answered_rx,
-            gate: gate_tx,
-        });
-        let answer = rx.await;
-        if exceeded.load(Ordering::Relaxed) {
-            self.metrics.rejected(&dep.record.name, "body");
-            return too_large(&dep);
-        }
-        match answer {
-            Ok(Ok(resp)) => {
-                // The guest task settles the invocation (publishes its events, counts
-                // it) once it ends, even if the client goes away first.
-                let _ = answered_tx.send(!resp.status().is_server_error());
-                let head = Head::new(&dep, &invocation, &trace);
-                self.answered(head, resp, gate(gate_rx), None).await
-            }
-            Ok(Err(code)) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "function `{}` answered with an error: {code:?}",
-                    dep.record.name
-                ),
-            ),
-            Err(_) => {
-                drop(answered_tx);
-                let failure = match task.await {
-                    Ok(Ok(())) => Failure::NoResponse,
-                    Ok(Err(f)) => f,
-                    Err(e) => Failure::Trap(format!("the invocation task ended: {e}")),
-                };
-                failed(&dep, failure)
-            }
-        }
-    }
-
     /// Hands the request to the deployment's pool of reused instances.
     async fn run_pooled(&self, call: Call, req: http::Request<LimitedBody>) -> Response {
         let Some(pool) = call.dep.pool.as_ref() else {
@@ -317,7 +206,7 @@ impl Node {
 
     /// The guest handed back a response head: send it on with the invocation headers,
     /// and complete its body only once `gate` (the settlement) opens.
-    async fn answered(
+    pub(super) async fn answered(
         &self,
         head: Head,
         resp: http::Response<HyperOutgoingBody>,
@@ -352,119 +241,10 @@ impl Node {
         }
         http::Response::from_parts(parts, body.boxed_unsync())
     }
-
-    /// Runs `dep`'s event handler on one delivery; returns the events it published, or
-    /// why it failed.
-    pub async fn invoke_event(
-        &self,
-        dep: &Arc<Deployment>,
-        event: &Event,
-        attempt: u32,
-    ) -> Result<Vec<Event>, String> {
-        let linked = self
-            .code
-            .get(&dep.code)
-            .await
-            .map_err(|e| format!("cannot load function `{}`: {e}", dep.record.name))?;
-        let Some(pre) = linked.handler.clone() else {
-            return Err(format!(
-                "function `{}` no longer handles events",
-                dep.record.name
-            ));
-        };
-        let _permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| "the node is stopping".to_string())?;
-        let started = Instant::now();
-        let invocation = crate::ids::random_id();
-        let traceparent = event
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
-            .map(|(_, v)| v.as_str());
-        let trace = TraceContext::continue_or_start(traceparent, &invocation);
-        let finish = self.finish(dep, metrics::EVENT, &event.topic, trace.clone(), started);
-        let _in_flight = InFlight::of(&dep.metrics);
-        let deadline = started + dep.spec.limits.timeout;
-        let wit_event = wit_events::Event {
-            id: event.id.clone(),
-            topic: event.topic.clone(),
-            data: event.data.clone(),
-            headers: event.headers.clone(),
-            attempt,
-        };
-        let reused = dep.events.take();
-        let served = reused.as_ref().map_or(0, |i| i.served);
-        let (mut store, guest) = match reused {
-            Some(mut idle) => {
-                idle.store
-                    .data_mut()
-                    .begin_delivery(deadline, &event.id, trace.traceparent());
-                dep.metrics.reused.inc();
-                (idle.store, Some(idle.guest))
-            }
-            None => (
-                new_store(
-                    self.engine.engine(),
-                    &dep.spec,
-                    started,
-                    Some(&event.id),
-                    trace.traceparent(),
-                ),
-                None,
-            ),
-        };
-        let run = async {
-            let guest = match guest {
-                Some(g) => g,
-                None => {
-                    let t = Instant::now();
-                    let g = pre.instantiate_async(&mut store).await?;
-                    observe_instantiation(&dep.metrics, t);
-                    g
-                }
-            };
-            let r = guest
-                .skiff_function_event_handler()
-                .call_handle(&mut store, &wit_event)
-                .await?;
-            Ok::<_, wasmtime::Error>((r, guest))
-        };
-        let outcome = match tokio::time::timeout_at(deadline.into(), run).await {
-            Ok(Ok((Ok(()), guest))) => Ok(guest),
-            Ok(Ok((Err(msg), _))) => Err(Failure::Handler(msg)),
-            Ok(Err(e)) => Err(classify(&e, store.data())),
-            Err(_) => Err(Failure::Timeout),
-        };
-        store.data().logs.emit(
-            &self.logs,
-            &dep.spec.function,
-            dep.spec.version,
-            &invocation,
-        );
-        finish.done(outcome.as_ref().err().map_or("ok", Failure::label));
-        match outcome {
-            Ok(guest) => {
-                let published = store.data().caps.events.outbox.take();
-                // Ready for the next delivery (or dropped, past its quota).
-                store.data_mut().deadline = Instant::now();
-                dep.events
-                    .give_back(super::event_pool::Idle::new(store, guest, served + 1));
-                Ok(published)
-            }
-            Err(f) => {
-                self.metrics.retired(&dep.record.name, f.label());
-                Err(f.describe(&dep.spec))
-            }
-        }
-    }
 }
 
 /// The headers every answer of an invocation carries.
-struct Head {
+pub(super) struct Head {
     function: String,
     version: HeaderValue,
     invocation: Option<HeaderValue>,
@@ -472,7 +252,7 @@ struct Head {
 }
 
 impl Head {
-    fn new(dep: &Deployment, invocation: &str, trace: &TraceContext) -> Head {
+    pub(super) fn new(dep: &Deployment, invocation: &str, trace: &TraceContext) -> Head {
         Head {
             function: dep.record.name.clone(),
             version: HeaderValue::from(dep.record.version),
@@ -495,29 +275,13 @@ impl Head {
 }
 
 /// The answer to an invocation that ended without one: what went wrong.
-fn failed(dep: &Deployment, failure: Failure) -> Response {
+pub(super) fn failed(dep: &Deployment, failure: Failure) -> Response {
     reply(failure.status(), failure.describe(&dep.spec))
-}
-
-/// What a guest task needs of the node to settle its invocation.
-#[derive(Clone)]
-struct Settling {
-    bus: Arc<dyn Bus>,
-    logs: Arc<crate::logs::LogStore>,
-}
-
-impl Node {
-    fn settling(&self) -> Settling {
-        Settling {
-            bus: self.bus.clone(),
-            logs: self.logs.clone(),
-        }
-    }
 }
 
 /// Publishes an invocation's events if it answered below 500; the outcome label says
 /// whether the invocation as a whole succeeded.
-async fn settle_events(
+pub(super) async fn settle_events(
     bus: &dyn Bus,
     metrics: &FnMetrics,
     outbox: Vec<Event>,
@@ -620,92 +384,6 @@ async fn pooled_failure(e: &wasmtime::Error, shared: Option<&Shared>) -> Failure
     }
 }
 
-/// How a fresh guest's run ended (its events are settled by the task itself).
-type GuestTask = tokio::task::JoinHandle<Result<(), Failure>>;
-
-/// One HTTP invocation's guest, ready to run.
-struct Guest {
-    store: Store<InstanceState>,
-    pre: wasmtime_wasi_http::p2::bindings::ProxyPre<InstanceState>,
-    request: Resource<HostIncomingRequest>,
-    outparam: Resource<HostResponseOutparam>,
-    permits: [OwnedSemaphorePermit; 2],
-    dep: Arc<Deployment>,
-    node: Settling,
-    finish: Finish,
-    invocation: String,
-    /// Whether the guest's answer allows its events (below 500); closed when it gave none.
-    answered: tokio::sync::oneshot::Receiver<bool>,
-    /// Opens the answer's body once the invocation is settled.
-    gate: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
-
-/// Runs the guest in the one task its request spawns: it keeps streaming the body after
-/// the response head has been handed back, then settles the invocation; the permits live
-/// exactly as long as it runs.
-fn spawn_guest(g: Guest) -> GuestTask {
-    let Guest {
-        mut store,
-        pre,
-        request,
-        outparam,
-        permits,
-        dep,
-        node,
-        finish,
-        invocation,
-        answered,
-        gate,
-    } = g;
-    let deadline = tokio::time::Instant::from_std(store.data().deadline);
-    tokio::spawn(async move {
-        let _permits = permits;
-        let _in_flight = InFlight::of(&dep.metrics);
-        let run = async {
-            let t = Instant::now();
-            let proxy = pre.instantiate_async(&mut store).await?;
-            observe_instantiation(&dep.metrics, t);
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, outparam)
-                .await
-        };
-        let outcome = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e, store.data())),
-            Err(_) => Err(Failure::Timeout),
-        };
-        let spec = &dep.spec;
-        store
-            .data()
-            .logs
-            .emit(&node.logs, &spec.function, spec.version, &invocation);
-        if let Err(f) = &outcome {
-            tracing::warn!(function = %spec.function, version = spec.version, failure = ?f, "invocation failed");
-        }
-        let outbox = store.data().caps.events.outbox.take();
-        // Dropping the store drops the response outparam: a guest that never answered
-        // is known as such to the request now.
-        drop(store);
-        let label = match (answered.await, &outcome) {
-            (Ok(publish), Ok(())) => {
-                let (result, label) =
-                    settle_events(&*node.bus, &dep.metrics, outbox, publish).await;
-                let _ = gate.send(result);
-                label
-            }
-            (Ok(_), Err(f)) => {
-                let _ = gate.send(Err(format!("{f:?}")));
-                f.label()
-            }
-            (Err(_), Ok(())) => "error",
-            (Err(_), Err(f)) => f.label(),
-        };
-        finish.done(label);
-        outcome
-    })
-}
-
 /// Counts a new sandbox and how long it took to instantiate.
 pub(super) fn observe_instantiation(m: &FnMetrics, started: Instant) {
     m.instantiation.observe(started.elapsed().as_secs_f64());
@@ -724,7 +402,7 @@ fn busy(message: String) -> Response {
     r
 }
 
-fn too_large(dep: &Deployment) -> Response {
+pub(super) fn too_large(dep: &Deployment) -> Response {
     reply(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(

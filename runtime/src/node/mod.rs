@@ -2,18 +2,21 @@
 //!
 //! A request's path through the node, in five files: `triggers/http.rs` (the listener)
 //! → [`invoke`] (admit: route lookup in the current [`Snapshot`], body size, node and
-//! function concurrency; run; settle) → a fresh 0.2 sandbox, or a reused instance from
-//! the deployment's [`pool`] (every `wasi:http/handler@0.3` component, and 0.2 ones with
+//! function concurrency; then settle) → `fresh.rs` (a fresh 0.2 sandbox) or [`pool`]
+//! (a reused instance: every `wasi:http/handler@0.3` component, and 0.2 ones with
 //! `[instances] reuse`) → [`sandbox`] (the store, its limits, and how a run failed) →
 //! the response streamed back through `body.rs`, its end held until the invocation is
-//! settled. Event deliveries reuse instances through [`event_pool`]. Deploys build a new
+//! settled. Event deliveries run in [`deliver`], reusing instances through
+//! [`event_pool`]. Deploys build a new
 //! [`Deployment`] off to the side and swap the snapshot ([`deploy`]), so in-flight
 //! invocations finish on the version they started with.
 
 mod body;
 pub mod code;
+pub mod deliver;
 pub mod deploy;
 pub mod event_pool;
+mod fresh;
 pub mod invoke;
 pub mod operator;
 pub mod pool;

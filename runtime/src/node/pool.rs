@@ -272,7 +272,7 @@ impl WorkerState for Worker {
 
 /// When an instance expires: `idle` after its last request, `timeout` after its last
 /// response head while it still runs (post-return work, a body being written), and
-/// `timeout` plus [`GRACE`] after its last request began while one is unanswered.
+/// `timeout` plus `GRACE` after its last request began while one is unanswered.
 pub struct Expiry {
     idle: Duration,
     timeout: Duration,
