@@ -6,46 +6,6 @@ use crate::harness::*;
 use bytes::Bytes;
 use std::path::Path;
 
-/// Serves `/pong` ("pong") and `/big` (70 MiB) on a free loopback port; returns its origin.
-async fn upstream() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
-                hyper_util::rt::TokioIo::new(stream),
-                hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let body = match req.uri().path() {
-                            "/big" => Bytes::from(vec![b'z'; 70 << 20]),
-                            _ => Bytes::from_static(b"pong"),
-                        };
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(body),
-                        ))
-                    },
-                ),
-            ));
-        }
-    });
-    origin
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 async fn fetch(skiff: &Skiff, function: &str, url: &str) -> Resp {
     get(&format!("{}/{function}/fetch/{}", skiff.listen, enc(url))).await
 }

@@ -287,37 +287,6 @@ async fn p3_limits_hold_under_reuse_and_the_node_keeps_serving() {
     skiff.assert_hello_serves().await;
 }
 
-/// Serves `/pong` ("pong") on a free loopback port; returns its origin.
-async fn upstream() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
-                hyper_util::rt::TokioIo::new(stream),
-                hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(
-                        http_body_util::Full::new(Bytes::from_static(b"pong")),
-                    ))
-                }),
-            ));
-        }
-    });
-    origin
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn p3_outgoing_http_follows_the_allowlist() {
     let skiff = Skiff::start(&[]);
