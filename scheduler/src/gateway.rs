@@ -192,16 +192,11 @@ impl Gateway {
     /// No route matches `path`.
     fn not_found(&self, path: &str) -> Response<GatewayBody> {
         self.counts.not_found.fetch_add(1, Ordering::Relaxed);
-        let known = self.live.functions();
+        // What is deployed is the operator's to know, not every client's.
         reply(
             StatusCode::NOT_FOUND,
             format!(
-                "no function serves `{path}`; deployed: {}",
-                if known.is_empty() {
-                    "none (or no node is up)".to_string()
-                } else {
-                    known.join(", ")
-                }
+                "no function serves `{path}`; `skiff ls` lists the deployed functions and their routes"
             ),
         )
     }

@@ -262,21 +262,6 @@ impl LiveSet {
         }
     }
 
-    /// Names of the functions some live node serves.
-    pub fn functions(&self) -> Vec<String> {
-        let nodes = match self.nodes.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let mut names: Vec<String> = nodes
-            .values()
-            .flat_map(|n| n.report.functions.iter().map(|f| f.name.clone()))
-            .collect();
-        names.sort();
-        names.dedup();
-        names
-    }
-
     /// Every live node's last report, with how long ago it came and the requests this
     /// scheduler sent it.
     pub fn snapshot(&self, now: Instant) -> Vec<(NodeReport, Duration, u64)> {

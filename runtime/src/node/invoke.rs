@@ -69,12 +69,13 @@ impl Node {
         }
         let snapshot = self.snapshot();
         let Some(dep) = snapshot.lookup(req.uri().path()).cloned() else {
+            // What is deployed is the operator's to know, not every client's: the CLI
+            // and the admin API name it.
             return reply(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no function serves `{}`; deployed: {}",
-                    req.uri().path(),
-                    snapshot.names()
+                    "no function serves `{}`; `skiff ls` lists the deployed functions and their routes",
+                    req.uri().path()
                 ),
             );
         };
