@@ -1,7 +1,11 @@
 //! The wasmtime engine of a node and its compiled-code cache.
 //!
-//! One engine per node: async, epoch interruption (a ticker thread advances the epoch
-//! every [`EPOCH_TICK`]), the pooling allocator with copy-on-write memory images.
+//! Two engines per node, both async with epoch interruption (one ticker thread advances
+//! both epochs every [`EPOCH_TICK`]) and the pooling allocator with copy-on-write memory
+//! images; they differ in the component model's async ABI ([`Flavor`]). A 0.2 component
+//! served fresh runs on the engine without it, because turning it on makes every host
+//! call of every component pay for wasmtime's concurrent-task bookkeeping (measured:
+//! 12–15% of a 0.2 hello's throughput).
 //! Components are precompiled once per (artifact sha256, engine compatibility hash); the
 //! precompiled file's own sha256 is recorded in the cache's index ([`CodeIndex`], beside
 //! the files) and checked before the file is deserialized, so a truncated or altered file
@@ -67,10 +71,43 @@ impl From<FileError> for CompileError {
     }
 }
 
-/// A node's engine together with its compiled-code cache.
+/// Which of a node's two engines code is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// Without the component model's async ABI (`Config::concurrency_support(false)`):
+    /// 0.2 components served with a fresh instance per request, and event-only
+    /// components that use no async ABI. The cheaper one per host call.
+    Plain,
+    /// With the async ABI: 0.3 components, and every component whose instances are
+    /// reused through wasmtime-wasi-http's `ProxyHandler` (its workers drive calls
+    /// with `run_concurrent`, which needs it).
+    Concurrent,
+}
+
+impl Flavor {
+    /// The engine a deployment's code needs: `concurrent` whether the component uses
+    /// the async ABI (see [`crate::component::ComponentFacts::uses_wasi_03`]), `pooled`
+    /// whether its HTTP instances are reused through the pool.
+    pub fn needed(concurrent: bool, pooled: bool) -> Flavor {
+        match concurrent || pooled {
+            true => Flavor::Concurrent,
+            false => Flavor::Plain,
+        }
+    }
+}
+
+/// One engine and its compatibility hash (precompiled code is keyed by it).
+#[derive(Clone)]
+struct Flavored {
+    engine: Engine,
+    compat: String,
+}
+
+/// A node's two engines together with their compiled-code cache.
 #[derive(Clone)]
 pub struct NodeEngine {
-    engine: Engine,
+    plain: Flavored,
+    concurrent: Flavored,
     compat: String,
     cache_dir: PathBuf,
     index: std::sync::Arc<CodeIndex>,
@@ -83,47 +120,18 @@ impl NodeEngine {
             path: cache_dir.to_path_buf(),
             source,
         })?;
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.memory_init_cow(true);
-        // WASI 0.3 components (`wasi:http/handler@0.3`) use the component model's async
-        // ABI; 0.2 components run unchanged beside them.
-        config.wasm_component_model_async(true);
-        // Requests hold node slots; reused instances also live between requests (until
-        // idle), so the pool has room for twice as many instances as requests at once.
-        let slots = limits.node_concurrency.max(1).saturating_mul(2);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(slots);
-        // A wasm32-wasip2 component holds a handful of core instances, memories and tables.
-        pool.total_core_instances(slots.saturating_mul(8));
-        pool.total_memories(slots.saturating_mul(2));
-        pool.total_tables(slots.saturating_mul(8));
-        pool.total_stacks(slots);
-        pool.max_memory_size(usize::try_from(limits.max.memory).unwrap_or(usize::MAX));
-        // Reset the first 2 MiB of a slot with memset instead of madvise. A typical Rust
-        // guest's memory (1 MiB shadow stack + data + a small heap) fits, so releasing it
-        // makes no madvise call and no cross-core TLB flush — measured: hello from ~5.3k to
-        // ~7.8k req/s on 2 cores; 1 MiB did not help because the guest's memory exceeds it.
-        pool.linear_memory_keep_resident(2 << 20);
-        pool.table_keep_resident(1 << 20);
-        // On Linux ≥ 6.7, PAGEMAP_SCAN finds the pages an instance actually dirtied and
-        // only those are reset: a hello-world touches a few of its ~1.1 MiB, so the
-        // memset above shrinks to a few KiB per request (elsewhere: the plain memset).
-        pool.pagemap_scan(wasmtime::Enabled::Auto);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        let plain = flavored(limits, Flavor::Plain)?;
+        let concurrent = flavored(limits, Flavor::Concurrent)?;
+        let compat = format!("{}{}", plain.compat, concurrent.compat);
 
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        let compat = format!("{:016x}", h.finish());
-
-        let ticker = engine.weak();
+        let ticker = (plain.engine.weak(), concurrent.engine.weak());
         std::thread::Builder::new()
             .name("skiff-epoch".into())
             .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
+                while let (Some(a), Some(b)) = (ticker.0.upgrade(), ticker.1.upgrade()) {
+                    a.increment_epoch();
+                    b.increment_epoch();
+                    drop((a, b));
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
@@ -131,19 +139,28 @@ impl NodeEngine {
 
         let index = CodeIndex::open(&cache_dir.join("index.redb"))?;
         Ok(NodeEngine {
-            engine,
+            plain,
+            concurrent,
             compat,
             cache_dir: cache_dir.to_path_buf(),
             index: std::sync::Arc::new(index),
         })
     }
 
-    /// The wasmtime engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The wasmtime engine of `flavor`.
+    pub fn engine(&self, flavor: Flavor) -> &Engine {
+        &self.flavored(flavor).engine
     }
 
-    /// This engine's compatibility hash: precompiled code is keyed by it.
+    fn flavored(&self, flavor: Flavor) -> &Flavored {
+        match flavor {
+            Flavor::Plain => &self.plain,
+            Flavor::Concurrent => &self.concurrent,
+        }
+    }
+
+    /// Both engines' compatibility hashes: what is recorded about linked code is keyed
+    /// by it.
     pub fn compat(&self) -> &str {
         &self.compat
     }
@@ -153,14 +170,18 @@ impl NodeEngine {
         &self.index
     }
 
-    fn key(&self, artifact: &str) -> String {
-        format!("{artifact}-{}", self.compat)
+    fn key(&self, artifact: &str, flavor: Flavor) -> String {
+        format!("{artifact}-{}", self.flavored(flavor).compat)
     }
 
     /// The component for `artifact` from the verified cache, if it is there and intact.
     /// Blocking: call it off the async executor.
-    pub fn load_cached(&self, artifact: &str) -> Result<Option<Component>, CompileError> {
-        let key = self.key(artifact);
+    pub fn load_cached(
+        &self,
+        artifact: &str,
+        flavor: Flavor,
+    ) -> Result<Option<Component>, CompileError> {
+        let key = self.key(artifact, flavor);
         let path = self.cache_dir.join(format!("{key}.cwasm"));
         let Some(expected) = self.index.compiled_hash(&key)? else {
             return Ok(None);
@@ -174,7 +195,7 @@ impl NodeEngine {
         }
         // SAFETY: the bytes were produced by `precompile_component` of an engine with this
         // compatibility hash and are byte-for-byte what was recorded.
-        match unsafe { Component::deserialize(&self.engine, &bytes) } {
+        match unsafe { Component::deserialize(self.engine(flavor), &bytes) } {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
                 tracing::warn!(artifact, error = %e, "precompiled code unusable; recompiling");
@@ -183,22 +204,73 @@ impl NodeEngine {
         }
     }
 
-    /// Compiles `wasm` (the artifact's verified bytes) and caches the result.
-    /// Blocking: call it off the async executor.
-    pub fn compile(&self, artifact: &str, wasm: &[u8]) -> Result<Component, CompileError> {
+    /// Compiles `wasm` (the artifact's verified bytes) for `flavor` and caches the
+    /// result. Blocking: call it off the async executor.
+    pub fn compile(
+        &self,
+        artifact: &str,
+        wasm: &[u8],
+        flavor: Flavor,
+    ) -> Result<Component, CompileError> {
         check_component_header(wasm)?;
-        let key = self.key(artifact);
+        let key = self.key(artifact, flavor);
         let path = self.cache_dir.join(format!("{key}.cwasm"));
         let compiled = self
-            .engine
+            .engine(flavor)
             .precompile_component(wasm)
             .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
         write_durably(&path, &compiled)?;
         self.index.set_compiled_hash(&key, &sha256_hex(&compiled))?;
         // SAFETY: produced just above by this engine.
-        unsafe { Component::deserialize(&self.engine, &compiled) }
+        unsafe { Component::deserialize(self.engine(flavor), &compiled) }
             .map_err(|e| CompileError::Invalid(format!("{e:#}")))
     }
+}
+
+/// One engine of `flavor` for `limits`.
+fn flavored(limits: &NodeLimits, flavor: Flavor) -> Result<Flavored, EngineError> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    match flavor {
+        // WASI 0.3 components (`wasi:http/handler@0.3`) use the component model's async
+        // ABI, and `ProxyHandler` drives every reused instance with `run_concurrent`.
+        Flavor::Concurrent => {
+            config.wasm_component_model_async(true);
+        }
+        Flavor::Plain => {
+            config.concurrency_support(false);
+        }
+    }
+    // Requests hold node slots; reused instances also live between requests (until
+    // idle), so each pool has room for twice as many instances as requests at once.
+    let slots = limits.node_concurrency.max(1).saturating_mul(2);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(slots);
+    // A wasm32-wasip2 component holds a handful of core instances, memories and tables.
+    pool.total_core_instances(slots.saturating_mul(8));
+    pool.total_memories(slots.saturating_mul(2));
+    pool.total_tables(slots.saturating_mul(8));
+    pool.total_stacks(slots);
+    pool.max_memory_size(usize::try_from(limits.max.memory).unwrap_or(usize::MAX));
+    // Reset the first 2 MiB of a slot with memset instead of madvise. A typical Rust
+    // guest's memory (1 MiB shadow stack + data + a small heap) fits, so releasing it
+    // makes no madvise call and no cross-core TLB flush — measured: hello from ~5.3k to
+    // ~7.8k req/s on 2 cores; 1 MiB did not help because the guest's memory exceeds it.
+    pool.linear_memory_keep_resident(2 << 20);
+    pool.table_keep_resident(1 << 20);
+    // On Linux ≥ 6.7, PAGEMAP_SCAN finds the pages an instance actually dirtied and
+    // only those are reset: a hello-world touches a few of its ~1.1 MiB, so the
+    // memset above shrinks to a few KiB per request (elsewhere: the plain memset).
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    Ok(Flavored {
+        engine,
+        compat: format!("{:016x}", h.finish()),
+    })
 }
 
 const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");

@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod component;
 pub mod engine;
 pub mod events;
 pub mod files;

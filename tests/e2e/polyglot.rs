@@ -70,3 +70,39 @@ async fn python_and_javascript_components_answer_200_parallel_requests() {
         assert_eq!(created, Some(200.0), "{name}");
     }
 }
+
+/// A component's exports are read from its bytes before it is compiled: a 13 MB
+/// JavaScript component deployed with `[[events]]` (it exports only HTTP) is refused
+/// naming what it lacks and what it has, and nothing is compiled for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_component_lacking_its_export_is_refused_before_compiling() {
+    let dir = polyglot();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let skiff = Skiff::start_in(&data, &[]);
+    let wasm = dir.join("jshello.wasm");
+    assert!(std::fs::metadata(&wasm).unwrap().len() > 10 << 20);
+    let manifest = format!(
+        "name = \"jsevents\"\ncomponent = \"{}\"\n[[events]]\ntopic = \"orders.placed\"\n",
+        wasm.display()
+    );
+    let fdir = function_dir(tmp.path(), "jsevents", &manifest);
+    let started = std::time::Instant::now();
+    let err = skiff.cli_err(&["deploy", fdir.to_str().unwrap(), "--no-build"]);
+    let took = started.elapsed();
+    assert!(err.contains("skiff:function/event-handler"), "{err}");
+    assert!(
+        err.contains("it exports wasi:http/incoming-handler@0.2"),
+        "{err}"
+    );
+    let compiled: Vec<_> = std::fs::read_dir(data.join("compiled"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert!(compiled.is_empty(), "compiled anyway: {compiled:?}");
+    // Compiling it takes tens of seconds in this (debug) build; reading its names, and
+    // the CLI's upload, well under that.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    eprintln!("refused a 13 MB component lacking its export in {took:?} (CLI upload included)");
+}

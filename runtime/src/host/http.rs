@@ -50,8 +50,12 @@ impl Capability for OutboundHttp {
 
     fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-        // wasi:http@0.3: the same hooks (and so the same outbound policy) serve both.
-        wasmtime_wasi_http::p3::add_to_linker(linker)
+        // wasi:http@0.3 (on the engine with the async ABI): the same hooks (and so the
+        // same outbound policy) serve both.
+        match linker.engine().get_concurrency_support() {
+            true => wasmtime_wasi_http::p3::add_to_linker(linker),
+            false => Ok(()),
+        }
     }
 
     fn configure(cx: &DeployContext<'_>) -> Result<HttpDeployed, CapabilityError> {

@@ -21,8 +21,12 @@ impl Capability for Wasi {
     /// context grants none of them any authority.
     fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
         wasmtime_wasi::p2::add_to_linker_async(linker)?;
-        // WASI 0.3's async interfaces, for `wasi:http/handler@0.3` components.
-        wasmtime_wasi::p3::add_to_linker(linker)
+        // WASI 0.3's async interfaces, for `wasi:http/handler@0.3` components, on the
+        // engine with the async ABI (see `crate::engine::Flavor`).
+        match linker.engine().get_concurrency_support() {
+            true => wasmtime_wasi::p3::add_to_linker(linker),
+            false => Ok(()),
+        }
     }
 
     fn configure(cx: &DeployContext<'_>) -> Result<Self::Deployed, CapabilityError> {

@@ -9,7 +9,7 @@
 //! cost of their records, and pays a load (a few milliseconds from the precompiled file)
 //! when a function that was evicted is called again.
 
-use crate::engine::{CompileError, NodeEngine};
+use crate::engine::{CompileError, Flavor, NodeEngine};
 use crate::host::InstanceState;
 use crate::host::bindings::GuestPre;
 use arc_swap::ArcSwapOption;
@@ -28,6 +28,11 @@ pub type HttpPre = ProxyPre<InstanceState>;
 
 /// A component loaded and pre-linked, ready to instantiate.
 pub struct Linked {
+    /// The engine it was compiled for: its stores are made on it.
+    pub engine: wasmtime::Engine,
+    /// Which of the node's engines that is (`Concurrent` when it was asked for `Plain`
+    /// but needs the async ABI).
+    pub flavor: Flavor,
     /// As an HTTP handler, when it exports `wasi:http/handler@0.3` (tried first) or
     /// `wasi:http/incoming-handler@0.2`.
     pub http: Option<HttpPre>,
@@ -70,6 +75,7 @@ pub enum LoadError {
 /// lock of the cache (an atomic load and a timestamp).
 pub struct CodeSlot {
     artifact: String,
+    flavor: Flavor,
     linked: ArcSwapOption<Linked>,
     /// When it was last used, in ms since the cache started.
     used: AtomicU64,
@@ -86,8 +92,8 @@ impl CodeSlot {
 
 #[derive(Default)]
 struct Index {
-    /// Every slot a deployment still holds, by artifact.
-    slots: HashMap<String, Weak<CodeSlot>>,
+    /// Every slot a deployment still holds, by artifact and engine.
+    slots: HashMap<(String, Flavor), Weak<CodeSlot>>,
     /// The slots whose code is in memory.
     resident: Vec<Arc<CodeSlot>>,
 }
@@ -95,7 +101,8 @@ struct Index {
 /// The node's loaded components, by artifact sha256.
 pub struct CodeCache {
     engine: NodeEngine,
-    linker: Linker<InstanceState>,
+    plain: Linker<InstanceState>,
+    concurrent: Linker<InstanceState>,
     control: Arc<dyn ControlStore>,
     capacity: usize,
     started: Instant,
@@ -108,18 +115,18 @@ impl CodeCache {
     /// A cache of at most `capacity` (at least 1) loaded components.
     pub fn new(
         engine: NodeEngine,
-        linker: Linker<InstanceState>,
         control: Arc<dyn ControlStore>,
         capacity: usize,
-    ) -> Self {
-        CodeCache {
+    ) -> wasmtime::Result<Self> {
+        Ok(CodeCache {
+            plain: crate::host::linker(engine.engine(Flavor::Plain))?,
+            concurrent: crate::host::linker(engine.engine(Flavor::Concurrent))?,
             engine,
-            linker,
             control,
             capacity: capacity.max(1),
             started: Instant::now(),
             index: Mutex::new(Index::default()),
-        }
+        })
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -133,22 +140,22 @@ impl CodeCache {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The slot of `artifact`, shared with every other holder of it.
-    pub fn slot(&self, artifact: &str) -> Arc<CodeSlot> {
+    /// The slot of `artifact` compiled for `flavor`, shared with every other holder of it.
+    pub fn slot(&self, artifact: &str, flavor: Flavor) -> Arc<CodeSlot> {
+        let key = (artifact.to_string(), flavor);
         let mut index = self.index();
-        if let Some(slot) = index.slots.get(artifact).and_then(Weak::upgrade) {
+        if let Some(slot) = index.slots.get(&key).and_then(Weak::upgrade) {
             return slot;
         }
         index.slots.retain(|_, w| w.strong_count() > 0);
         let slot = Arc::new(CodeSlot {
             artifact: artifact.to_string(),
+            flavor,
             linked: ArcSwapOption::empty(),
             used: AtomicU64::new(0),
             loading: tokio::sync::Mutex::new(()),
         });
-        index
-            .slots
-            .insert(artifact.to_string(), Arc::downgrade(&slot));
+        index.slots.insert(key, Arc::downgrade(&slot));
         slot
     }
 
@@ -163,7 +170,7 @@ impl CodeCache {
         if let Some(linked) = slot.linked.load_full() {
             return Ok(linked);
         }
-        let linked = self.load(&slot.artifact).await?;
+        let linked = self.load(&slot.artifact, slot.flavor).await?;
         slot.linked.store(Some(linked.clone()));
         slot.used.store(self.now(), Ordering::Relaxed);
         self.admit(slot.clone());
@@ -189,10 +196,16 @@ impl CodeCache {
         }
     }
 
-    /// Whether `artifact`'s code is in memory now, and from where it came.
+    /// Whether `artifact`'s code is in memory now (for either engine), and from where
+    /// it came.
     pub fn loaded(&self, artifact: &str) -> Option<CodeSource> {
-        let slot = self.index().slots.get(artifact).and_then(Weak::upgrade)?;
-        slot.linked.load().as_ref().map(|l| l.source)
+        let index = self.index();
+        [Flavor::Concurrent, Flavor::Plain]
+            .into_iter()
+            .find_map(|f| {
+                let slot = index.slots.get(&(artifact.to_string(), f))?.upgrade()?;
+                slot.linked.load().as_ref().map(|l| l.source)
+            })
     }
 
     /// Components in memory now.
@@ -210,28 +223,28 @@ impl CodeCache {
         self.capacity
     }
 
-    async fn load(&self, artifact: &str) -> Result<Arc<Linked>, LoadError> {
+    async fn load(&self, artifact: &str, flavor: Flavor) -> Result<Arc<Linked>, LoadError> {
         let (engine, owned) = (self.engine.clone(), artifact.to_string());
-        let cached = tokio::task::spawn_blocking(move || engine.load_cached(&owned))
+        let cached = tokio::task::spawn_blocking(move || engine.load_cached(&owned, flavor))
             .await
             .map_err(|e| LoadError::Task(e.to_string()))??;
-        let (component, source) = match cached {
-            Some(c) => (c, CodeSource::Cache),
+        let (component, source, flavor) = match cached {
+            Some(c) => (c, CodeSource::Cache, flavor),
             None => {
                 let wasm = self
                     .control
                     .fetch_artifact(artifact)
                     .await
                     .map_err(CompileError::from)?;
-                let (engine, owned) = (self.engine.clone(), artifact.to_string());
-                let c = tokio::task::spawn_blocking(move || engine.compile(&owned, &wasm))
-                    .await
-                    .map_err(|e| LoadError::Task(e.to_string()))??;
-                (c, CodeSource::Compiled)
+                let (c, flavor) = self.compile(artifact, wasm, flavor).await?;
+                (c, CodeSource::Compiled, flavor)
             }
         };
-        let pre = self
-            .linker
+        let linker = match flavor {
+            Flavor::Plain => &self.plain,
+            Flavor::Concurrent => &self.concurrent,
+        };
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Imports(format!("{e:#}")))?;
         let (http, http_error) = http_pre(&pre);
@@ -240,12 +253,43 @@ impl CodeCache {
             Err(e) => (None, Some(format!("{e:#}"))),
         };
         Ok(Arc::new(Linked {
+            engine: component.engine().clone(),
+            flavor,
             http,
             handler,
             source,
             http_error,
             handler_error,
         }))
+    }
+}
+
+impl CodeCache {
+    /// Compiles `wasm` for `flavor`. Code that does not compile without the async ABI
+    /// (a component that uses it without naming a WASI 0.3 interface) is compiled with
+    /// it instead; the flavor it ended with is returned.
+    async fn compile(
+        &self,
+        artifact: &str,
+        wasm: Vec<u8>,
+        flavor: Flavor,
+    ) -> Result<(wasmtime::component::Component, Flavor), LoadError> {
+        let wasm = Arc::new(wasm);
+        let attempt = |flavor: Flavor| {
+            let (engine, owned, wasm) = (self.engine.clone(), artifact.to_string(), wasm.clone());
+            async move {
+                tokio::task::spawn_blocking(move || engine.compile(&owned, &wasm, flavor))
+                    .await
+                    .map_err(|e| LoadError::Task(e.to_string()))
+            }
+        };
+        match (attempt(flavor).await?, flavor) {
+            (Ok(c), _) => Ok((c, flavor)),
+            (Err(CompileError::Invalid(_)), Flavor::Plain) => {
+                Ok((attempt(Flavor::Concurrent).await??, Flavor::Concurrent))
+            }
+            (Err(e), _) => Err(e.into()),
+        }
     }
 }
 

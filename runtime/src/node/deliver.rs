@@ -67,7 +67,7 @@ impl Node {
             }
             None => (
                 new_store(
-                    self.engine.engine(),
+                    &linked.engine,
                     &dep.spec,
                     started,
                     Some(&event.id),

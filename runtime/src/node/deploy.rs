@@ -10,7 +10,8 @@ use super::code::LoadError;
 use super::event_pool::EventPool;
 use super::pool::HttpPool;
 use super::{Deployment, Node, Snapshot};
-use crate::engine::CompileError;
+use crate::component::ComponentFacts;
+use crate::engine::{CompileError, Flavor};
 use crate::events::ConsumerSpec;
 use crate::host::capability::{CapabilityError, DeployContext, NodeServices};
 use crate::host::{Deployed, SandboxSpec};
@@ -148,6 +149,36 @@ fn compile_error(name: &FunctionName, source: CompileError) -> DeployError {
     }
 }
 
+/// A failure to load `name`'s code while deploying it.
+fn load_error(name: &FunctionName, e: LoadError) -> DeployError {
+    match e {
+        LoadError::Compile(source) => compile_error(name, source),
+        LoadError::Imports(detail) => DeployError::Imports {
+            name: name.to_string(),
+            detail,
+        },
+        LoadError::Task(detail) => DeployError::Internal {
+            name: name.to_string(),
+            detail,
+        },
+    }
+}
+
+/// Whether a version's HTTP requests go through the pool of reused instances: 0.3
+/// handlers always (its workers drive their async calls), 0.2 handlers only when reused.
+fn pooled(exports: &Exports, policy: &InstancePolicy) -> bool {
+    exports.http && (exports.world == HttpWorld::P3 || policy.reuses())
+}
+
+/// What a manifest asks its component to export.
+#[derive(Clone, Copy)]
+pub(crate) struct Wants {
+    /// An HTTP handler (no `[[events]]`, or a route).
+    pub http: bool,
+    /// An event handler (`[[events]]`).
+    pub events: bool,
+}
+
 /// How long a delivery may stay unacknowledged: the handler's timeout plus a margin.
 fn ack_wait(limits: &FunctionLimits) -> std::time::Duration {
     limits.timeout + std::time::Duration::from_secs(5)
@@ -181,15 +212,19 @@ impl Node {
         if !self.control.has_artifact(artifact).await? {
             return Err(ControlError::MissingArtifact(artifact.to_string()).into());
         }
-        let exports = self.exports(&name, artifact, !lazy).await?;
         // A function handles HTTP, events, or both: whichever it exports.
-        if !manifest.events.is_empty() && !exports.events {
+        let wants = Wants {
+            http: manifest.events.is_empty() || manifest.http.route.is_some(),
+            events: !manifest.events.is_empty(),
+        };
+        let exports = self.exports(&name, artifact, !lazy, wants).await?;
+        if wants.events && !exports.events {
             return Err(DeployError::NoEventHandler {
                 name: name.to_string(),
                 detail: exports.events_error.clone().unwrap_or_default(),
             });
         }
-        if !exports.http && (manifest.events.is_empty() || manifest.http.route.is_some()) {
+        if wants.http && !exports.http {
             return Err(DeployError::NoHandler {
                 name: name.to_string(),
                 detail: exports.http_error.clone().unwrap_or_default(),
@@ -210,6 +245,15 @@ impl Node {
                 name: name.to_string(),
                 source,
             })?;
+        // Code reused through the pool runs on the engine with the async ABI: have it
+        // compiled now rather than on the first request.
+        let flavor = Flavor::needed(exports.concurrent, pooled(&exports, &policy));
+        if !lazy {
+            self.code
+                .get(&self.code.slot(artifact, flavor))
+                .await
+                .map_err(|e| load_error(&name, e))?;
+        }
         Ok(Prepared {
             name,
             manifest,
@@ -223,53 +267,64 @@ impl Node {
 
     /// What `artifact` exports. Loads (and so verifies, compiles if needed, links) its
     /// code unless `lazy` and this node has linked it before (a restart), in which case
-    /// the facts recorded then serve and the code loads on the first invocation.
+    /// the facts recorded then serve and the code loads on the first invocation. A
+    /// component not linked here before has its import and export names read first:
+    /// they choose the engine, and a component lacking what `wants` asks for is refused
+    /// before it is compiled.
     async fn exports(
         &self,
         name: &FunctionName,
         artifact: &str,
         load: bool,
+        wants: Wants,
     ) -> Result<Exports, DeployError> {
         let key = self.exports_key(artifact);
-        if !load
-            && let Some(bits) = self
-                .engine
-                .index()
-                .exports(&key)
-                .map_err(|source| compile_error(name, source))?
-        {
-            return Ok(Exports::from_bits(bits));
-        }
+        let recorded = self
+            .engine
+            .index()
+            .exports(&key)
+            .map_err(|source| compile_error(name, source))?
+            .map(Exports::from_bits);
+        let concurrent = match recorded {
+            Some(exports) if !load => return Ok(exports),
+            Some(exports) => exports.concurrent,
+            None => {
+                let facts = self.facts(name, artifact).await?;
+                if let Some(refused) = Exports::lacking(&facts, wants) {
+                    return Ok(refused);
+                }
+                facts.uses_wasi_03()
+            }
+        };
+        let slot = self.code.slot(artifact, Flavor::needed(concurrent, false));
         let linked = self
             .code
-            .get(&self.code.slot(artifact))
+            .get(&slot)
             .await
-            .map_err(|e| match e {
-                LoadError::Compile(source) => DeployError::Compile {
-                    name: name.to_string(),
-                    source,
-                },
-                LoadError::Imports(detail) => DeployError::Imports {
-                    name: name.to_string(),
-                    detail,
-                },
-                LoadError::Task(detail) => DeployError::Internal {
-                    name: name.to_string(),
-                    detail,
-                },
-            })?;
-        let exports = Exports {
-            http: linked.http.is_some(),
-            world: linked.world(),
-            events: linked.handler.is_some(),
-            http_error: linked.http_error.clone(),
-            events_error: linked.handler_error.clone(),
-        };
+            .map_err(|e| load_error(name, e))?;
+        let exports = Exports::linked(&linked);
         self.engine
             .index()
             .set_exports(&key, exports.bits())
             .map_err(|source| compile_error(name, source))?;
         Ok(exports)
+    }
+
+    /// `artifact`'s import and export names, read without compiling it.
+    async fn facts(
+        &self,
+        name: &FunctionName,
+        artifact: &str,
+    ) -> Result<ComponentFacts, DeployError> {
+        let wasm = self
+            .control
+            .fetch_artifact(artifact)
+            .await
+            .map_err(|e| compile_error(name, e.into()))?;
+        skiff_core::record::check_component_header(&wasm)
+            .map_err(|e| compile_error(name, e.into()))?;
+        ComponentFacts::scan(&wasm)
+            .map_err(|e| compile_error(name, CompileError::Invalid(e.to_string())))
     }
 
     /// Where what an artifact exports is recorded: per engine and Skiff version, since
@@ -306,10 +361,11 @@ impl Node {
             limits: p.limits,
             caps: p.caps,
         });
-        // 0.3 handlers always run through the pool (its workers drive their async
-        // calls); 0.2 handlers only when they are reused.
-        let pooled = p.exports.http && (p.exports.world == HttpWorld::P3 || p.policy.reuses());
-        let code = self.code.slot(&record.artifact);
+        let pooled = pooled(&p.exports, &p.policy);
+        let code = self.code.slot(
+            &record.artifact,
+            Flavor::needed(p.exports.concurrent, pooled),
+        );
         let metrics = FnMetrics::new(
             &self.metrics,
             &record.name,

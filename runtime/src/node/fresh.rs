@@ -27,9 +27,9 @@ impl Node {
     /// Runs a 0.2 handler in a fresh sandbox, in its own task (so that it can keep
     /// writing the body after it handed back the head).
     pub(super) async fn run_fresh(&self, call: Call, req: http::Request<LimitedBody>) -> Response {
-        let pre = match self.code.get(&call.dep.code).await {
+        let (pre, engine) = match self.code.get(&call.dep.code).await {
             Ok(linked) => match &linked.http {
-                Some(ProxyPre::P2(pre)) => pre.clone(),
+                Some(ProxyPre::P2(pre)) => (pre.clone(), linked.engine.clone()),
                 _ => {
                     return reply(
                         StatusCode::NOT_FOUND,
@@ -49,7 +49,7 @@ impl Node {
         };
         let started = call.finish.started;
         let mut store = new_store(
-            self.engine.engine(),
+            &engine,
             &call.dep.spec,
             started,
             None,

@@ -83,6 +83,8 @@ pub struct Exports {
     pub http_error: Option<String>,
     /// Why it is not an event handler (when linked in this process).
     pub events_error: Option<String>,
+    /// Whether its code needs the engine with the component model's async ABI.
+    pub concurrent: bool,
 }
 
 impl Exports {
@@ -91,6 +93,7 @@ impl Exports {
         u8::from(self.http)
             | (u8::from(self.events) << 1)
             | (u8::from(self.world == HttpWorld::P3) << 2)
+            | (u8::from(self.concurrent) << 3)
     }
 
     /// From the recorded bits.
@@ -103,8 +106,43 @@ impl Exports {
             } else {
                 HttpWorld::P2
             },
+            concurrent: bits & 8 != 0,
             ..Exports::default()
         }
+    }
+
+    /// What linked code exports.
+    pub fn linked(linked: &code::Linked) -> Exports {
+        Exports {
+            http: linked.http.is_some(),
+            world: linked.world(),
+            events: linked.handler.is_some(),
+            http_error: linked.http_error.clone(),
+            events_error: linked.handler_error.clone(),
+            concurrent: linked.flavor == crate::engine::Flavor::Concurrent,
+        }
+    }
+
+    /// When `facts` (read without compiling) show that the component lacks an export
+    /// the manifest asks for: what it does export, with the reason.
+    pub(crate) fn lacking(
+        facts: &crate::component::ComponentFacts,
+        wants: deploy::Wants,
+    ) -> Option<Exports> {
+        let world = facts.http_world();
+        let (http, events) = (world.is_some(), facts.handles_events());
+        if (!wants.http || http) && (!wants.events || events) {
+            return None;
+        }
+        let detail = format!("it exports {}", facts.exports_line());
+        Some(Exports {
+            http,
+            world: world.unwrap_or_default(),
+            events,
+            http_error: Some(detail.clone()),
+            events_error: Some(detail),
+            concurrent: facts.uses_wasi_03(),
+        })
     }
 }
 
@@ -245,13 +283,11 @@ impl Node {
         state: Arc<dyn StateBackend>,
         bus: Arc<dyn Bus>,
     ) -> wasmtime::Result<Node> {
-        let linker = crate::host::linker(engine.engine())?;
         let code = Arc::new(code::CodeCache::new(
             engine.clone(),
-            linker,
             control.clone(),
             config.limits.code_cache,
-        ));
+        )?);
         let logs = Arc::new(crate::logs::LogStore::new(&config.name));
         Ok(Node {
             name: config.name,
@@ -433,7 +469,6 @@ impl Node {
     /// What a deployment's pool of reused instances borrows from the node.
     pub(crate) fn pool_deps(&self) -> pool::PoolDeps {
         pool::PoolDeps {
-            engine: self.engine.engine().clone(),
             code: self.code.clone(),
             metrics: self.metrics.clone(),
             logs: self.logs.clone(),

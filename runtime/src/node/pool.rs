@@ -43,8 +43,6 @@ const GRACE: Duration = Duration::from_secs(1);
 /// What a node lends every pool.
 #[derive(Clone)]
 pub struct PoolDeps {
-    /// The node's engine.
-    pub engine: wasmtime::Engine,
     /// Where linked code comes from (loaded when an instance is made, not per request).
     pub code: Arc<CodeCache>,
     /// The node's metrics.
@@ -170,7 +168,7 @@ impl HandlerState for PoolState {
             wasmtime::bail!("function `{}` no longer handles HTTP", self.spec.function);
         };
         let started = Instant::now();
-        let mut store = new_store(&self.deps.engine, &self.spec, started, None, String::new());
+        let mut store = new_store(&linked.engine, &self.spec, started, None, String::new());
         let shared = Arc::new(Shared {
             logs: store.data().logs.clone(),
             outbox: store.data().caps.events.outbox.clone(),
