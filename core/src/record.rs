@@ -50,12 +50,12 @@ pub enum HeaderError {
     NotWasm,
     /// A core module, not a component.
     #[error(
-        "the file is a core WebAssembly module, not a component; build for `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+        "the file is a core WebAssembly module, not a component; build a component instead (Rust: `--target wasm32-wasip2`; Python: componentize-py; JavaScript: componentize-js), or wrap the module with `wasm-tools component new`"
     )]
     CoreModule,
     /// A WebAssembly binary of a version or layer wasmtime does not read.
     #[error(
-        "the file is WebAssembly of an unsupported version or layer ({0:#x}); build a WASI 0.2 component for `wasm32-wasip2`"
+        "the file is WebAssembly of an unsupported version or layer ({0:#x}); build a WASI 0.2 or 0.3 component with a current toolchain"
     )]
     UnknownLayer(u32),
 }

@@ -57,6 +57,11 @@ pub enum CompileError {
     /// wasmtime could not compile it.
     #[error("the component does not compile: {0}")]
     Invalid(String),
+    /// Its sections could not be read (truncated or not WebAssembly inside).
+    #[error(
+        "the component is malformed: {0}; rebuild it with its toolchain, or check that the file was copied whole"
+    )]
+    Malformed(String),
     /// The artifact could not be had from the control store.
     #[error(transparent)]
     Artifact(#[from] skiff_core::control::ControlError),

@@ -37,7 +37,24 @@ async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
             "no-handler",
             "name = \"no-handler\"\ncomponent = \"f.wasm\"\n".into(),
             Some(b"\0asm\x0d\0\x01\0"),
-            vec!["exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3"],
+            vec![
+                "exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3",
+                "(it exports nothing)",
+                // Nothing says which toolchain built it: the hint names the worlds, not
+                // a Rust macro.
+                "build it for the `wasi:http/proxy` (0.2) or `wasi:http/service` (0.3) world",
+            ],
+        ),
+        (
+            "truncated",
+            "name = \"truncated\"\ncomponent = \"f.wasm\"\n".into(),
+            Some(b"\0asm\x0d\0\x01\0\x07\x05\x01\x00\x00"),
+            vec![
+                "the component is malformed",
+                "copied whole",
+                "component: ",
+                "truncated/f.wasm",
+            ],
         ),
         (
             "unknown-key",

@@ -95,6 +95,11 @@ async fn a_large_component_lacking_its_export_is_refused_before_compiling() {
         err.contains("it exports wasi:http/incoming-handler@0.2"),
         "{err}"
     );
+    // The hint speaks to a JavaScript author, not a Rust one.
+    assert!(
+        err.contains("sdk/wit") && !err.contains("skiff_sdk"),
+        "{err}"
+    );
     let compiled: Vec<_> = std::fs::read_dir(data.join("compiled"))
         .unwrap()
         .filter_map(|e| e.ok())

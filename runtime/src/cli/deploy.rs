@@ -89,7 +89,8 @@ pub async fn deploy(
         )
         .await;
     spinner.finish_and_clear();
-    let info = info?;
+    // The node knows the artifact by its hash only; name the file the user deployed.
+    let info = info.map_err(|e| anyhow::anyhow!("{e:#}\n  component: {}", component.display()))?;
     println!(
         "deployed {} v{} ({}) → {}",
         info.name, info.version, info.route, info.url

@@ -10,7 +10,7 @@ use super::code::LoadError;
 use super::event_pool::EventPool;
 use super::pool::HttpPool;
 use super::{Deployment, Node, Snapshot};
-use crate::component::ComponentFacts;
+use crate::component::{ComponentFacts, Toolchain};
 use crate::engine::{CompileError, Flavor};
 use crate::events::ConsumerSpec;
 use crate::host::capability::{CapabilityError, DeployContext, NodeServices};
@@ -55,23 +55,28 @@ pub enum DeployError {
     },
     /// The component imports something this node does not provide.
     #[error(
-        "cannot deploy `{name}`: the component needs an import Skiff does not provide ({detail}); Skiff provides WASI 0.2 and 0.3 (wasi:http@0.2 and @0.3.0), wasi:keyvalue, wasi:config and skiff:function — build against the wasi:http/proxy (0.2) or wasi:http/service (0.3) world"
+        "cannot deploy `{name}`: the component imports `{import}`, which Skiff does not provide ({detail}); Skiff provides WASI 0.2 and 0.3 (wasi:http@0.2 and @0.3.0), wasi:keyvalue, wasi:config and skiff:function — build against the wasi:http/proxy (0.2) or wasi:http/service (0.3) world, or drop the dependency that imports it"
     )]
     Imports {
         /// The function.
         name: String,
+        /// The import that is missing (or its function, when the interface is there but
+        /// a function of it is not).
+        import: String,
         /// wasmtime's description of the missing import.
         detail: String,
     },
     /// The manifest has triggers but the component cannot handle events.
     #[error(
-        "cannot deploy `{name}`: skiff.toml has [[events]] triggers but the component does not export skiff:function/event-handler ({detail}); export one (with skiff-sdk, use `skiff_sdk::event_handler!`) or remove the triggers"
+        "cannot deploy `{name}`: skiff.toml has [[events]] triggers but the component does not export skiff:function/event-handler ({detail}); export one ({}) or remove the triggers", toolchain.events_hint()
     )]
     NoEventHandler {
         /// The function.
         name: String,
-        /// wasmtime's description.
+        /// What it exports, or wasmtime's description.
         detail: String,
+        /// What built it, for the hint.
+        toolchain: Toolchain,
     },
     /// `[instances]` asks for what the node or the component's world does not allow.
     #[error("cannot deploy `{name}`: {source}")]
@@ -83,13 +88,15 @@ pub enum DeployError {
     },
     /// The component has no HTTP handler.
     #[error(
-        "cannot deploy `{name}`: the component exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 ({detail}); HTTP functions must target the wasi:http/proxy (0.2) or wasi:http/service (0.3) world (with skiff-sdk, use `skiff_sdk::http_handler!` or `#[skiff_sdk::http_service]`)"
+        "cannot deploy `{name}`: the component exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 ({detail}); an HTTP function exports one of them: {}", toolchain.http_hint()
     )]
     NoHandler {
         /// The function.
         name: String,
-        /// wasmtime's description.
+        /// What it exports, or wasmtime's description.
         detail: String,
+        /// What built it, for the hint.
+        toolchain: Toolchain,
     },
     /// The control store failed.
     #[error(transparent)]
@@ -155,12 +162,30 @@ fn load_error(name: &FunctionName, e: LoadError) -> DeployError {
         LoadError::Compile(source) => compile_error(name, source),
         LoadError::Imports(detail) => DeployError::Imports {
             name: name.to_string(),
+            import: missing_import(&detail),
             detail,
         },
         LoadError::Task(detail) => DeployError::Internal {
             name: name.to_string(),
             detail,
         },
+    }
+}
+
+/// The import named in wasmtime's link error ("component imports instance
+/// `wasi:foo/bar@1.0.0`, but a matching implementation was not found in the linker:
+/// instance export `f` has the wrong type: function implementation is missing"): the
+/// interface, with the function when one is named.
+fn missing_import(detail: &str) -> String {
+    let quoted = |after: &str| {
+        let rest = detail.split_once(after)?.1;
+        let rest = rest.split_once('`')?.1;
+        Some(rest.split_once('`')?.0.to_string())
+    };
+    match (quoted("imports "), quoted("export ")) {
+        (Some(interface), Some(function)) => format!("{interface}#{function}"),
+        (Some(interface), None) => interface,
+        _ => "an interface".to_string(),
     }
 }
 
@@ -222,12 +247,14 @@ impl Node {
             return Err(DeployError::NoEventHandler {
                 name: name.to_string(),
                 detail: exports.events_error.clone().unwrap_or_default(),
+                toolchain: exports.toolchain,
             });
         }
         if wants.http && !exports.http {
             return Err(DeployError::NoHandler {
                 name: name.to_string(),
                 detail: exports.http_error.clone().unwrap_or_default(),
+                toolchain: exports.toolchain,
             });
         }
         let route = match exports.http {
@@ -285,15 +312,15 @@ impl Node {
             .exports(&key)
             .map_err(|source| compile_error(name, source))?
             .map(Exports::from_bits);
-        let concurrent = match recorded {
+        let (concurrent, toolchain) = match recorded {
             Some(exports) if !load => return Ok(exports),
-            Some(exports) => exports.concurrent,
+            Some(exports) => (exports.concurrent, Toolchain::Unknown),
             None => {
                 let facts = self.facts(name, artifact).await?;
                 if let Some(refused) = Exports::lacking(&facts, wants) {
                     return Ok(refused);
                 }
-                facts.uses_wasi_03()
+                (facts.uses_wasi_03(), facts.toolchain())
             }
         };
         let slot = self.code.slot(artifact, Flavor::needed(concurrent, false));
@@ -302,7 +329,10 @@ impl Node {
             .get(&slot)
             .await
             .map_err(|e| load_error(name, e))?;
-        let exports = Exports::linked(&linked);
+        let exports = Exports {
+            toolchain,
+            ..Exports::linked(&linked)
+        };
         self.engine
             .index()
             .set_exports(&key, exports.bits())
@@ -324,7 +354,7 @@ impl Node {
         skiff_core::record::check_component_header(&wasm)
             .map_err(|e| compile_error(name, e.into()))?;
         ComponentFacts::scan(&wasm)
-            .map_err(|e| compile_error(name, CompileError::Invalid(e.to_string())))
+            .map_err(|e| compile_error(name, CompileError::Malformed(e.to_string())))
     }
 
     /// Where what an artifact exports is recorded: per engine and Skiff version, since
@@ -517,5 +547,27 @@ impl Node {
             tracing::info!(function = %name, "removed");
         }
         Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_import;
+
+    #[test]
+    fn the_missing_import_is_named_plainly() {
+        assert_eq!(
+            missing_import(
+                "component imports instance `example:missing/oracle`, but a matching implementation was not found in the linker: instance `example:missing/oracle` not found"
+            ),
+            "example:missing/oracle"
+        );
+        assert_eq!(
+            missing_import(
+                "component imports instance `wasi:cli/environment@0.2.0`, but a matching implementation was not found in the linker: instance export `get-flags` has the wrong type: function implementation is missing"
+            ),
+            "wasi:cli/environment@0.2.0#get-flags"
+        );
+        assert_eq!(missing_import("something else"), "an interface");
     }
 }

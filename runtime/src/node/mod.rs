@@ -85,6 +85,8 @@ pub struct Exports {
     pub events_error: Option<String>,
     /// Whether its code needs the engine with the component model's async ABI.
     pub concurrent: bool,
+    /// What built it, when its bytes were read in this process (for error hints).
+    pub toolchain: crate::component::Toolchain,
 }
 
 impl Exports {
@@ -120,6 +122,7 @@ impl Exports {
             http_error: linked.http_error.clone(),
             events_error: linked.handler_error.clone(),
             concurrent: linked.flavor == crate::engine::Flavor::Concurrent,
+            toolchain: Default::default(),
         }
     }
 
@@ -142,6 +145,7 @@ impl Exports {
             http_error: Some(detail.clone()),
             events_error: Some(detail),
             concurrent: facts.uses_wasi_03(),
+            toolchain: facts.toolchain(),
         })
     }
 }
