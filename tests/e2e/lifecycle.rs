@@ -3,7 +3,7 @@
 use crate::harness::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
@@ -233,4 +233,27 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
     let r = get(&format!("{}/echo/after", skiff.listen)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(code(&skiff, "echo-wstd").await, "cache");
+}
+
+/// Idle, `skiff up` exits promptly on SIGTERM, even with a client's keep-alive
+/// connection open and functions deployed (an operator's restart waits on it).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_when_idle_exits_within_200ms() {
+    let mut skiff = Skiff::start(&[]);
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    skiff.assert_hello_serves().await;
+    // A keep-alive connection that has been served once and stays open, idle.
+    let addr = skiff.listen.trim_start_matches("http://").to_string();
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut idle, b"GET /hello/x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    let n = std::io::Read::read(&mut idle, &mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let started = Instant::now();
+    let status = tokio::task::block_in_place(|| skiff.terminate(Duration::from_secs(10)));
+    let took = started.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(took < Duration::from_millis(200), "took {took:?} to exit");
+    drop(idle);
 }
