@@ -152,6 +152,42 @@ impl ControlStore for ClusterRegistry {
         })
     }
 
+    fn artifacts(&self) -> BoxFuture<'_, Result<Vec<String>, ControlError>> {
+        Box::pin(async move {
+            use futures::TryStreamExt;
+            let list = self
+                .objects
+                .list()
+                .await
+                .map_err(|e| nats("list artifacts")(&e))?;
+            let infos: Vec<object_store::ObjectInfo> = list
+                .try_collect()
+                .await
+                .map_err(|e| nats("list artifacts")(&e))?;
+            Ok(infos
+                .into_iter()
+                .filter(|i| !i.deleted)
+                .map(|i| i.name)
+                .collect())
+        })
+    }
+
+    fn remove_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<u64, ControlError>> {
+        Box::pin(async move {
+            let size = match self.objects.info(sha).await {
+                Ok(info) if !info.deleted => info.size as u64,
+                Ok(_) => return Ok(0),
+                Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(nats(format!("look up artifact {sha}"))(&e)),
+            };
+            self.objects
+                .delete(sha)
+                .await
+                .map_err(|e| nats(format!("remove artifact {sha}"))(&e))?;
+            Ok(size)
+        })
+    }
+
     fn fetch_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ControlError>> {
         Box::pin(async move {
             let mut object = match self.objects.get(sha).await {

@@ -61,6 +61,13 @@ pub trait ControlStore: Send + Sync {
     /// Whether an artifact with this hash is stored.
     fn has_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<bool, ControlError>>;
 
+    /// The hashes of every stored artifact.
+    fn artifacts(&self) -> BoxFuture<'_, Result<Vec<String>, ControlError>>;
+
+    /// Removes a stored artifact (nothing if it is not there) and answers the bytes it
+    /// freed. The caller makes sure no record references it.
+    fn remove_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<u64, ControlError>>;
+
     /// An artifact's bytes, verified against its hash.
     fn fetch_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ControlError>>;
 
@@ -145,6 +152,16 @@ pub mod conformance {
             store.fetch_artifact(&missing).await,
             Err(ControlError::MissingArtifact(_))
         ));
+        // Listed, removed, and put back.
+        assert_eq!(store.artifacts().await.unwrap(), vec![sha.clone()]);
+        assert_eq!(
+            store.remove_artifact(&sha).await.unwrap(),
+            bytes.len() as u64
+        );
+        assert_eq!(store.remove_artifact(&sha).await.unwrap(), 0);
+        assert!(!store.has_artifact(&sha).await.unwrap());
+        assert!(store.artifacts().await.unwrap().is_empty());
+        assert_eq!(store.put_artifact(&bytes).await.unwrap(), sha);
 
         // Versions count up and never repeat, not even after a removal.
         let v1 = store.deploy("f", "name = \"f\"", &sha).await.unwrap();

@@ -77,6 +77,31 @@ pub struct NodeLimits {
     pub code_cache: usize,
     /// The most any function's `[instances]` may ask for.
     pub instances: crate::instances::InstanceMaxima,
+    /// How long idempotency records are kept.
+    pub dedup: DedupWindows,
+}
+
+/// How long each kind of idempotency record is kept, in both modes: past its window, a
+/// redelivered write or a retried publish is no longer recognised as a repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupWindows {
+    /// Published event ids (`--dedup-window-events`): the embedded bus's table, and the
+    /// NATS event stream's `duplicate_window`.
+    pub events: Duration,
+    /// Key-value writes made under an idempotency key (`--dedup-window-state`): the
+    /// journal of first answers, and the NATS state stream's `duplicate_window`.
+    pub state: Duration,
+}
+
+impl Default for DedupWindows {
+    /// Two hours each: far longer than any redelivery (an event is retried within its
+    /// handler's timeout plus backoff), and what JetStream keeps in memory stays small.
+    fn default() -> Self {
+        DedupWindows {
+            events: Duration::from_secs(2 * 3600),
+            state: Duration::from_secs(2 * 3600),
+        }
+    }
 }
 
 impl Default for NodeLimits {
@@ -107,6 +132,7 @@ impl Default for NodeLimits {
             max_artifact_bytes: MAX_ARTIFACT_BYTES,
             code_cache: 512,
             instances: crate::instances::InstanceMaxima::default(),
+            dedup: DedupWindows::default(),
         }
     }
 }

@@ -3,10 +3,6 @@
 
 use std::time::Duration;
 
-/// How long JetStream remembers message ids for de-duplication, on every stream Skiff
-/// creates (events and the state log).
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(2 * 3600);
-
 /// NATS could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -89,4 +85,34 @@ pub fn replicas(client: &async_nats::Client, chosen: Option<usize>) -> usize {
         );
     }
     seen
+}
+
+/// Creates the stream `config` describes, or opens it; an existing stream whose
+/// de-duplication window differs from `config`'s gets `config`'s (the operator changed
+/// `--dedup-window-*`). Answers the stream, or what failed.
+pub async fn stream_with_window(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) -> Result<async_nats::jetstream::stream::Stream, String> {
+    let window = config.duplicate_window;
+    let name = config.name.clone();
+    let mut stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut current = stream
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .config
+        .clone();
+    if current.duplicate_window != window {
+        tracing::info!(stream = %name, from = ?current.duplicate_window, to = ?window, "de-duplication window changed");
+        current.duplicate_window = window;
+        js.update_stream(&current)
+            .await
+            .map_err(|e| format!("cannot set the de-duplication window: {e}"))?;
+        stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
+    }
+    Ok(stream)
 }

@@ -1125,7 +1125,11 @@ async fn state_writes(dir: &Path) {
         .await
         .expect("nats");
     let replica = skiff_core::nats::until_ready("open the state stream", || {
-        skiff_runtime::state::Replica::open(async_nats::jetstream::new(client.clone()), 3)
+        skiff_runtime::state::Replica::open(
+            async_nats::jetstream::new(client.clone()),
+            3,
+            skiff_core::limits::DedupWindows::default().state,
+        )
     })
     .await
     .expect("state stream");

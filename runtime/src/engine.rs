@@ -209,26 +209,72 @@ impl NodeEngine {
         }
     }
 
-    /// Compiles `wasm` (the artifact's verified bytes) for `flavor` and caches the
-    /// result. Blocking: call it off the async executor.
+    /// Compiles `wasm` (the artifact's verified bytes) for `flavor`; answers the
+    /// component and its precompiled bytes, which [`NodeEngine::save`] caches once the
+    /// deploy that needed them succeeded (a refused deploy leaves no file behind).
+    /// Blocking: call it off the async executor.
     pub fn compile(
         &self,
-        artifact: &str,
         wasm: &[u8],
         flavor: Flavor,
-    ) -> Result<Component, CompileError> {
+    ) -> Result<(Component, Vec<u8>), CompileError> {
         check_component_header(wasm)?;
-        let key = self.key(artifact, flavor);
-        let path = self.cache_dir.join(format!("{key}.cwasm"));
         let compiled = self
             .engine(flavor)
             .precompile_component(wasm)
             .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
-        write_durably(&path, &compiled)?;
-        self.index.set_compiled_hash(&key, &sha256_hex(&compiled))?;
         // SAFETY: produced just above by this engine.
-        unsafe { Component::deserialize(self.engine(flavor), &compiled) }
-            .map_err(|e| CompileError::Invalid(format!("{e:#}")))
+        let component = unsafe { Component::deserialize(self.engine(flavor), &compiled) }
+            .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        Ok((component, compiled))
+    }
+
+    /// Caches `compiled` (from [`NodeEngine::compile`]) for `artifact`: the file first,
+    /// then its hash in the index, so a crash in between leaves a file that is never
+    /// loaded (and is collected). Blocking.
+    pub fn save(
+        &self,
+        artifact: &str,
+        flavor: Flavor,
+        compiled: &[u8],
+    ) -> Result<(), CompileError> {
+        let key = self.key(artifact, flavor);
+        write_durably(&self.cache_dir.join(format!("{key}.cwasm")), compiled)?;
+        self.index.set_compiled_hash(&key, &sha256_hex(compiled))
+    }
+
+    /// Removes the precompiled files (and their index entries) of every artifact not in
+    /// `keep`, and files an older engine or Skiff version left; answers the bytes freed.
+    /// Blocking.
+    pub fn collect(&self, keep: &std::collections::HashSet<String>) -> Result<u64, CompileError> {
+        let current = [&self.plain.compat, &self.concurrent.compat];
+        let entries = std::fs::read_dir(&self.cache_dir)
+            .map_err(|e| CompileError::Cache(format!("{}: {e}", self.cache_dir.display())))?;
+        let mut freed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((artifact, compat)) = name
+                .strip_suffix(".cwasm")
+                .and_then(|stem| stem.split_once('-'))
+            else {
+                continue;
+            };
+            if keep.contains(artifact) && current.iter().any(|c| c.as_str() == compat) {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => freed += size,
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove unused compiled code")
+                }
+            }
+        }
+        self.index.retain(|key| {
+            key.split_once('-')
+                .is_some_and(|(artifact, _)| keep.contains(artifact))
+        })?;
+        Ok(freed)
     }
 }
 
@@ -323,6 +369,20 @@ impl CodeIndex {
         tx.open_table(COMPILED)
             .map_err(|e| self.failed(e))?
             .insert(key, sha)
+            .map_err(|e| self.failed(e))?;
+        tx.commit().map_err(|e| self.failed(e))
+    }
+
+    /// Drops every entry (compiled hashes and exports) whose key `keep` refuses.
+    fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<(), CompileError> {
+        let tx = self.db.begin_write().map_err(|e| self.failed(e))?;
+        tx.open_table(COMPILED)
+            .map_err(|e| self.failed(e))?
+            .retain(|k, _| keep(k))
+            .map_err(|e| self.failed(e))?;
+        tx.open_table(EXPORTS)
+            .map_err(|e| self.failed(e))?
+            .retain(|k, _| keep(k))
             .map_err(|e| self.failed(e))?;
         tx.commit().map_err(|e| self.failed(e))
     }

@@ -36,3 +36,19 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     }
     Ok(())
 }
+
+/// The bytes of every regular file below `dir` (links are not followed; what cannot be
+/// read counts as nothing).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}

@@ -130,6 +130,8 @@ pub struct Metrics {
     pub node_in_flight: Gauge,
     /// `skiff_code_cache_components` (set at scrape time).
     pub code_loaded: Gauge,
+    /// `skiff_data_dir_bytes` (set at scrape time).
+    pub data_dir_bytes: Gauge,
     /// `skiff_kv_operations_total`.
     pub kv_ops: Family<KvOp, Counter>,
     /// `skiff_outbound_requests_total`.
@@ -175,6 +177,7 @@ impl Metrics {
             node_capacity: Gauge::default(),
             node_in_flight: Gauge::default(),
             code_loaded: Gauge::default(),
+            data_dir_bytes: Gauge::default(),
             kv_ops: Family::default(),
             outbound: Family::default(),
             kv_duration: Family::new_with_constructor(latency_histogram),
@@ -280,6 +283,11 @@ impl Metrics {
             "skiff_code_cache_components",
             "Components loaded and linked in memory now (the rest load when called)",
             self.code_loaded.clone(),
+        );
+        registry.register(
+            "skiff_data_dir_bytes",
+            "Bytes of the files under the node's data dir (state, artifacts, compiled code, logs of the stores)",
+            self.data_dir_bytes.clone(),
         );
         registry.register(
             "skiff_kv_operations",

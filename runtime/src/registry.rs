@@ -173,6 +173,49 @@ impl Store {
         Ok(sha)
     }
 
+    fn list_artifacts(&self) -> Result<Vec<String>, RegistryError> {
+        let io = |source| RegistryError::Io {
+            what: "cannot list",
+            path: self.artifacts.clone(),
+            source,
+        };
+        let mut shas = Vec::new();
+        for entry in std::fs::read_dir(&self.artifacts).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            if let Some(sha) = name.to_str().and_then(|n| n.strip_suffix(".wasm"))
+                && is_sha256_hex(sha)
+            {
+                shas.push(sha.to_string());
+            }
+        }
+        shas.sort();
+        Ok(shas)
+    }
+
+    fn delete_artifact(&self, sha: &str) -> Result<u64, RegistryError> {
+        if !is_sha256_hex(sha) {
+            return Ok(0);
+        }
+        let path = self.artifact_path(sha);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(RegistryError::Io {
+                    what: "cannot inspect",
+                    path,
+                    source,
+                });
+            }
+        };
+        std::fs::remove_file(&path).map_err(|source| RegistryError::Io {
+            what: "cannot remove",
+            path,
+            source,
+        })?;
+        Ok(size)
+    }
+
     fn read_artifact(&self, sha: &str) -> Result<Vec<u8>, RegistryError> {
         if !is_sha256_hex(sha) {
             return Err(RegistryError::MissingArtifact(sha.to_string()));
@@ -328,6 +371,16 @@ impl ControlStore for Registry {
 
     fn has_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<bool, ControlError>> {
         Box::pin(async move { Ok(is_sha256_hex(sha) && self.inner.artifact_path(sha).exists()) })
+    }
+
+    fn artifacts(&self) -> BoxFuture<'_, Result<Vec<String>, ControlError>> {
+        let reg = self.inner.clone();
+        Box::pin(async move { blocking(move || reg.list_artifacts()).await })
+    }
+
+    fn remove_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<u64, ControlError>> {
+        let (reg, sha) = (self.inner.clone(), sha.to_string());
+        Box::pin(async move { blocking(move || reg.delete_artifact(&sha)).await })
     }
 
     fn fetch_artifact<'a>(&'a self, sha: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ControlError>> {

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod deploy_files;
+mod disk;
 mod events;
 mod harness;
 mod lifecycle;

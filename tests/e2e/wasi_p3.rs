@@ -386,7 +386,7 @@ async fn bad_instances_settings_are_refused_with_the_limit_named() {
     let dir = function_dir(tmp.path(), "needs", &manifest);
     let err = skiff.cli_err(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     assert!(
-        err.contains("imports `example:missing/oracle`, which Skiff does not provide"),
+        err.contains("imports `example:missing/oracle#ask`, which Skiff does not provide"),
         "{err}"
     );
     deploy_p3(

@@ -82,6 +82,15 @@ pub(super) struct UpArgs {
     /// The longest an unused instance may be kept (`[instances] idle`).
     #[arg(long, default_value = "60s", value_parser = Timeout::parse)]
     max_instance_idle: Timeout,
+    /// How long published event ids are remembered, so that a retried publish is not
+    /// delivered twice (with NATS: the event stream's duplicate window).
+    #[arg(long, default_value = "2h", value_parser = Timeout::parse)]
+    dedup_window_events: Timeout,
+    /// How long the first answer of a key-value write made under an idempotency key (an
+    /// event handler's write) is kept, so that a redelivery answers it again instead of
+    /// writing twice (with NATS: the state stream's duplicate window).
+    #[arg(long, default_value = "2h", value_parser = Timeout::parse)]
+    dedup_window_state: Timeout,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +150,10 @@ impl UpArgs {
                 reuse: self.max_instance_reuse.max(1),
                 concurrency: self.max_instance_concurrency.max(1),
                 idle: self.max_instance_idle.0,
+            },
+            dedup: skiff_core::limits::DedupWindows {
+                events: self.dedup_window_events.0,
+                state: self.dedup_window_state.0,
             },
             ..defaults
         };

@@ -4,6 +4,7 @@
 //! Each backend's test calls [`run`] with a fresh bus.
 
 use super::{Bus, ConsumerSpec, Event};
+use skiff_core::limits::DedupWindows;
 use std::time::Duration;
 
 fn event(id: &str, topic: &str) -> Event {
@@ -197,7 +198,9 @@ async fn deleted_consumer_gets_nothing(bus: &dyn Bus) {
 async fn embedded_bus_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
-    let bus = super::embedded::EmbeddedBus::open(store).await.unwrap();
+    let bus = super::embedded::EmbeddedBus::open(store, DedupWindows::default().events)
+        .await
+        .unwrap();
     run(&bus).await;
 }
 
@@ -205,7 +208,9 @@ async fn embedded_bus_conforms() {
 async fn embedded_publish_that_fails_half_way_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let db = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
-    let bus = super::embedded::EmbeddedBus::open(db).await.unwrap();
+    let bus = super::embedded::EmbeddedBus::open(db, DedupWindows::default().events)
+        .await
+        .unwrap();
     let c = spec("halfway", "h.x", WAIT);
     bus.ensure_consumer(&c).await.unwrap();
     // The publication fails after it recorded the event's id as seen.
@@ -225,7 +230,9 @@ async fn embedded_bus_redelivers_what_was_in_flight_at_a_crash() {
     let path = dir.path().join("state.redb");
     {
         let store = crate::localdb::LocalDb::open(&path).unwrap();
-        let bus = super::embedded::EmbeddedBus::open(store).await.unwrap();
+        let bus = super::embedded::EmbeddedBus::open(store, DedupWindows::default().events)
+            .await
+            .unwrap();
         let c = spec("crash", "c.x", Duration::from_secs(3600));
         bus.ensure_consumer(&c).await.unwrap();
         bus.publish(vec![event("c1", "c.x")]).await.unwrap();
@@ -236,7 +243,9 @@ async fn embedded_bus_redelivers_what_was_in_flight_at_a_crash() {
     // The writer thread of the old store is gone with its channel; reopen.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let store = crate::localdb::LocalDb::open(&path).unwrap();
-    let bus = super::embedded::EmbeddedBus::open(store).await.unwrap();
+    let bus = super::embedded::EmbeddedBus::open(store, DedupWindows::default().events)
+        .await
+        .unwrap();
     let c = spec("crash", "c.x", Duration::from_secs(3600));
     let again = bus.fetch(&c.name, 1, WAIT).await.unwrap().pop().unwrap();
     assert_eq!((again.event.id.as_str(), again.attempt), ("c1", 2));

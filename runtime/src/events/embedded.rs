@@ -6,7 +6,8 @@
 //! Tables: the event log (sequence → event), per-event reference counts (consumers yet to
 //! settle it; the event is deleted at zero), pending deliveries per consumer with their
 //! attempt count, retry time and lease, consumers, dead letters, and published ids for
-//! de-duplication (kept for [`DEDUP_WINDOW`]).
+//! de-duplication (kept for the node's events window, `--dedup-window-events`; swept
+//! every ten minutes).
 
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
 use crate::localdb::LocalDb;
@@ -30,8 +31,6 @@ const DEAD: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("ev_dead
 type PendingKey = (String, u64);
 type PendingValue = (u32, u64, u64);
 
-/// How long a published id is remembered for de-duplication.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How often the de-duplication table is swept.
 const SWEEP_EVERY_MS: u64 = 10 * 60 * 1000;
 
@@ -39,6 +38,8 @@ const SWEEP_EVERY_MS: u64 = 10 * 60 * 1000;
 pub struct EmbeddedBus {
     db: Arc<LocalDb>,
     wake: Arc<Notify>,
+    /// How long a published id is remembered for de-duplication.
+    window: Duration,
 }
 
 fn e(err: impl std::fmt::Display) -> String {
@@ -52,10 +53,14 @@ fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, String> {
 impl EmbeddedBus {
     /// Opens the bus in the node's local database. Leases from a previous run are cleared so
     /// that deliveries in flight at a crash are delivered again at once.
-    pub async fn open(db: Arc<LocalDb>) -> Result<EmbeddedBus, BusError> {
+    /// `window`: how long a published id is remembered (see [`DedupWindows`]).
+    ///
+    /// [`DedupWindows`]: skiff_core::limits::DedupWindows
+    pub async fn open(db: Arc<LocalDb>, window: Duration) -> Result<EmbeddedBus, BusError> {
         let bus = EmbeddedBus {
             db,
             wake: Arc::new(Notify::new()),
+            window,
         };
         bus.job(|tx| {
             tx.open_table(LOG).map_err(e)?;
@@ -149,7 +154,7 @@ fn next_seq(tx: &WriteTransaction) -> Result<u64, String> {
     Ok(seq)
 }
 
-fn sweep_dedup(tx: &WriteTransaction, now: u64) -> Result<(), String> {
+fn sweep_dedup(tx: &WriteTransaction, now: u64, window: Duration) -> Result<(), String> {
     let mut meta = tx.open_table(META).map_err(e)?;
     let last = meta
         .get("swept")
@@ -160,7 +165,7 @@ fn sweep_dedup(tx: &WriteTransaction, now: u64) -> Result<(), String> {
         return Ok(());
     }
     meta.insert("swept", now).map_err(e)?;
-    let cutoff = now.saturating_sub(DEDUP_WINDOW.as_millis() as u64);
+    let cutoff = now.saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
     let mut dedup = tx.open_table(DEDUP).map_err(e)?;
     dedup.retain(|_, at| at >= cutoff).map_err(e)?;
     Ok(())
@@ -191,9 +196,10 @@ impl Bus for EmbeddedBus {
 
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
+            let window = self.window;
             self.job(move |tx| {
                 let now = now_ms();
-                sweep_dedup(tx, now)?;
+                sweep_dedup(tx, now, window)?;
                 let consumers: Vec<ConsumerSpec> = {
                     let t = tx.open_table(CONSUMERS).map_err(e)?;
                     let mut out = Vec::new();

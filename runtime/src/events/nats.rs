@@ -87,7 +87,8 @@ fn event_of(msg: &async_nats::Message) -> Result<Event, BusError> {
 }
 
 impl NatsBus {
-    /// Connects to `urls` (comma-separated) and builds the bus over that connection.
+    /// Connects to `urls` (comma-separated) and builds the bus over that connection, with
+    /// the default de-duplication window.
     pub async fn connect(
         urls: &str,
         db: Arc<LocalDb>,
@@ -96,27 +97,34 @@ impl NatsBus {
         let client = skiff_core::nats::connect(urls, "skiff")
             .await
             .map_err(|e| BusError::Backend(e.to_string()))?;
-        Self::new(client, db, replicas).await
+        let window = skiff_core::limits::DedupWindows::default().events;
+        Self::new(client, db, replicas, window).await
     }
 
     /// Creates the stream and bucket if needed over `client` (see
     /// [`skiff_core::nats::connect`]) and starts the outbox forwarder. `replicas` is the
     /// stream's replication factor.
+    /// `window`: how long the stream remembers event ids (its `duplicate_window`, set
+    /// on an existing stream too).
     pub async fn new(
         client: async_nats::Client,
         db: Arc<LocalDb>,
         replicas: usize,
+        window: std::time::Duration,
     ) -> Result<Arc<NatsBus>, BusError> {
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream::Config {
-            name: STREAM.to_string(),
-            subjects: vec!["events.>".into(), "replay.>".into()],
-            retention: stream::RetentionPolicy::Interest,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: skiff_core::nats::DEDUP_WINDOW,
-            ..Default::default()
-        })
+        skiff_core::nats::stream_with_window(
+            &js,
+            stream::Config {
+                name: STREAM.to_string(),
+                subjects: vec!["events.>".into(), "replay.>".into()],
+                retention: stream::RetentionPolicy::Interest,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                duplicate_window: window,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| backend(format!("cannot create stream {STREAM}: {e}")))?;
         let dead = match js.get_key_value(DEAD_BUCKET).await {

@@ -44,6 +44,9 @@ pub struct Linked {
     pub http_error: Option<String>,
     /// Why it is not an event handler, for deploy errors.
     pub handler_error: Option<String>,
+    /// Freshly compiled code not yet in the precompiled cache: written by
+    /// [`CodeCache::save`] once the deploy succeeded, dropped with a refused one.
+    unsaved: Mutex<Option<Vec<u8>>>,
 }
 
 impl Linked {
@@ -159,9 +162,22 @@ impl CodeCache {
         slot
     }
 
-    /// The linked code of `slot`, loading it if it is not in memory. Concurrent callers
-    /// share one load; a failed load is not cached.
+    /// The linked code of `slot` (of a deployment that serves), loading it if it is not
+    /// in memory, and caching what had to be compiled. Concurrent callers share one
+    /// load; a failed load is not cached.
     pub async fn get(&self, slot: &Arc<CodeSlot>) -> Result<Arc<Linked>, LoadError> {
+        if let Some(linked) = slot.linked.load_full() {
+            slot.used.store(self.now(), Ordering::Relaxed);
+            return Ok(linked);
+        }
+        let linked = self.get_unsaved(slot).await?;
+        self.save(&slot.artifact).await?;
+        Ok(linked)
+    }
+
+    /// As [`CodeCache::get`], for a deploy not yet accepted: freshly compiled code stays
+    /// in memory only, until [`CodeCache::save`] (or [`CodeCache::discard`]).
+    pub async fn get_unsaved(&self, slot: &Arc<CodeSlot>) -> Result<Arc<Linked>, LoadError> {
         if let Some(linked) = slot.linked.load_full() {
             slot.used.store(self.now(), Ordering::Relaxed);
             return Ok(linked);
@@ -228,16 +244,16 @@ impl CodeCache {
         let cached = tokio::task::spawn_blocking(move || engine.load_cached(&owned, flavor))
             .await
             .map_err(|e| LoadError::Task(e.to_string()))??;
-        let (component, source, flavor) = match cached {
-            Some(c) => (c, CodeSource::Cache, flavor),
+        let (component, source, flavor, unsaved) = match cached {
+            Some(c) => (c, CodeSource::Cache, flavor, None),
             None => {
                 let wasm = self
                     .control
                     .fetch_artifact(artifact)
                     .await
                     .map_err(CompileError::from)?;
-                let (c, flavor) = self.compile(artifact, wasm, flavor).await?;
-                (c, CodeSource::Compiled, flavor)
+                let (c, compiled, flavor) = self.compile(wasm, flavor).await?;
+                (c, CodeSource::Compiled, flavor, Some(compiled))
             }
         };
         let linker = match flavor {
@@ -260,6 +276,7 @@ impl CodeCache {
             source,
             http_error,
             handler_error,
+            unsaved: Mutex::new(unsaved),
         }))
     }
 }
@@ -270,25 +287,73 @@ impl CodeCache {
     /// it instead; the flavor it ended with is returned.
     async fn compile(
         &self,
-        artifact: &str,
         wasm: Vec<u8>,
         flavor: Flavor,
-    ) -> Result<(wasmtime::component::Component, Flavor), LoadError> {
+    ) -> Result<(wasmtime::component::Component, Vec<u8>, Flavor), LoadError> {
         let wasm = Arc::new(wasm);
         let attempt = |flavor: Flavor| {
-            let (engine, owned, wasm) = (self.engine.clone(), artifact.to_string(), wasm.clone());
+            let (engine, wasm) = (self.engine.clone(), wasm.clone());
             async move {
-                tokio::task::spawn_blocking(move || engine.compile(&owned, &wasm, flavor))
+                tokio::task::spawn_blocking(move || engine.compile(&wasm, flavor))
                     .await
                     .map_err(|e| LoadError::Task(e.to_string()))
             }
         };
         match (attempt(flavor).await?, flavor) {
-            (Ok(c), _) => Ok((c, flavor)),
+            (Ok((c, bytes)), _) => Ok((c, bytes, flavor)),
             (Err(CompileError::Invalid(_)), Flavor::Plain) => {
-                Ok((attempt(Flavor::Concurrent).await??, Flavor::Concurrent))
+                let (c, bytes) = attempt(Flavor::Concurrent).await??;
+                Ok((c, bytes, Flavor::Concurrent))
             }
             (Err(e), _) => Err(e.into()),
+        }
+    }
+
+    /// Writes the freshly compiled code of `artifact` (either engine's) to the
+    /// precompiled cache: called once a deploy that compiled it has succeeded.
+    pub async fn save(&self, artifact: &str) -> Result<(), LoadError> {
+        for flavor in [Flavor::Plain, Flavor::Concurrent] {
+            let linked = {
+                let index = self.index();
+                let slot = index.slots.get(&(artifact.to_string(), flavor));
+                slot.and_then(Weak::upgrade)
+                    .and_then(|s| s.linked.load_full())
+            };
+            let Some(linked) = linked else { continue };
+            let unsaved = match linked.unsaved.lock() {
+                Ok(mut g) => g.take(),
+                Err(p) => p.into_inner().take(),
+            };
+            let Some(bytes) = unsaved else { continue };
+            let (engine, owned, flavor) =
+                (self.engine.clone(), artifact.to_string(), linked.flavor);
+            tokio::task::spawn_blocking(move || engine.save(&owned, flavor, &bytes))
+                .await
+                .map_err(|e| LoadError::Task(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// Drops code of `artifact` that was compiled for a deploy that was then refused
+    /// (never saved): it leaves memory now rather than when the cache is full.
+    pub fn discard(&self, artifact: &str) {
+        let unsaved = |s: &Arc<CodeSlot>| {
+            s.artifact == artifact
+                && s.linked
+                    .load()
+                    .as_ref()
+                    .is_some_and(|l| match l.unsaved.lock() {
+                        Ok(g) => g.is_some(),
+                        Err(p) => p.into_inner().is_some(),
+                    })
+        };
+        let mut index = self.index();
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut index.resident)
+            .into_iter()
+            .partition(unsaved);
+        index.resident = kept;
+        for slot in gone {
+            slot.linked.store(None);
         }
     }
 }

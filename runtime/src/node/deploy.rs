@@ -277,7 +277,7 @@ impl Node {
         let flavor = Flavor::needed(exports.concurrent, pooled(&exports, &policy));
         if !lazy {
             self.code
-                .get(&self.code.slot(artifact, flavor))
+                .get_unsaved(&self.code.slot(artifact, flavor))
                 .await
                 .map_err(|e| load_error(&name, e))?;
         }
@@ -326,18 +326,14 @@ impl Node {
         let slot = self.code.slot(artifact, Flavor::needed(concurrent, false));
         let linked = self
             .code
-            .get(&slot)
+            .get_unsaved(&slot)
             .await
             .map_err(|e| load_error(name, e))?;
-        let exports = Exports {
+        // Recorded (with the compiled code) only once the deploy is accepted.
+        Ok(Exports {
             toolchain,
             ..Exports::linked(&linked)
-        };
-        self.engine
-            .index()
-            .set_exports(&key, exports.bits())
-            .map_err(|source| compile_error(name, source))?;
-        Ok(exports)
+        })
     }
 
     /// `artifact`'s import and export names, read without compiling it.
@@ -359,7 +355,7 @@ impl Node {
 
     /// Where what an artifact exports is recorded: per engine and Skiff version, since
     /// both decide whether it links.
-    fn exports_key(&self, artifact: &str) -> String {
+    pub(super) fn exports_key(&self, artifact: &str) -> String {
         format!(
             "{artifact}-{}-{}",
             self.engine.compat(),
@@ -459,9 +455,17 @@ impl Node {
     ) -> Result<Arc<Deployment>, DeployError> {
         let path_name = FunctionName::new(name)?;
         let _guard = self.changes.lock().await;
-        let prepared = self
+        let prepared = match self
             .prepare(&path_name, manifest_text, artifact, &self.snapshot(), false)
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.refused(artifact).await;
+                return Err(e);
+            }
+        };
+        self.accepted(artifact, &prepared.exports).await?;
         let record = self.control.deploy(name, manifest_text, artifact).await?;
         let d = self.install(prepared, record).await;
         self.announce_deployed(&d).await?;
@@ -481,9 +485,17 @@ impl Node {
         {
             return Ok(false);
         }
-        let prepared = self
+        let prepared = match self
             .prepare(&name, &record.manifest, &record.artifact, &snapshot, false)
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.refused(&record.artifact).await;
+                return Err(e);
+            }
+        };
+        self.accepted(&record.artifact, &prepared.exports).await?;
         self.control.put(&record).await?;
         let d = self.install(prepared, record).await;
         self.announce_deployed(&d).await?;
@@ -507,6 +519,10 @@ impl Node {
             };
             match prepared {
                 Ok(p) => {
+                    // What had to be linked anew (a new engine or Skiff version) is kept.
+                    if let Err(e) = self.accepted(&record.artifact, &p.exports).await {
+                        tracing::warn!(function = %record.name, error = %e, "restored, but its compiled code was not cached");
+                    }
                     let name = p.name.clone();
                     ready.push((name, self.build(p, record).await));
                 }
@@ -524,6 +540,9 @@ impl Node {
             tracing::debug!(function = %d.record.name, version = d.record.version, "restored");
         }
         tracing::info!(functions = restored.len(), "restored");
+        if let Err(e) = self.collect().await {
+            tracing::warn!(error = %e, "at start");
+        }
         Ok(restored.len())
     }
 
@@ -545,6 +564,10 @@ impl Node {
         self.announce_removed(name.as_str()).await;
         if existed {
             tracing::info!(function = %name, "removed");
+            // Its artifact and compiled code, unless another version uses them.
+            if let Err(e) = self.collect().await {
+                tracing::warn!(error = %e, "after removing `{name}`");
+            }
         }
         Ok(existed)
     }

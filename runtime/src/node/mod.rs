@@ -13,6 +13,7 @@
 
 mod body;
 pub mod code;
+pub mod collect;
 pub mod deliver;
 pub mod deploy;
 pub mod event_pool;
@@ -236,6 +237,10 @@ pub struct Node {
     failed: std::sync::Mutex<BTreeMap<String, (u64, String)>>,
     /// Up, draining or left (see [`Lifecycle`]).
     lifecycle: std::sync::atomic::AtomicU8,
+    /// Artifacts uploaded for deploys still on their way (see [`collect`]).
+    uploads: collect::Uploads,
+    /// Where the node keeps its files.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 /// Told of every change to what a node serves, while the change is made: a deploy is
@@ -276,6 +281,8 @@ pub struct NodeConfig {
     pub admin: Option<std::net::SocketAddr>,
     /// The key the functions' secrets are sealed with.
     pub secrets_key: Option<Arc<skiff_core::secrets::SecretKey>>,
+    /// Where the node keeps its files (measured for `skiff_data_dir_bytes`).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Node {
@@ -315,6 +322,8 @@ impl Node {
             changes: tokio::sync::Mutex::new(()),
             failed: std::sync::Mutex::new(BTreeMap::new()),
             lifecycle: std::sync::atomic::AtomicU8::new(Lifecycle::Up as u8),
+            uploads: collect::Uploads::default(),
+            data_dir: config.data_dir,
         })
     }
 
@@ -509,6 +518,15 @@ impl Node {
             .set(i64::from(self.limits.node_concurrency));
         self.metrics.node_in_flight.set(i64::from(self.in_flight()));
         self.metrics.code_loaded.set(self.code.len() as i64);
+        if let Some(dir) = self.data_dir.clone() {
+            match tokio::task::spawn_blocking(move || crate::files::dir_size(&dir)).await {
+                Ok(bytes) => {
+                    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                    self.metrics.data_dir_bytes.set(bytes);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot measure the data dir"),
+            }
+        }
         self.metrics.encode()
     }
 

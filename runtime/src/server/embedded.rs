@@ -104,7 +104,13 @@ struct Cluster {
 async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
     let control: Arc<dyn ControlStore> = Arc::new(Registry::open(&opts.data_dir)?);
     let db = LocalDb::open(&opts.data_dir.join("state.redb"))?;
-    let local = LocalState::open(db.clone()).await?;
+    let dedup = opts.limits.dedup;
+    let local = LocalState::open_with(
+        db.clone(),
+        dedup.state,
+        crate::state::local::JOURNAL_SWEEP_EVERY,
+    )
+    .await?;
     let Some(url) = &opts.nats else {
         if opts.cluster {
             anyhow::bail!(
@@ -115,14 +121,14 @@ async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
             control,
             state: local.clone(),
             local,
-            bus: Arc::new(EmbeddedBus::open(db).await?),
+            bus: Arc::new(EmbeddedBus::open(db, dedup.events).await?),
             cluster: None,
         });
     };
     let client = skiff_core::nats::connect(url, &opts.name).await?;
     let replicas = skiff_core::nats::replicas(&client, opts.replicas);
     let bus: Arc<dyn Bus> = skiff_core::nats::until_ready("set up the event stream", || {
-        NatsBus::new(client.clone(), db.clone(), replicas)
+        NatsBus::new(client.clone(), db.clone(), replicas, dedup.events)
     })
     .await?;
     let mut stores = Stores {
@@ -140,7 +146,7 @@ async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
         .await?;
         // State goes through the replicated log; this node applies all of it.
         let replica = skiff_core::nats::until_ready("open the state stream", || {
-            Replica::open(js.clone(), replicas)
+            Replica::open(js.clone(), replicas, dedup.state)
         })
         .await?;
         tokio::spawn(replica.clone().apply_forever(local.clone()));
@@ -223,6 +229,7 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
                 limits: opts.limits.clone(),
                 admin: Some(bound.admin),
                 secrets_key: Some(Arc::new(secrets_key)),
+                data_dir: Some(opts.data_dir.clone()),
             },
             engine,
             stores.control,

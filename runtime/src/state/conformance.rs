@@ -202,9 +202,13 @@ async fn embedded_state_conforms() {
 
 async fn replicated(nats: &str, path: &std::path::Path) -> Arc<ReplicatedState> {
     let client = skiff_core::nats::connect(nats, "test").await.unwrap();
-    let replica = Replica::open(async_nats::jetstream::new(client), 1)
-        .await
-        .unwrap();
+    let replica = Replica::open(
+        async_nats::jetstream::new(client),
+        1,
+        skiff_core::limits::DedupWindows::default().state,
+    )
+    .await
+    .unwrap();
     let copy = local(path).await;
     tokio::spawn(replica.clone().apply_forever(copy.clone()));
     ReplicatedState::new(copy, replica)

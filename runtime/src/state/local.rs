@@ -13,7 +13,11 @@ use crate::localdb::LocalDb;
 use futures::future::BoxFuture;
 use redb::{ReadableTable, WriteTransaction};
 use skiff_core::record::now_ms;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the journal of first answers is swept of entries past their window.
+pub const JOURNAL_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The log name embedded mode applies under.
 pub const LOCAL_LOG: &str = "local";
@@ -39,6 +43,11 @@ pub struct LocalState {
     db: Arc<LocalDb>,
     /// The replicated log's last applied sequence, for waiters.
     log_applied: tokio::sync::watch::Sender<u64>,
+    /// How long the first answer of an idempotency-keyed write is kept.
+    window: Duration,
+    /// How often the journal is swept, and when it last was.
+    sweep_every: Duration,
+    swept: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for LocalState {
@@ -56,13 +65,41 @@ fn err(e: impl std::fmt::Display) -> String {
 impl LocalState {
     /// State in `db`, creating its tables. A copy of the replicated log last applied
     /// longer ago than a tombstone lives is dropped, to be rebuilt from the stream.
+    /// Idempotency records are kept for the default window.
     pub async fn open(db: Arc<LocalDb>) -> Result<Arc<LocalState>, StateError> {
+        let window = skiff_core::limits::DedupWindows::default().state;
+        LocalState::open_with(db, window, JOURNAL_SWEEP_EVERY).await
+    }
+
+    /// As [`LocalState::open`], keeping the first answers of idempotency-keyed writes
+    /// for `window` (`--dedup-window-state`), swept every `sweep_every`.
+    pub async fn open_with(
+        db: Arc<LocalDb>,
+        window: Duration,
+        sweep_every: Duration,
+    ) -> Result<Arc<LocalState>, StateError> {
         let log_applied = db.run(init).await?;
         let (log_tx, _) = tokio::sync::watch::channel(log_applied);
         Ok(Arc::new(LocalState {
             db,
             log_applied: log_tx,
+            window,
+            sweep_every,
+            swept: Mutex::new(None),
         }))
+    }
+
+    /// The window to sweep the journal with, when a sweep is due.
+    fn sweep_due(&self) -> Option<Duration> {
+        let mut swept = match self.swept.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let due = swept.is_none_or(|t| t.elapsed() >= self.sweep_every);
+        if due {
+            *swept = Some(Instant::now());
+        }
+        due.then_some(self.window)
     }
 
     fn storage(&self, e: impl std::fmt::Display) -> StateError {
@@ -75,9 +112,13 @@ impl LocalState {
     /// Applies entries of the replicated log, in order, in one durable transaction that
     /// also records the last applied sequence. Entries at or below it are skipped.
     pub async fn apply_log(&self, entries: Vec<LogEntry>) -> Result<(), StateError> {
+        let sweep = self.sweep_due();
         let applied = self
             .db
-            .run(move |tx: &WriteTransaction| apply_log(tx, &entries))
+            .run(move |tx: &WriteTransaction| {
+                sweep_journal(tx, sweep)?;
+                apply_log(tx, &entries)
+            })
             .await?;
         self.log_applied.send_if_modified(|seq| {
             let newer = applied > *seq;
@@ -158,9 +199,13 @@ impl StateBackend for LocalState {
         idem: Option<String>,
     ) -> BoxFuture<'_, Result<OpResult, StateError>> {
         Box::pin(async move {
+            let sweep = self.sweep_due();
             let answer = self
                 .db
-                .run(move |tx: &WriteTransaction| write_op(tx, &op, &limits, idem.as_deref()))
+                .run(move |tx: &WriteTransaction| {
+                    sweep_journal(tx, sweep)?;
+                    write_op(tx, &op, &limits, idem.as_deref())
+                })
                 .await?;
             Ok(answer?)
         })
@@ -259,6 +304,22 @@ fn init(tx: &WriteTransaction) -> Result<u64, String> {
         return Ok(0);
     }
     Ok(log_applied)
+}
+
+/// Drops the journal's first answers older than `window` (when a sweep is due): past it,
+/// a write with the same idempotency key is a new write.
+fn sweep_journal(tx: &WriteTransaction, window: Option<Duration>) -> Result<(), String> {
+    let Some(window) = window else {
+        return Ok(());
+    };
+    let cutoff = now_ms().saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+    let mut journal = tx.open_table(JOURNAL).map_err(err)?;
+    journal
+        .retain(|_, v| {
+            serde_json::from_slice::<(u64, serde::de::IgnoredAny)>(v)
+                .is_ok_and(|(at, _)| at >= cutoff)
+        })
+        .map_err(err)
 }
 
 /// One local write. A refusal (checked before anything is written) is answered inside;
@@ -363,6 +424,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(&dir.path().join("state.redb")).await;
         (dir, s)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn first_answers_are_kept_for_the_window_then_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = LocalDb::open(&dir.path().join("state.redb")).unwrap();
+        let window = Duration::from_millis(300);
+        let s = LocalState::open_with(db, window, Duration::ZERO)
+            .await
+            .unwrap();
+        let ns = Namespace::new("f", "default");
+        let incr = || async {
+            s.write_once(
+                Op::Increment {
+                    ns: ns.clone(),
+                    key: "n".into(),
+                    delta: 5,
+                },
+                KvLimits::UNLIMITED,
+                Some("f/event-1/0".into()),
+            )
+            .await
+            .unwrap()
+        };
+        // Within the window a repeat answers the first answer and writes nothing.
+        assert_eq!(incr().await, OpResult::Incremented(5));
+        assert_eq!(incr().await, OpResult::Incremented(5));
+        assert!(s.answered("f/event-1/0").unwrap().is_some());
+        // Past it, the journal no longer holds it: the same key is a new write.
+        tokio::time::sleep(window * 2).await;
+        assert_eq!(incr().await, OpResult::Incremented(10));
+        assert_eq!(s.get(&ns, "n").unwrap(), Some(b"10".to_vec()));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -114,21 +114,28 @@ enum Update {
 }
 
 impl Replica {
-    /// Creates (or opens) the stream with `replicas` copies.
-    pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Arc<Replica>, StateError> {
-        let stream = js
-            .get_or_create_stream(stream::Config {
+    /// Creates (or opens) the stream with `replicas` copies, remembering message ids
+    /// for `window` (its `duplicate_window`, set on an existing stream too).
+    pub async fn open(
+        js: jetstream::Context,
+        replicas: usize,
+        window: Duration,
+    ) -> Result<Arc<Replica>, StateError> {
+        let stream = skiff_core::nats::stream_with_window(
+            &js,
+            stream::Config {
                 name: STREAM.to_string(),
                 subjects: vec!["state.>".into()],
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 max_messages_per_subject: 1,
                 allow_message_ttl: true,
-                duplicate_window: skiff_core::nats::DEDUP_WINDOW,
+                duplicate_window: window,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| log_err(&format!("create stream {STREAM}"), e))?;
+            },
+        )
+        .await
+        .map_err(|e| log_err(&format!("create stream {STREAM}"), e))?;
         Ok(Arc::new(Replica {
             js,
             stream,

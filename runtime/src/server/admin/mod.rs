@@ -186,7 +186,10 @@ impl Admin {
             Err(resp) => return resp,
         };
         match self.node.control().put_artifact(&bytes).await {
-            Ok(stored) => json(StatusCode::OK, &serde_json::json!({ "artifact": stored })),
+            Ok(stored) => {
+                self.node.uploaded(&stored);
+                json(StatusCode::OK, &serde_json::json!({ "artifact": stored }))
+            }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

@@ -1,0 +1,141 @@
+//! What a deploy leaves on disk, and collecting what no function references.
+//!
+//! A deploy that is refused leaves the data dir as it found it: code it compiled stays in
+//! memory until the deploy is accepted ([`Node::accepted`] writes it, with what the
+//! component exports), and the artifact it uploaded is removed ([`Node::refused`]) unless
+//! a recorded version uses it. [`Node::collect`] removes every artifact and precompiled
+//! file no recorded version references: at start and after `rm`. An artifact uploaded a
+//! moment ago for a deploy still on its way is spared for [`UPLOAD_GRACE`].
+
+use super::{Exports, Node};
+use crate::engine::CompileError;
+use skiff_core::control::ControlError;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long an uploaded artifact that no version references yet is kept: the CLI uploads
+/// then deploys, and a collection in between must not take it away.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(600);
+
+/// Artifacts uploaded and not yet deployed or refused, with when.
+#[derive(Default)]
+pub struct Uploads(Mutex<HashMap<String, Instant>>);
+
+impl Uploads {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// What one collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Artifacts removed.
+    pub artifacts: usize,
+    /// Bytes freed (artifacts and precompiled code).
+    pub bytes: u64,
+}
+
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The control store could not list or remove artifacts.
+    #[error("cannot collect unused artifacts: {0}")]
+    Control(#[from] ControlError),
+    /// The compiled-code cache could not be cleaned.
+    #[error("cannot collect unused compiled code: {0}")]
+    Compiled(#[from] CompileError),
+    /// The blocking task died.
+    #[error("cannot collect unused compiled code: {0}")]
+    Task(String),
+}
+
+impl Node {
+    /// Notes that `artifact` was just uploaded (and so is spared by collections for a
+    /// while even though no version references it yet).
+    pub fn uploaded(&self, artifact: &str) {
+        self.uploads
+            .lock()
+            .insert(artifact.to_string(), Instant::now());
+    }
+
+    /// A deploy of `artifact` is accepted: what it compiled goes to the precompiled
+    /// cache, and what it exports to the index.
+    pub(super) async fn accepted(
+        &self,
+        artifact: &str,
+        exports: &Exports,
+    ) -> Result<(), super::deploy::DeployError> {
+        self.uploads.lock().remove(artifact);
+        let internal = |detail: String| super::deploy::DeployError::Internal {
+            name: artifact.to_string(),
+            detail,
+        };
+        self.code
+            .save(artifact)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        self.engine
+            .index()
+            .set_exports(&self.exports_key(artifact), exports.bits())
+            .map_err(|e| internal(e.to_string()))
+    }
+
+    /// A deploy of `artifact` was refused: its compiled code leaves memory, and the
+    /// artifact leaves the disk unless a recorded version uses it.
+    pub(super) async fn refused(&self, artifact: &str) {
+        self.uploads.lock().remove(artifact);
+        self.code.discard(artifact);
+        let used = match self.control.records().await {
+            Ok(records) => records.iter().any(|r| r.artifact == artifact),
+            Err(e) => {
+                tracing::warn!(artifact, error = %e, "cannot list versions; the refused artifact stays until the next collection");
+                true
+            }
+        };
+        if !used && let Err(e) = self.control.remove_artifact(artifact).await {
+            tracing::warn!(artifact, error = %e, "cannot remove the refused deploy's artifact");
+        }
+    }
+
+    /// Removes every artifact and precompiled file that no recorded version references
+    /// (sparing artifacts uploaded in the last [`UPLOAD_GRACE`]).
+    pub async fn collect(&self) -> Result<Collected, CollectError> {
+        let keep: HashSet<String> = self
+            .control
+            .records()
+            .await?
+            .into_iter()
+            .map(|r| r.artifact)
+            .collect();
+        let spared: HashSet<String> = {
+            let mut uploads = self.uploads.lock();
+            uploads.retain(|_, at| at.elapsed() < UPLOAD_GRACE);
+            uploads.keys().cloned().collect()
+        };
+        let mut collected = Collected::default();
+        for artifact in self.control.artifacts().await? {
+            if keep.contains(&artifact) || spared.contains(&artifact) {
+                continue;
+            }
+            collected.bytes += self.control.remove_artifact(&artifact).await?;
+            collected.artifacts += 1;
+        }
+        let engine = self.engine.clone();
+        collected.bytes += tokio::task::spawn_blocking(move || engine.collect(&keep))
+            .await
+            .map_err(|e| CollectError::Task(e.to_string()))??;
+        if collected.artifacts > 0 || collected.bytes > 0 {
+            tracing::info!(
+                artifacts = collected.artifacts,
+                bytes = collected.bytes,
+                "removed artifacts and compiled code no version uses"
+            );
+        }
+        Ok(collected)
+    }
+}

@@ -1,0 +1,125 @@
+//! What deploys leave on disk: a refused deploy leaves the data dir byte-for-byte as it
+//! was; `rm` and a restart collect artifacts and compiled code no version uses.
+
+use crate::harness::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every file under `dir` with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn names(dir: &Path, sub: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join(sub))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn data_dir_bytes(skiff: &Skiff) -> f64 {
+    let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+    m.lines()
+        .find(|l| l.starts_with("skiff_data_dir_bytes "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no skiff_data_dir_bytes in:\n{m}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_deploys_leave_nothing_and_unused_files_are_collected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let skiff = Skiff::start_in(&data, &[]);
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    skiff.assert_hello_serves().await;
+    let before = files(&data);
+
+    // Refused before compiling (no HTTP export), after compiling (an import Skiff does
+    // not provide), and after compiling and linking (its route is taken).
+    let refused = [
+        ("noexport", "\0asm\x0d\0\x01\0".as_bytes().to_vec(), ""),
+        (
+            "needs",
+            std::fs::read(guest("tests/guests", "p3import.wasm")).unwrap(),
+            "",
+        ),
+        (
+            "taken",
+            std::fs::read(guest("tests/guests", "hello02.wasm")).unwrap(),
+            "[http]\nroute = \"/hello/...\"\n",
+        ),
+    ];
+    for (name, wasm, extra) in &refused {
+        let dir = function_dir(
+            tmp.path(),
+            name,
+            &format!("name = \"{name}\"\ncomponent = \"f.wasm\"\n{extra}"),
+        );
+        std::fs::write(dir.join("f.wasm"), wasm).unwrap();
+        skiff.cli_err(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    }
+    let after = files(&data);
+    let changed: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "refused deploys changed: {changed:?}");
+    skiff.assert_hello_serves().await;
+
+    // `rm` takes hello's artifact and compiled code with it; the gauge sees it.
+    let size = data_dir_bytes(&skiff).await;
+    assert_eq!(names(&data, "artifacts").len(), 1);
+    assert!(
+        names(&data, "compiled")
+            .iter()
+            .any(|n| n.ends_with(".cwasm"))
+    );
+    skiff.cli_ok(&["rm", "hello"]);
+    assert!(
+        names(&data, "artifacts").is_empty(),
+        "{:?}",
+        names(&data, "artifacts")
+    );
+    let compiled = names(&data, "compiled");
+    assert!(
+        compiled.iter().all(|n| !n.ends_with(".cwasm")),
+        "{compiled:?}"
+    );
+    let freed = size - data_dir_bytes(&skiff).await;
+    let hello_wasm = std::fs::metadata(guest("functions", "hello.wasm"))
+        .unwrap()
+        .len();
+    assert!(freed >= hello_wasm as f64, "freed {freed} bytes");
+
+    // At start: files no version uses (a crash between upload and deploy, code of an
+    // older version) are removed; what a version uses stays.
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    drop(skiff);
+    let orphan = format!("{}.wasm", "ab".repeat(32));
+    std::fs::write(data.join("artifacts").join(&orphan), b"\0asm\x0d\0\x01\0").unwrap();
+    let stale = format!("{}-0123456789abcdef.cwasm", "cd".repeat(32));
+    std::fs::write(data.join("compiled").join(&stale), b"stale").unwrap();
+    let skiff = Skiff::start_in(&data, &[]);
+    skiff.assert_hello_serves().await;
+    assert!(!names(&data, "artifacts").contains(&orphan));
+    assert_eq!(names(&data, "artifacts").len(), 1);
+    assert!(!names(&data, "compiled").contains(&stale));
+}
