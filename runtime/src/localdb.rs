@@ -10,10 +10,18 @@
 //! job is answered with its error, and the batch's other jobs run again in a new
 //! transaction. A job must therefore be re-runnable: it reads what it needs from the
 //! transaction it is given, every time.
+//!
+//! After an I/O error (a full disk) redb refuses every later transaction until the
+//! database is opened again. The writer then closes it and opens it again (redb repairs
+//! it if needed) — at once, and before each later batch until that works — so writes
+//! resume on their own once the disk has room. Reads fail with the same clear error
+//! while it is closed.
 
-use redb::{Database, Durability, ReadTransaction, WriteTransaction};
+use arc_swap::ArcSwapOption;
+use redb::{Database, DatabaseError, Durability, ReadTransaction, WriteTransaction};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs committed in one transaction.
@@ -90,9 +98,72 @@ impl<J: Job> Pending for Slot<J> {
 
 /// The node's local database and its writer thread.
 pub struct LocalDb {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     path: PathBuf,
     writer: mpsc::UnboundedSender<Box<dyn Pending>>,
+}
+
+/// The open database, or none while it is being opened again after an I/O error.
+struct Handle {
+    path: PathBuf,
+    open: ArcSwapOption<Database>,
+    /// One reopening at a time.
+    reopening: Mutex<()>,
+}
+
+impl Handle {
+    fn failed(&self, detail: String) -> LocalDbError {
+        LocalDbError::Failed {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// The open database, opening it again if an I/O error closed it.
+    fn get(&self) -> Result<Arc<Database>, LocalDbError> {
+        if let Some(db) = self.open.load_full() {
+            return Ok(db);
+        }
+        let _one = match self.reopening.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(db) = self.open.load_full() {
+            return Ok(db);
+        }
+        // Read transactions begun before the error still hold the file for a moment.
+        let mut last = String::new();
+        for _ in 0..100 {
+            match Database::create(&self.path) {
+                Ok(db) => {
+                    let db = Arc::new(db);
+                    self.open.store(Some(db.clone()));
+                    tracing::info!(path = %self.path.display(), "local database opened again after an I/O error; writes resume");
+                    return Ok(db);
+                }
+                Err(DatabaseError::DatabaseAlreadyOpen) => {
+                    last = DatabaseError::DatabaseAlreadyOpen.to_string();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    break;
+                }
+            }
+        }
+        Err(self.failed(format!(
+            "closed after an I/O error and cannot be opened again yet ({last}); free disk space — writes resume on their own"
+        )))
+    }
+
+    /// Closes the database after a failed commit (redb refuses everything after an I/O
+    /// error until it is opened again) and tries to open it again at once.
+    fn close_after_error(&self) {
+        self.open.store(None);
+        if self.get().is_err() {
+            tracing::warn!(path = %self.path.display(), "local database stays closed until the disk has room; retried with the next write");
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalDb {
@@ -109,12 +180,18 @@ impl LocalDb {
             path: path.to_path_buf(),
             detail: e.to_string(),
         };
-        let db = Arc::new(Database::create(path).map_err(|e| failed(&e))?);
+        let db = Arc::new(Handle {
+            path: path.to_path_buf(),
+            open: ArcSwapOption::new(Some(Arc::new(
+                Database::create(path).map_err(|e| failed(&e))?,
+            ))),
+            reopening: Mutex::new(()),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
-        let (writer_db, writer_path) = (db.clone(), path.to_path_buf());
+        let writer_db = db.clone();
         std::thread::Builder::new()
             .name("skiff-localdb-writer".into())
-            .spawn(move || writer(writer_db, writer_path, rx))
+            .spawn(move || writer(writer_db, rx))
             .map_err(|e| failed(&e))?;
         Ok(Arc::new(LocalDb {
             db,
@@ -144,19 +221,16 @@ impl LocalDb {
     /// A read snapshot (MVCC: readers never wait for the writer).
     pub fn read(&self) -> Result<ReadTransaction, LocalDbError> {
         use redb::ReadableDatabase;
-        self.db.begin_read().map_err(|e| LocalDbError::Failed {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        })
+        self.db
+            .get()?
+            .begin_read()
+            .map_err(|e| self.db.failed(e.to_string()))
     }
 }
 
 /// The writer thread: take what is waiting, commit it as one transaction, answer.
-fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Box<dyn Pending>>) {
-    let failed = |detail: String| LocalDbError::Failed {
-        path: path.clone(),
-        detail,
-    };
+fn writer(handle: Arc<Handle>, mut rx: mpsc::UnboundedReceiver<Box<dyn Pending>>) {
+    let failed = |detail: String| handle.failed(detail);
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -165,6 +239,15 @@ fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Box<
                 Err(_) => break,
             }
         }
+        let db = match handle.get() {
+            Ok(db) => db,
+            Err(e) => {
+                for p in batch.drain(..) {
+                    p.answer(Err(e.clone()));
+                }
+                continue;
+            }
+        };
         while !batch.is_empty() {
             match commit(&db, &mut batch) {
                 Ok(()) => {
@@ -178,10 +261,13 @@ fn writer(db: Arc<Database>, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Box<
                     batch.remove(i).answer(Err(failed(detail)));
                 }
                 Err(Failure::Commit(detail)) => {
-                    tracing::error!(path = %path.display(), error = %detail, "local database commit failed; writes refused");
+                    tracing::error!(path = %handle.path.display(), error = %detail, "local database commit failed; its writes are refused and the database is opened again");
                     for p in batch.drain(..) {
                         p.answer(Err(failed(detail.clone())));
                     }
+                    drop(db);
+                    handle.close_after_error();
+                    break;
                 }
             }
         }

@@ -123,3 +123,104 @@ async fn refused_deploys_leave_nothing_and_unused_files_are_collected() {
     assert_eq!(names(&data, "artifacts").len(), 1);
     assert!(!names(&data, "compiled").contains(&stale));
 }
+
+/// A tmpfs of `mib` MiB mounted on `dir` for the test's life.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn available(&self) -> u64 {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.0)
+            .output()
+            .expect("run df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df's answer")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk fails the writes that do not fit, clearly; once there is room again the
+/// node writes again by itself (redb is opened again after its I/O error), and every
+/// acknowledged write is still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_resume_by_themselves_once_a_full_disk_has_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), 96);
+    let skiff = Skiff::start_in(&disk.0.join("data"), &[]);
+    let counter = repo().join("functions/counter");
+    skiff.cli_ok(&["deploy", counter.to_str().unwrap(), "--no-build"]);
+    // Leave a few MiB free.
+    let filler = disk.0.join("filler");
+    let room = disk.available().saturating_sub(6 << 20);
+    std::fs::write(&filler, vec![0u8; room as usize]).unwrap();
+
+    let kv = |key: String| format!("{}/v1/functions/counter/kv/{key}", skiff.admin);
+    let value = vec![b'x'; 256 << 10];
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let r = request("PUT", &kv(format!("big-{i}")), &[], value.clone().into()).await;
+        if r.status == 200 {
+            acked.push(i);
+        } else {
+            refused = Some(r.text());
+            break;
+        }
+    }
+    let refused = refused.expect("100 × 256 KiB fit in 6 MiB?");
+    assert!(
+        !acked.is_empty(),
+        "the disk was full from the start: {refused}"
+    );
+    println!("{} writes acknowledged, then: {refused}", acked.len());
+    assert!(
+        refused.contains("state.redb") && refused.contains("resume on their own"),
+        "unclear error: {refused}"
+    );
+    assert_eq!(get(&format!("{}/healthz", skiff.admin)).await.status, 200);
+
+    // Room again: the next writes succeed without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = wait_until(std::time::Duration::from_secs(10), async || {
+        request("PUT", &kv("after".into()), &[], value.clone().into())
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(resumed, "writes did not resume once the disk had room");
+    for i in acked {
+        let r = get(&kv(format!("big-{i}"))).await;
+        assert_eq!((r.status, r.body.len()), (200, 256 << 10), "big-{i} lost");
+    }
+    let r = get(&kv("after".into())).await;
+    assert_eq!((r.status, r.body.len()), (200, 256 << 10));
+    drop(skiff);
+}

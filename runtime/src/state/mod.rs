@@ -40,7 +40,9 @@ pub enum StateError {
     #[error("{0}")]
     Refused(#[from] OpError),
     /// redb failed; the write was not acknowledged.
-    #[error("state storage failed ({path}): {detail}")]
+    #[error(
+        "state storage failed ({path}): {detail}; the write was not applied — if the disk is full, free space: writes resume on their own"
+    )]
     Storage {
         /// The database file.
         path: PathBuf,
