@@ -166,9 +166,10 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A full disk fails the writes that do not fit, clearly; once there is room again the
-/// node writes again by itself (redb is opened again after its I/O error), and every
-/// acknowledged write is still there.
+/// A full disk fails the writes that do not fit, clearly, and a request whose event
+/// cannot be stored fails, counted and traced as an error (with its ids on the answer);
+/// once there is room again the node writes again by itself (redb is opened again after
+/// its I/O error), and every acknowledged write is still there.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_resume_by_themselves_once_a_full_disk_has_room() {
     let tmp = tempfile::tempdir().unwrap();
@@ -176,6 +177,12 @@ async fn writes_resume_by_themselves_once_a_full_disk_has_room() {
     let skiff = Skiff::start_in(&disk.0.join("data"), &[]);
     let counter = repo().join("functions/counter");
     skiff.cli_ok(&["deploy", counter.to_str().unwrap(), "--no-build"]);
+    deploy_misbehave(
+        &skiff,
+        tmp.path(),
+        "misbehave",
+        "[[events]]\ntopic = \"full.*\"\n",
+    );
     // Leave a few MiB free.
     let filler = disk.0.join("filler");
     let room = disk.available().saturating_sub(6 << 20);
@@ -206,8 +213,47 @@ async fn writes_resume_by_themselves_once_a_full_disk_has_room() {
     );
     assert_eq!(get(&format!("{}/healthz", skiff.admin)).await.status, 200);
 
+    // An event the bus cannot store (not a byte left): the request fails, and it is
+    // counted and traced as an error, not `ok`.
+    let brim = disk.0.join("brim");
+    let _ = std::fs::write(&brim, vec![0u8; disk.available() as usize + (1 << 20)]);
+    let r = request(
+        "POST",
+        &format!("{}/misbehave/publish/full.event", skiff.listen),
+        &[],
+        vec![b'e'; 512 << 10].into(),
+    )
+    .await;
+    assert!(r.status >= 500, "{} {}", r.status, r.text());
+    let metrics = get(&format!("{}/metrics", skiff.admin)).await.text();
+    let count = |outcome: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("skiff_invocations_total{"))
+            .filter(|l| l.contains("function=\"misbehave\"") && l.contains(outcome))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(
+        (count("outcome=\"ok\""), count("outcome=\"error\"")),
+        (0.0, 1.0),
+        "{metrics}"
+    );
+    let trace = r
+        .headers
+        .get("x-skiff-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("trace id")
+        .to_string();
+    let spans = get(&format!("{}/v1/traces/{trace}", skiff.admin))
+        .await
+        .text();
+    let spans: serde_json::Value = serde_json::from_str(&spans).unwrap();
+    assert_eq!(spans[0]["outcome"], "error", "{spans}");
+
     // Room again: the next writes succeed without a restart.
     std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&brim).unwrap();
     let resumed = wait_until(std::time::Duration::from_secs(10), async || {
         request("PUT", &kv("after".into()), &[], value.clone().into())
             .await

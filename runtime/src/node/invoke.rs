@@ -234,10 +234,19 @@ impl Node {
                         .map_err(|never| match never {})
                         .boxed_unsync(),
                 ),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("function `{function}` failed while writing its answer: {e}"),
-                ),
+                Err(e) => {
+                    let mut r = reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("function `{function}` failed while writing its answer: {e}"),
+                    );
+                    // The failure keeps the invocation's ids, so that it can be traced.
+                    for name in Head::NAMES {
+                        if let Some(v) = parts.headers.remove(name) {
+                            r.headers_mut().insert(name, v);
+                        }
+                    }
+                    r
+                }
             };
         }
         http::Response::from_parts(parts, body.boxed_unsync())
@@ -253,6 +262,13 @@ pub(super) struct Head {
 }
 
 impl Head {
+    /// The headers it sets.
+    const NAMES: [&'static str; 3] = [
+        "x-skiff-version",
+        INVOCATION_HEADER,
+        crate::traces::TRACE_HEADER,
+    ];
+
     pub(super) fn new(dep: &Deployment, invocation: &str, trace: &TraceContext) -> Head {
         Head {
             function: dep.record.name.clone(),
