@@ -52,6 +52,46 @@ pub enum Change {
 /// A secret as stored: (function, key, sealed value).
 pub type SealedSecret = (String, String, Vec<u8>);
 
+/// How long an uploaded artifact that no version references yet is spared from
+/// collection: the CLI uploads, then deploys.
+pub const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Artifacts uploaded and not yet deployed or refused, with when: what a collection
+/// (a node's, or the scheduler's of the cluster's store) must spare for
+/// [`UPLOAD_GRACE`].
+#[derive(Default)]
+pub struct PendingUploads(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl PendingUploads {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Notes that `sha` was just uploaded (forgetting uploads older than the grace).
+    pub fn uploaded(&self, sha: &str) {
+        let mut uploads = self.lock();
+        uploads.retain(|_, at| at.elapsed() < UPLOAD_GRACE);
+        uploads.insert(sha.to_string(), std::time::Instant::now());
+    }
+
+    /// `sha`'s deploy was recorded or refused: no longer an upload on its way.
+    pub fn settled(&self, sha: &str) {
+        self.lock().remove(sha);
+    }
+
+    /// The uploads still within their grace.
+    pub fn spared(&self) -> std::collections::HashSet<String> {
+        let mut uploads = self.lock();
+        uploads.retain(|_, at| at.elapsed() < UPLOAD_GRACE);
+        uploads.keys().cloned().collect()
+    }
+}
+
 /// Function records, versions, artifacts, secrets, and a watch over their changes.
 pub trait ControlStore: Send + Sync {
     /// Stores `bytes` under their sha256 (durably; a second put is a no-op) and answers

@@ -60,8 +60,17 @@ impl Scheduler {
                         "purging state is not available in cluster mode yet; remove the function, then delete its keys with `skiff kv del`".into(),
                     );
                 }
+                let artifact = match self.registry.record(name).await {
+                    Ok(r) => r.map(|r| r.artifact),
+                    Err(e) => return registry_error(e),
+                };
                 match self.registry.remove(name).await {
-                    Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+                    Ok(true) => {
+                        if let Some(sha) = artifact {
+                            self.drop_if_unused(&sha).await;
+                        }
+                        json(StatusCode::OK, &serde_json::json!({ "removed": name }))
+                    }
                     Ok(false) => self.not_found(name).await,
                     Err(e) => registry_error(e),
                 }

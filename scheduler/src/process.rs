@@ -72,6 +72,8 @@ pub struct Scheduler {
     pub(crate) secrets_key: Option<SecretKey>,
     /// Largest component accepted for upload.
     pub(crate) max_artifact: usize,
+    /// Uploads whose deploy is still on its way (spared by artifact collection).
+    pub(crate) uploads: skiff_core::control::PendingUploads,
 }
 
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
@@ -107,6 +109,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         heard_since: Mutex::new(Some(Instant::now())),
         secrets_key,
         max_artifact: opts.max_artifact,
+        uploads: Default::default(),
     });
     tokio::spawn(follow_reports(reports, live));
     tokio::spawn(follow_registered(scheduler.clone()));

@@ -1,7 +1,8 @@
 //! Deploying through the scheduler: the upload goes to the cluster's object store, the
 //! version is checked (the same check a node runs, [`skiff_core::deploy`]) and recorded in
 //! the registry, and the answer waits until a node (or every live node) serves it, rolling
-//! back when every node that tried it failed.
+//! back when every node that tried it failed. An artifact a refused version or a removal
+//! leaves unreferenced leaves the object store.
 
 use crate::admin::registry_error;
 use crate::process::Scheduler;
@@ -20,7 +21,10 @@ impl Scheduler {
             Err(resp) => return resp,
         };
         match self.registry.put_artifact(&bytes).await {
-            Ok(stored) => json(StatusCode::OK, &serde_json::json!({ "artifact": stored })),
+            Ok(stored) => {
+                self.uploads.uploaded(&stored);
+                json(StatusCode::OK, &serde_json::json!({ "artifact": stored }))
+            }
             Err(e) => registry_error(e),
         }
     }
@@ -72,6 +76,8 @@ impl Scheduler {
             Ok(r) => r,
             Err(e) => return registry_error(e),
         };
+        // Recorded: referenced now, so no longer spared as an upload on its way.
+        self.uploads.settled(&request.artifact);
         drop(_guard);
         self.await_rollout(record, previous, wait_all, timeout)
             .await
@@ -129,6 +135,8 @@ impl Scheduler {
                     Ok(s) => s,
                     Err(e) => format!("and the rollback failed too: {e}"),
                 };
+                // The refused version's artifact, unless another version uses it.
+                self.drop_if_unused(&record.artifact).await;
                 return error(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!(
@@ -154,6 +162,32 @@ impl Scheduler {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Scheduler {
+    /// Removes `sha` from the cluster's object store if no recorded version references it
+    /// and no deploy is on its way with it (a node removes its own copy likewise).
+    /// Failures are logged: the artifact stays.
+    pub(crate) async fn drop_if_unused(&self, sha: &str) {
+        if self.uploads.spared().contains(sha) {
+            return;
+        }
+        match self.registry.records().await {
+            Ok(records) if records.iter().any(|r| r.artifact == sha) => {}
+            Ok(_) => match self.registry.remove_artifact(sha).await {
+                Ok(0) => {}
+                Ok(bytes) => {
+                    tracing::info!(artifact = sha, bytes, "removed an artifact no version uses")
+                }
+                Err(e) => {
+                    tracing::warn!(artifact = sha, error = %e, "cannot remove an unused artifact")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(artifact = sha, error = %e, "cannot list versions; the unused artifact stays")
+            }
         }
     }
 }

@@ -487,6 +487,20 @@ async fn cluster_bad_input_gets_clear_errors() {
     let r = get(&format!("{}/hello/x", sched.listen)).await;
     assert_eq!(r.status, 200);
     assert!(sched.cli_ok(&["ls"]).contains("hello"));
+    // The refused version's artifact is gone from the cluster's object store and from
+    // the node's disk; the serving version's stays.
+    let hello_sha =
+        skiff_core::record::sha256_hex(&std::fs::read(guest("functions", "hello.wasm")).unwrap());
+    let broken_sha = skiff_core::record::sha256_hex(b"\0asm\x0d\0\x01\0garbage");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let registry =
+        skiff_core::cluster_registry::ClusterRegistry::open(&async_nats::jetstream::new(client), 1)
+            .await
+            .unwrap();
+    use skiff_core::control::ControlStore;
+    assert_eq!(registry.artifacts().await.unwrap(), vec![hello_sha.clone()]);
+    let local = |sha: &str| tmp.path().join("n1/artifacts").join(format!("{sha}.wasm"));
+    assert!(local(&hello_sha).exists() && !local(&broken_sha).exists());
 
     // A node's own admin API refuses deploys: they go through the scheduler.
     let err = n1.cli_err(&["deploy", hello.to_str().unwrap(), "--no-build"]);
@@ -503,6 +517,16 @@ async fn cluster_bad_input_gets_clear_errors() {
         "--wait-all",
     ]);
     assert!(out.contains("deployed hello v3"), "{out}");
+
+    // Removed: its artifact leaves the object store, and the node's disk once it hears.
+    sched.cli_ok(&["rm", "hello"]);
+    assert!(registry.artifacts().await.unwrap().is_empty());
+    assert!(
+        wait_until(Duration::from_secs(10), async || !local(&hello_sha)
+            .exists())
+        .await,
+        "the node kept the removed function's artifact"
+    );
 }
 
 async fn wait_for_status(url: &str, status: u16) -> Resp {

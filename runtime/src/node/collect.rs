@@ -5,31 +5,13 @@
 //! component exports), and the artifact it uploaded is removed ([`Node::refused`]) unless
 //! a recorded version uses it. [`Node::collect`] removes every artifact and precompiled
 //! file no recorded version references: at start and after `rm`. An artifact uploaded a
-//! moment ago for a deploy still on its way is spared for [`UPLOAD_GRACE`].
+//! moment ago for a deploy still on its way is spared for
+//! [`skiff_core::control::UPLOAD_GRACE`].
 
 use super::{Exports, Node};
 use crate::engine::CompileError;
 use skiff_core::control::ControlError;
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-/// How long an uploaded artifact that no version references yet is kept: the CLI uploads
-/// then deploys, and a collection in between must not take it away.
-pub const UPLOAD_GRACE: Duration = Duration::from_secs(600);
-
-/// Artifacts uploaded and not yet deployed or refused, with when.
-#[derive(Default)]
-pub struct Uploads(Mutex<HashMap<String, Instant>>);
-
-impl Uploads {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
-    }
-}
+use std::collections::HashSet;
 
 /// What one collection removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +40,7 @@ impl Node {
     /// Notes that `artifact` was just uploaded (and so is spared by collections for a
     /// while even though no version references it yet).
     pub fn uploaded(&self, artifact: &str) {
-        self.uploads
-            .lock()
-            .insert(artifact.to_string(), Instant::now());
+        self.uploads.uploaded(artifact);
     }
 
     /// A deploy of `artifact` is accepted: what it compiled goes to the precompiled
@@ -70,7 +50,7 @@ impl Node {
         artifact: &str,
         exports: &Exports,
     ) -> Result<(), super::deploy::DeployError> {
-        self.uploads.lock().remove(artifact);
+        self.uploads.settled(artifact);
         let internal = |detail: String| super::deploy::DeployError::Internal {
             name: artifact.to_string(),
             detail,
@@ -88,7 +68,7 @@ impl Node {
     /// A deploy of `artifact` was refused: its compiled code leaves memory, and the
     /// artifact leaves the disk unless a recorded version uses it.
     pub(super) async fn refused(&self, artifact: &str) {
-        self.uploads.lock().remove(artifact);
+        self.uploads.settled(artifact);
         self.code.discard(artifact);
         let used = match self.control.records().await {
             Ok(records) => records.iter().any(|r| r.artifact == artifact),
@@ -103,7 +83,7 @@ impl Node {
     }
 
     /// Removes every artifact and precompiled file that no recorded version references
-    /// (sparing artifacts uploaded in the last [`UPLOAD_GRACE`]).
+    /// (sparing artifacts uploaded in the last [`skiff_core::control::UPLOAD_GRACE`]).
     pub async fn collect(&self) -> Result<Collected, CollectError> {
         let keep: HashSet<String> = self
             .control
@@ -112,11 +92,7 @@ impl Node {
             .into_iter()
             .map(|r| r.artifact)
             .collect();
-        let spared: HashSet<String> = {
-            let mut uploads = self.uploads.lock();
-            uploads.retain(|_, at| at.elapsed() < UPLOAD_GRACE);
-            uploads.keys().cloned().collect()
-        };
+        let spared = self.uploads.spared();
         let mut collected = Collected::default();
         for artifact in self.control.artifacts().await? {
             if keep.contains(&artifact) || spared.contains(&artifact) {

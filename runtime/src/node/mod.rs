@@ -238,7 +238,7 @@ pub struct Node {
     /// Up, draining or left (see [`Lifecycle`]).
     lifecycle: std::sync::atomic::AtomicU8,
     /// Artifacts uploaded for deploys still on their way (see [`collect`]).
-    uploads: collect::Uploads,
+    uploads: skiff_core::control::PendingUploads,
     /// Where the node keeps its files.
     data_dir: Option<std::path::PathBuf>,
 }
@@ -322,7 +322,7 @@ impl Node {
             changes: tokio::sync::Mutex::new(()),
             failed: std::sync::Mutex::new(BTreeMap::new()),
             lifecycle: std::sync::atomic::AtomicU8::new(Lifecycle::Up as u8),
-            uploads: collect::Uploads::default(),
+            uploads: Default::default(),
             data_dir: config.data_dir,
         })
     }
