@@ -26,6 +26,23 @@ fn deploy_spin(skiff: &Skiff, parent: &Path) {
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
 }
 
+/// `function`'s instances retired for `reason` so far.
+async fn retired(skiff: &Skiff, function: &str, reason: &str) -> f64 {
+    let m = get(&format!("{}/metrics", skiff.admin)).await.text();
+    let reason = format!("reason=\"{reason}\"");
+    metric(&m, "skiff_instances_retired_total", function, &reason)
+}
+
+/// Waits until one more of `function`'s instances has gone idle and been dropped.
+async fn one_more_idle(skiff: &Skiff, function: &str) {
+    let before = retired(skiff, function, "idle").await;
+    let idled = wait_until(Duration::from_secs(5), async || {
+        retired(skiff, function, "idle").await > before
+    })
+    .await;
+    assert!(idled, "no instance of `{function}` went idle within 5 s");
+}
+
 fn metric(text: &str, name: &str, function: &str, extra: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(&format!("function=\"{function}\"")))
@@ -152,16 +169,11 @@ async fn p3_components_serve_beside_p2_and_reuse_instances() {
     assert_eq!(metric(&m, "skiff_instances_reused_total", "fresh", ""), 0.0);
     assert!(metric(&m, "skiff_events_published_total", "pooled", "") >= 2.0);
     // Idle instances go after 1 s.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let m = get(&format!("{}/metrics", skiff.admin)).await.text();
-    assert!(
-        metric(
-            &m,
-            "skiff_instances_retired_total",
-            "pooled",
-            "reason=\"idle\""
-        ) >= 1.0
-    );
+    let idled = wait_until(Duration::from_secs(5), async || {
+        retired(&skiff, "pooled", "idle").await >= 1.0
+    })
+    .await;
+    assert!(idled, "no idle instance of `pooled` was dropped within 5 s");
     let logs = skiff.cli_ok(&["logs", "hello"]);
     assert!(logs.contains("hello called on /hello/p3"), "{logs}");
 }
@@ -189,6 +201,8 @@ async fn p3_limits_hold_under_reuse_and_the_node_keeps_serving() {
             (get(&u).await, t.elapsed())
         }
     });
+    // Time for the hanging request to reach its instance (no metric tells that apart
+    // from admission).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut counts = Vec::new();
     for _ in 0..3 {
@@ -235,7 +249,7 @@ async fn p3_limits_hold_under_reuse_and_the_node_keeps_serving() {
     assert!(r.text().starts_with("holding 4 MiB"), "{}", r.text());
 
     // A guest that traps on every tenth request: the other nine answer.
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the leaky instance goes idle
+    one_more_idle(&skiff, "bad").await; // the leaky instance goes
     let mut statuses = Vec::new();
     for _ in 0..20 {
         statuses.push(get(&url("flaky")).await.status);
@@ -258,7 +272,7 @@ async fn p3_limits_hold_under_reuse_and_the_node_keeps_serving() {
 
     // A trap retires the instance: the request that trapped and the one it was serving
     // at once both get 500 saying so, at once, not at the other's deadline.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // (The flaky instance trapped on its 20th request: the next request makes a fresh one.)
     let waiting = tokio::spawn({
         let u = url("hang");
         async move {
@@ -266,6 +280,8 @@ async fn p3_limits_hold_under_reuse_and_the_node_keeps_serving() {
             (get(&u).await, t.elapsed())
         }
     });
+    // Time for the hanging request to reach its instance (no metric tells that apart
+    // from admission).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = get(&url("boom")).await;
     assert_eq!(r.status, 500, "{}", r.text());
