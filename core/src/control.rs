@@ -84,6 +84,13 @@ impl PendingUploads {
         self.lock().remove(sha);
     }
 
+    /// Whether `sha` was uploaded within the grace and is not settled yet.
+    pub fn is_spared(&self, sha: &str) -> bool {
+        self.lock()
+            .get(sha)
+            .is_some_and(|at| at.elapsed() < UPLOAD_GRACE)
+    }
+
     /// The uploads still within their grace.
     pub fn spared(&self) -> std::collections::HashSet<String> {
         let mut uploads = self.lock();

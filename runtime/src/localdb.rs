@@ -119,21 +119,33 @@ impl Handle {
         }
     }
 
-    /// The open database, opening it again if an I/O error closed it.
-    fn get(&self) -> Result<Arc<Database>, LocalDbError> {
+    /// The open database, opening it again if an I/O error closed it. `wait`: the
+    /// writer's thread may wait (up to a second) for read transactions begun before the
+    /// error to let go of the file; a reader (on an async worker) tries once and never
+    /// waits for a reopening under way.
+    fn get(&self, wait: bool) -> Result<Arc<Database>, LocalDbError> {
         if let Some(db) = self.open.load_full() {
             return Ok(db);
         }
-        let _one = match self.reopening.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+        let _one = match (self.reopening.try_lock(), wait) {
+            (Ok(g), _) => g,
+            (Err(std::sync::TryLockError::Poisoned(p)), _) => p.into_inner(),
+            (Err(std::sync::TryLockError::WouldBlock), false) => {
+                return Err(
+                    self.failed("being opened again after an I/O error; retry in a moment".into())
+                );
+            }
+            (Err(std::sync::TryLockError::WouldBlock), true) => match self.reopening.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            },
         };
         if let Some(db) = self.open.load_full() {
             return Ok(db);
         }
-        // Read transactions begun before the error still hold the file for a moment.
+        let attempts = if wait { 100 } else { 1 };
         let mut last = String::new();
-        for _ in 0..100 {
+        for _ in 0..attempts {
             match Database::create(&self.path) {
                 Ok(db) => {
                     let db = Arc::new(db);
@@ -143,7 +155,9 @@ impl Handle {
                 }
                 Err(DatabaseError::DatabaseAlreadyOpen) => {
                     last = DatabaseError::DatabaseAlreadyOpen.to_string();
-                    std::thread::sleep(Duration::from_millis(10));
+                    if wait {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
                 Err(e) => {
                     last = e.to_string();
@@ -160,7 +174,7 @@ impl Handle {
     /// error until it is opened again) and tries to open it again at once.
     fn close_after_error(&self) {
         self.open.store(None);
-        if self.get().is_err() {
+        if self.get(true).is_err() {
             tracing::warn!(path = %self.path.display(), "local database stays closed until the disk has room; retried with the next write");
         }
     }
@@ -222,7 +236,7 @@ impl LocalDb {
     pub fn read(&self) -> Result<ReadTransaction, LocalDbError> {
         use redb::ReadableDatabase;
         self.db
-            .get()?
+            .get(false)?
             .begin_read()
             .map_err(|e| self.db.failed(e.to_string()))
     }
@@ -239,7 +253,7 @@ fn writer(handle: Arc<Handle>, mut rx: mpsc::UnboundedReceiver<Box<dyn Pending>>
                 Err(_) => break,
             }
         }
-        let db = match handle.get() {
+        let db = match handle.get(true) {
             Ok(db) => db,
             Err(e) => {
                 for p in batch.drain(..) {

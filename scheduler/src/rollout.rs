@@ -171,7 +171,7 @@ impl Scheduler {
     /// and no deploy is on its way with it (a node removes its own copy likewise).
     /// Failures are logged: the artifact stays.
     pub(crate) async fn drop_if_unused(&self, sha: &str) {
-        if self.uploads.spared().contains(sha) {
+        if self.uploads.is_spared(sha) {
             return;
         }
         match self.registry.records().await {

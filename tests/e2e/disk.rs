@@ -35,9 +35,7 @@ fn names(dir: &Path, sub: &str) -> Vec<String> {
 
 async fn data_dir_bytes(skiff: &Skiff) -> f64 {
     let m = get(&format!("{}/metrics", skiff.admin)).await.text();
-    m.lines()
-        .find(|l| l.starts_with("skiff_data_dir_bytes "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    metric_value(&m, "skiff_data_dir_bytes")
         .unwrap_or_else(|| panic!("no skiff_data_dir_bytes in:\n{m}"))
 }
 
@@ -226,14 +224,7 @@ async fn writes_resume_by_themselves_once_a_full_disk_has_room() {
     .await;
     assert!(r.status >= 500, "{} {}", r.status, r.text());
     let metrics = get(&format!("{}/metrics", skiff.admin)).await.text();
-    let count = |outcome: &str| {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("skiff_invocations_total{"))
-            .filter(|l| l.contains("function=\"misbehave\"") && l.contains(outcome))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let count = |outcome: &str| metric(&metrics, "skiff_invocations_total{", "misbehave", outcome);
     assert_eq!(
         (count("outcome=\"ok\""), count("outcome=\"error\"")),
         (0.0, 1.0),

@@ -500,3 +500,22 @@ pub fn enc(s: &str) -> String {
         })
         .collect()
 }
+
+/// The value of exactly `series` (name and labels as exposed, e.g.
+/// `skiff_node_capacity` or `skiff_x_total{function="f"}`) in a Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The sum of `name`'s series for `function` whose line also contains `extra` (e.g. a
+/// `reason="idle"` label; empty: all of them).
+pub fn metric(text: &str, name: &str, function: &str, extra: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("function=\"{function}\"")))
+        .filter(|l| l.contains(extra))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

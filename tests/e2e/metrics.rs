@@ -34,13 +34,6 @@ pub fn promtool_check(text: &str) {
     );
 }
 
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_valid_and_count_exactly() {
     let skiff = Skiff::start(&[]);
@@ -76,7 +69,7 @@ async fn metrics_are_valid_and_count_exactly() {
     // Two steps per order: 10 acknowledged deliveries once the workflow is done.
     let acked = "skiff_events_acked_total{function=\"orders\"}";
     assert!(
-        wait_until(Duration::from_secs(20), async || value(
+        wait_until(Duration::from_secs(20), async || metric_value(
             &scrape(&skiff).await,
             acked
         ) == Some(10.0))
@@ -112,7 +105,11 @@ async fn metrics_are_valid_and_count_exactly() {
         ),
     ];
     for (series, want) in expect {
-        assert_eq!(value(&text, series), Some(want), "{series} in:\n{text}");
+        assert_eq!(
+            metric_value(&text, series),
+            Some(want),
+            "{series} in:\n{text}"
+        );
     }
     for present in [
         "skiff_kv_operations_total{function=\"orders\",op=\"cas\"}",

@@ -59,14 +59,10 @@ async fn python_and_javascript_components_answer_200_parallel_requests() {
         }
         // The 0.2 default: a fresh instance for every request.
         let m = get(&format!("{}/metrics", skiff.admin)).await.text();
-        let created = m
-            .lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "skiff_instances_created_total{{function=\"{name}\"}}"
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        let created = metric_value(
+            &m,
+            &format!("skiff_instances_created_total{{function=\"{name}\"}}"),
+        );
         assert_eq!(created, Some(200.0), "{name}");
     }
 }

@@ -43,14 +43,6 @@ async fn one_more_idle(skiff: &Skiff, function: &str) {
     assert!(idled, "no instance of `{function}` went idle within 5 s");
 }
 
-fn metric(text: &str, name: &str, function: &str, extra: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(&format!("function=\"{function}\"")))
-        .filter(|l| l.contains(extra))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn p3_components_serve_beside_p2_and_reuse_instances() {
     let skiff = Skiff::start(&[]);

@@ -170,14 +170,20 @@ impl CodeCache {
             slot.used.store(self.now(), Ordering::Relaxed);
             return Ok(linked);
         }
-        let linked = self.get_unsaved(slot).await?;
+        let linked = self.get_unsaved(slot, None).await?;
         self.save(&slot.artifact).await?;
         Ok(linked)
     }
 
     /// As [`CodeCache::get`], for a deploy not yet accepted: freshly compiled code stays
-    /// in memory only, until [`CodeCache::save`] (or [`CodeCache::discard`]).
-    pub async fn get_unsaved(&self, slot: &Arc<CodeSlot>) -> Result<Arc<Linked>, LoadError> {
+    /// in memory only, until [`CodeCache::save`] (or [`CodeCache::discard`]). `wasm`:
+    /// the artifact's bytes when the caller already fetched them (else they are fetched
+    /// if a compile is needed).
+    pub async fn get_unsaved(
+        &self,
+        slot: &Arc<CodeSlot>,
+        wasm: Option<Vec<u8>>,
+    ) -> Result<Arc<Linked>, LoadError> {
         if let Some(linked) = slot.linked.load_full() {
             slot.used.store(self.now(), Ordering::Relaxed);
             return Ok(linked);
@@ -186,7 +192,7 @@ impl CodeCache {
         if let Some(linked) = slot.linked.load_full() {
             return Ok(linked);
         }
-        let linked = self.load(&slot.artifact, slot.flavor).await?;
+        let linked = self.load(&slot.artifact, slot.flavor, wasm).await?;
         slot.linked.store(Some(linked.clone()));
         slot.used.store(self.now(), Ordering::Relaxed);
         self.admit(slot.clone());
@@ -239,7 +245,12 @@ impl CodeCache {
         self.capacity
     }
 
-    async fn load(&self, artifact: &str, flavor: Flavor) -> Result<Arc<Linked>, LoadError> {
+    async fn load(
+        &self,
+        artifact: &str,
+        flavor: Flavor,
+        wasm: Option<Vec<u8>>,
+    ) -> Result<Arc<Linked>, LoadError> {
         let (engine, owned) = (self.engine.clone(), artifact.to_string());
         let cached = tokio::task::spawn_blocking(move || engine.load_cached(&owned, flavor))
             .await
@@ -247,11 +258,14 @@ impl CodeCache {
         let (component, source, flavor, unsaved) = match cached {
             Some(c) => (c, CodeSource::Cache, flavor, None),
             None => {
-                let wasm = self
-                    .control
-                    .fetch_artifact(artifact)
-                    .await
-                    .map_err(CompileError::from)?;
+                let wasm = match wasm {
+                    Some(w) => w,
+                    None => self
+                        .control
+                        .fetch_artifact(artifact)
+                        .await
+                        .map_err(CompileError::from)?,
+                };
                 let (c, compiled, flavor) = self.compile(wasm, flavor).await?;
                 (c, CodeSource::Compiled, flavor, Some(compiled))
             }

@@ -277,7 +277,7 @@ impl Node {
         let flavor = Flavor::needed(exports.concurrent, pooled(&exports, &policy));
         if !lazy {
             self.code
-                .get_unsaved(&self.code.slot(artifact, flavor))
+                .get_unsaved(&self.code.slot(artifact, flavor), None)
                 .await
                 .map_err(|e| load_error(&name, e))?;
         }
@@ -312,21 +312,22 @@ impl Node {
             .exports(&key)
             .map_err(|source| compile_error(name, source))?
             .map(Exports::from_bits);
-        let (concurrent, toolchain) = match recorded {
+        let (concurrent, toolchain, wasm) = match recorded {
             Some(exports) if !load => return Ok(exports),
-            Some(exports) => (exports.concurrent, Toolchain::Unknown),
+            Some(exports) => (exports.concurrent, Toolchain::Unknown, None),
             None => {
-                let facts = self.facts(name, artifact).await?;
+                let (facts, wasm) = self.facts(name, artifact).await?;
                 if let Some(refused) = Exports::lacking(&facts, wants) {
                     return Ok(refused);
                 }
-                (facts.uses_wasi_03(), facts.toolchain())
+                // The bytes just read serve the compile too: not fetched (and hashed) twice.
+                (facts.uses_wasi_03(), facts.toolchain(), Some(wasm))
             }
         };
         let slot = self.code.slot(artifact, Flavor::needed(concurrent, false));
         let linked = self
             .code
-            .get_unsaved(&slot)
+            .get_unsaved(&slot, wasm)
             .await
             .map_err(|e| load_error(name, e))?;
         // Recorded (with the compiled code) only once the deploy is accepted.
@@ -336,12 +337,12 @@ impl Node {
         })
     }
 
-    /// `artifact`'s import and export names, read without compiling it.
+    /// `artifact`'s import and export names, read without compiling it, and its bytes.
     async fn facts(
         &self,
         name: &FunctionName,
         artifact: &str,
-    ) -> Result<ComponentFacts, DeployError> {
+    ) -> Result<(ComponentFacts, Vec<u8>), DeployError> {
         let wasm = self
             .control
             .fetch_artifact(artifact)
@@ -349,8 +350,9 @@ impl Node {
             .map_err(|e| compile_error(name, e.into()))?;
         skiff_core::record::check_component_header(&wasm)
             .map_err(|e| compile_error(name, e.into()))?;
-        ComponentFacts::scan(&wasm)
-            .map_err(|e| compile_error(name, CompileError::Malformed(e.to_string())))
+        let facts = ComponentFacts::scan(&wasm)
+            .map_err(|e| compile_error(name, CompileError::Malformed(e.to_string())))?;
+        Ok((facts, wasm))
     }
 
     /// Where what an artifact exports is recorded: per engine and Skiff version, since
