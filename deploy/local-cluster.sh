@@ -114,7 +114,8 @@ CONF
       --data-dir "$dir/node$i" --secrets-key "$dir/secrets.key"
   done
   start scheduler "$dir/logs/scheduler.log" "$bin" scheduler --nats "$urls" --replicas 3 \
-    --listen "$listen" --admin "$admin" --secrets-key "$dir/secrets.key"
+    --listen "$listen" --admin "$admin" --secrets-key "$dir/secrets.key" \
+    --data-dir "$dir/scheduler"
   if ! wait_for bash -c "'$bin' --server 'http://$admin' status | grep -q '$nodes live node(s)'"; then
     echo "error: the cluster did not come up within 30 s; logs in $dir/logs" >&2
     exit 1

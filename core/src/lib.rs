@@ -20,6 +20,7 @@
 pub mod api;
 pub mod cluster_registry;
 pub mod control;
+pub mod deferred;
 pub mod deploy;
 pub mod http;
 pub mod instances;

@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+/// How often a client pings its server. The library's default (a minute) would leave a
+/// node talking to a partitioned server for minutes.
+const PING_EVERY: Duration = Duration::from_millis(500);
+
 /// NATS could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -36,6 +40,9 @@ pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, Conne
         async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(5))
+            // A server cut off by a partition sends nothing; missed pings notice it (after
+            // two unanswered ones) and the client moves to another server of the cluster.
+            .ping_interval(PING_EVERY)
             .max_reconnects(None)
             .connect(list.as_slice()),
     )
@@ -62,6 +69,108 @@ where
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `setup` until it succeeds, however long that takes, waiting up to 5 s between
+/// tries: a node or scheduler started while NATS is unreachable joins whenever it
+/// answers. The first failure and each new kind of failure are logged as warnings.
+pub async fn retry_forever<T, E, F, Fut>(what: &str, mut setup: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut wait = Duration::from_millis(250);
+    let mut last = String::new();
+    loop {
+        match setup().await {
+            Ok(v) => return v,
+            Err(e) => {
+                let e = e.to_string();
+                if e != last {
+                    tracing::warn!(error = %e, "cannot {what} yet; retrying until it works");
+                } else {
+                    tracing::debug!(error = %e, "cannot {what} yet; retrying");
+                }
+                last = e;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// How far a process that joins NATS in the background got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joining {
+    /// Trying to connect.
+    Connecting,
+    /// The first try to connect failed: NATS is down or unreachable.
+    Unreachable,
+    /// Connected; setting up streams and buckets (a fresh cluster may still be electing).
+    Connected,
+    /// Everything is set up.
+    Joined,
+}
+
+/// How long a starting process waits to hear whether NATS answers before it serves
+/// without it.
+pub const CONNECT_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long a starting process whose NATS answered waits for its streams before it
+/// serves without them (a fresh NATS cluster is electing its leaders).
+pub const SETUP_GRACE: Duration = Duration::from_secs(30);
+
+/// Waits, at start, for a background join reported through `progress`: answers whether it
+/// joined. It answers `false` at once if NATS is unreachable, after [`CONNECT_GRACE`] if
+/// no connection came, and after [`SETUP_GRACE`] if NATS answered but the setup did not
+/// finish; the process then serves without NATS and the join goes on.
+pub async fn wait_for_join(progress: &mut tokio::sync::watch::Receiver<Joining>) -> bool {
+    let first = tokio::time::timeout(
+        CONNECT_GRACE,
+        progress.wait_for(|p| *p != Joining::Connecting),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok().map(|p| *p));
+    match first {
+        Some(Joining::Joined) => return true,
+        Some(Joining::Connected) => {}
+        _ => return false,
+    }
+    let joined = tokio::time::timeout(SETUP_GRACE, progress.wait_for(|p| *p == Joining::Joined))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !joined {
+        tracing::warn!(
+            "NATS answers but its streams were not ready within {SETUP_GRACE:?}; serving without it and joining when they are"
+        );
+    }
+    joined
+}
+
+/// Connects to `urls` for a background join, retrying every second for as long as it
+/// takes, and tells `progress` how it goes.
+pub async fn connect_forever(
+    urls: &str,
+    name: &str,
+    progress: &tokio::sync::watch::Sender<Joining>,
+) -> async_nats::Client {
+    loop {
+        match connect(urls, name).await {
+            Ok(client) => {
+                progress.send_replace(Joining::Connected);
+                return client;
+            }
+            Err(e) => {
+                if *progress.borrow() == Joining::Connecting {
+                    tracing::warn!(error = %e, "NATS unreachable: serving with what this process knows, and joining when NATS answers");
+                    progress.send_replace(Joining::Unreachable);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -82,4 +82,12 @@ pub struct NodeReport {
     pub failed: Vec<Failed>,
     /// Increases with every report, so that a late one never overwrites a newer one.
     pub seq: u64,
+    /// Whether the node reaches NATS now: its writes and event deliveries need it, so a
+    /// scheduler prefers nodes that do (a report that does not say counts as yes).
+    #[serde(default = "reaches_nats")]
+    pub nats: bool,
+}
+
+fn reaches_nats() -> bool {
+    true
 }

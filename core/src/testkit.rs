@@ -10,7 +10,11 @@ use std::time::Duration;
 /// A running nats-server.
 pub struct NatsServer {
     child: Option<Child>,
+    /// The address it listens for clients on.
+    host: String,
     port: u16,
+    /// What runs it (`ip netns exec NS` for a server in a network namespace), if anything.
+    launcher: Vec<String>,
     store: PathBuf,
     /// The config file of a clustered server (restarts reuse it).
     config: Option<PathBuf>,
@@ -27,12 +31,44 @@ impl NatsServer {
         Self::launch(store, None)
     }
 
+    /// Starts one with JetStream storing under `store`, on `port` (e.g. where a process
+    /// already looks for it).
+    pub fn start_on(store: &Path, port: u16) -> Result<NatsServer, String> {
+        Self::launch(store, Some(port))
+    }
+
     fn launch(store: &Path, port: Option<u16>) -> Result<NatsServer, String> {
         let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
         let mut cmd = Command::new(binary());
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(store);
         Self::spawn(cmd, store, None)
+    }
+
+    /// Starts one from the config file `config` (storing under `store`) through
+    /// `launcher`, e.g. `["ip", "netns", "exec", "NS"]` to run it in a network namespace.
+    /// Restarts run it the same way.
+    pub fn start_via(launcher: &[&str], config: &Path, store: &Path) -> Result<NatsServer, String> {
+        let mut server = Self::spawn(
+            Self::command(launcher, config),
+            store,
+            Some(config.to_path_buf()),
+        )?;
+        server.launcher = launcher.iter().map(|s| s.to_string()).collect();
+        Ok(server)
+    }
+
+    fn command(launcher: &[impl AsRef<std::ffi::OsStr>], config: &Path) -> Command {
+        let mut cmd = match launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        cmd.arg("-c").arg(config);
+        cmd
     }
 
     fn spawn(
@@ -56,28 +92,33 @@ impl NatsServer {
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = log.clone();
         std::thread::spawn(move || {
-            let mut port = None;
+            let mut addr = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(mut l) = sink.lock() {
                     l.push_str(&line);
                     l.push('\n');
                 }
                 if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
-                    port = rest
+                    addr = rest
                         .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse::<u16>().ok());
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)));
                 }
                 if line.contains("Server is ready") {
-                    let _ = tx.send(port);
+                    let _ = tx.send(addr.clone());
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(port)) => Ok(NatsServer {
+            Ok(Some((host, port))) => Ok(NatsServer {
                 child: Some(child),
+                host: if host == "0.0.0.0" {
+                    "127.0.0.1".into()
+                } else {
+                    host
+                },
                 port,
+                launcher: Vec::new(),
                 store: store.to_path_buf(),
                 config,
                 log,
@@ -94,7 +135,7 @@ impl NatsServer {
 
     /// Its client URL.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Stops it (SIGKILL).
@@ -109,11 +150,11 @@ impl NatsServer {
     pub fn restart(&mut self) -> Result<(), String> {
         self.kill();
         let mut again = match &self.config {
-            Some(c) => {
-                let mut cmd = Command::new(binary());
-                cmd.arg("-c").arg(c);
-                Self::spawn(cmd, &self.store, Some(c.clone()))?
-            }
+            Some(c) => Self::spawn(
+                Self::command(&self.launcher, c),
+                &self.store,
+                Some(c.clone()),
+            )?,
             None => Self::launch(&self.store, Some(self.port))?,
         };
         self.child = again.child.take();
@@ -169,9 +210,11 @@ impl NatsCluster {
             );
             let path = dir.join(format!("nats{i}.conf"));
             std::fs::write(&path, config).map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(binary());
-            cmd.arg("-c").arg(&path);
-            children.push(NatsServer::spawn(cmd, &store, Some(path))?);
+            children.push(NatsServer::spawn(
+                NatsServer::command(&[] as &[&str], &path),
+                &store,
+                Some(path),
+            )?);
         }
         Ok(NatsCluster { servers: children })
     }

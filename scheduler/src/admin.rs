@@ -2,7 +2,7 @@
 //! answered from the cluster registry and the live nodes. Deploys go to [`crate::rollout`];
 //! function-level calls and logs and traces to the nodes ([`crate::nodes`]).
 
-use crate::process::Scheduler;
+use crate::shared::Scheduler;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;

@@ -13,7 +13,8 @@
 //!
 //! A failure after the request was sent (a reset, a node killed mid-request) is not retried,
 //! because the function may have run and a retry could apply its effects twice; the client
-//! gets `502` and decides.
+//! gets `502` and decides. A node cut off by a partition sends no reset: a request it holds
+//! fails with `502` as soon as the node leaves the live set, instead of hanging.
 
 use crate::live::{LiveSet, NoTarget, Placement, Target};
 use bytes::Bytes;
@@ -261,13 +262,22 @@ impl Gateway {
         target.outstanding.fetch_add(1, Ordering::Relaxed);
         target.sent.fetch_add(1, Ordering::Relaxed);
         let guard = Outstanding(target.outstanding.clone());
-        let resp = self.client.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                Failure::NotSent(format!("{e}"))
-            } else {
-                Failure::AfterSend(format!("{e}"))
+        let mut gone = target.gone.clone();
+        let resp = tokio::select! {
+            resp = self.client.request(req) => resp.map_err(|e| {
+                if e.is_connect() {
+                    Failure::NotSent(format!("{e}"))
+                } else {
+                    Failure::AfterSend(format!("{e}"))
+                }
+            })?,
+            // Resolves only when the node left the live set (its sender was dropped).
+            _ = gone.changed() => {
+                return Err(Failure::AfterSend(
+                    "it stopped answering while it held the request (no load report or probe for a second)".into(),
+                ));
             }
-        })?;
+        };
         let (mut parts, body) = resp.into_parts();
         if let Ok(v) = HeaderValue::from_str(&target.node) {
             parts.headers.insert(NODE_HEADER, v);

@@ -5,8 +5,11 @@
 //! * [`placement`] — pure: power of two choices over expected wait.
 //! * [`live`] — the live set that nodes' load reports keep fresh, and the routes.
 //! * [`gateway`] — request path → function → node → proxied, with the retry rule.
+//! * [`shared`] — the scheduler's shared state, which every module below works on.
 //! * [`process`] — [`run`]: NATS, the registry client, the listeners, the background
 //!   loops that follow reports and expire silent nodes.
+//! * [`view`] — the last known view kept on disk; [`probe`] — nodes asked directly while
+//!   NATS is unreachable.
 //! * [`admin`] — the admin API; [`rollout`] — deploys and waiting for nodes to serve;
 //!   [`nodes`] — calls forwarded to nodes, logs and traces gathered from them;
 //!   [`metrics`] — `/metrics`.
@@ -17,7 +20,10 @@ pub mod live;
 pub mod metrics;
 pub mod nodes;
 pub mod placement;
+pub mod probe;
 pub mod process;
 pub mod rollout;
+pub mod shared;
+pub mod view;
 
 pub use process::{SchedulerOptions, run};

@@ -22,6 +22,9 @@ pub struct LiveNode {
     pub outstanding: Arc<AtomicU32>,
     /// Requests this scheduler has sent it since it joined.
     pub sent: Arc<AtomicU64>,
+    /// Dropped with the node when it leaves the live set: requests it still holds stop
+    /// waiting for it (see [`Target::gone`]).
+    gone: tokio::sync::watch::Sender<()>,
 }
 
 impl LiveNode {
@@ -58,6 +61,9 @@ pub struct Target {
     pub outstanding: Arc<AtomicU32>,
     /// Its sent counter.
     pub sent: Arc<AtomicU64>,
+    /// Closes when the node leaves the live set (it stopped reporting or left): a request
+    /// still waiting for it then fails instead of hanging on a cut-off link.
+    pub gone: tokio::sync::watch::Receiver<()>,
 }
 
 /// Why no node could be picked.
@@ -119,12 +125,28 @@ impl LiveSet {
                     avoid_until: None,
                     outstanding: Arc::new(AtomicU32::new(0)),
                     sent: Arc::new(AtomicU64::new(0)),
+                    gone: tokio::sync::watch::channel(()).0,
                 },
             );
         }
         if routes_changed {
             self.rebuild_routes(&nodes);
         }
+    }
+
+    /// The nodes not heard from within [`EXPIRE_AFTER_MS`] of `now`, counting only time
+    /// since `since`: (name, admin URL), to probe before they are dropped.
+    pub fn silent(&self, now: Instant, since: Instant) -> Vec<(String, String)> {
+        let limit = Duration::from_millis(EXPIRE_AFTER_MS);
+        let nodes = match self.nodes.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        nodes
+            .values()
+            .filter(|n| now.saturating_duration_since(n.seen.max(since)) > limit)
+            .map(|n| (n.report.node.clone(), n.report.admin.clone()))
+            .collect()
     }
 
     /// Drops nodes not heard from within [`EXPIRE_AFTER_MS`] of `now`, counting only time
@@ -238,11 +260,15 @@ impl LiveSet {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let candidates: Vec<&LiveNode> = nodes
+        let mut candidates: Vec<&LiveNode> = nodes
             .values()
             .filter(|n| n.report.functions.iter().any(|f| f.name == function))
             .filter(|n| !tried.contains(&n.report.node))
             .collect();
+        // A node cut off from NATS serves reads but fails writes: prefer the others.
+        if candidates.iter().any(|n| n.report.nats) {
+            candidates.retain(|n| n.report.nats);
+        }
         let loads: Vec<Load> = candidates.iter().map(|n| n.load(now)).collect();
         let chosen = match placement {
             Placement::PowerOfTwo => crate::placement::pick(&loads, r1, r2),
@@ -256,6 +282,7 @@ impl LiveSet {
                     url: n.report.url.clone(),
                     outstanding: n.outstanding.clone(),
                     sent: n.sent.clone(),
+                    gone: n.gone.subscribe(),
                 })
             }
             None => Err(NoTarget::NoNode(function.to_string())),
@@ -314,6 +341,7 @@ mod tests {
                 .collect(),
             failed: vec![],
             seq,
+            nats: true,
         }
     }
 

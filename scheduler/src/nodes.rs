@@ -1,7 +1,7 @@
 //! The scheduler talking to its nodes' admin APIs: picking a live node, forwarding a call
 //! as it came, and gathering logs and traces from every node.
 
-use crate::process::Scheduler;
+use crate::shared::Scheduler;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};

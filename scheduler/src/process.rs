@@ -1,8 +1,11 @@
 //! `skiff scheduler`: the cluster's front door.
 //!
 //! * Load reports arrive on `skiff.nodes.*` and keep a [`LiveSet`] fresh; a node not heard
-//!   from for a second is dropped, except while NATS itself is unreachable, when the last
-//!   view keeps routing.
+//!   from for a second is dropped. While NATS is unreachable, [`crate::probe`] asks the
+//!   known nodes directly instead.
+//! * It starts without NATS: it routes with the last known view it keeps on disk
+//!   ([`crate::view`]), answers registry calls with an error that names NATS, and joins
+//!   whenever NATS answers ([`join`]).
 //! * The function listener is a [`Gateway`]: route → function → node by power of two
 //!   choices → proxied, with `x-skiff-node` on every answer.
 //! * The admin API deploys into the cluster registry and waits until a node serves the
@@ -12,20 +15,20 @@
 
 use crate::gateway::Gateway;
 use crate::live::{LiveSet, Placement};
-use bytes::Bytes;
+use crate::shared::Scheduler;
 use futures::StreamExt;
-use http_body_util::Full;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skiff_core::cluster_registry::ClusterRegistry;
-use skiff_core::control::ControlStore;
+use skiff_core::deferred::Deferred;
 use skiff_core::deploy::route_table;
+use skiff_core::nats::Joining;
 use skiff_core::report::{NodeReport, NodeState, SUBJECT_PREFIX};
 use skiff_core::secrets::SecretKey;
 use skiff_core::serve::{ConnLimits, bind, serve, shutdown_signal};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -52,28 +55,8 @@ pub struct SchedulerOptions {
     pub secrets_key: Option<std::path::PathBuf>,
     /// Largest component accepted for upload.
     pub max_artifact: usize,
-}
-
-/// The scheduler's shared state.
-pub struct Scheduler {
-    pub(crate) live: Arc<LiveSet>,
-    pub(crate) gateway: Gateway,
-    pub(crate) registry: Arc<dyn ControlStore>,
-    pub(crate) token: Option<String>,
-    pub(crate) url: String,
-    pub(crate) started: Instant,
-    pub(crate) deploy_timeout: Duration,
-    pub(crate) http: Client<HttpConnector, Full<Bytes>>,
-    /// Serialises deploys so that route checks and version records do not interleave.
-    pub(crate) deploys: tokio::sync::Mutex<()>,
-    /// When reports could last start flowing (NATS connected); `None` while disconnected.
-    pub(crate) heard_since: Mutex<Option<Instant>>,
-    /// Seals secrets before they enter the registry.
-    pub(crate) secrets_key: Option<SecretKey>,
-    /// Largest component accepted for upload.
-    pub(crate) max_artifact: usize,
-    /// Uploads whose deploy is still on its way (spared by artifact collection).
-    pub(crate) uploads: skiff_core::control::PendingUploads,
+    /// Where the last known view is kept.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
@@ -82,38 +65,63 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         Some(path) => Some(SecretKey::load(path)?),
         None => None,
     };
-    let client = skiff_core::nats::connect(&opts.nats, "skiff-scheduler").await?;
-    let replicas = skiff_core::nats::replicas(&client, opts.replicas);
-    let js = async_nats::jetstream::new(client.clone());
-    let registry = skiff_core::nats::until_ready("open the cluster registry", || {
-        ClusterRegistry::open(&js, replicas)
-    })
-    .await?;
-    let reports = client
-        .subscribe(format!("{SUBJECT_PREFIX}.*"))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to load reports: {e}"))?;
+    std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the scheduler's data dir `{}`: {e}; pass --data-dir",
+            opts.data_dir.display()
+        )
+    })?;
     let (listener, admin_listener) = bind(opts.listen, opts.admin).await?;
     let (listen, admin) = (listener.local_addr()?, admin_listener.local_addr()?);
     let live = Arc::new(LiveSet::new());
+    let registry = Arc::new(Deferred::new(format!(
+        "the cluster registry is unreachable: NATS at {} has not answered since this scheduler started; deployed functions keep being served — retry once NATS is up",
+        opts.nats
+    )));
     let scheduler = Arc::new(Scheduler {
         gateway: Gateway::new(live.clone(), opts.max_body, opts.placement),
         live: live.clone(),
-        registry: Arc::new(registry),
+        registry: registry.clone(),
+        nats: OnceLock::new(),
+        known: Mutex::new(BTreeMap::new()),
+        records: Mutex::new(Vec::new()),
         token: opts.token.clone(),
         url: format!("http://{listen}"),
         started: Instant::now(),
         deploy_timeout: opts.deploy_timeout,
         http: Client::builder(TokioExecutor::new()).build_http(),
         deploys: tokio::sync::Mutex::new(()),
-        heard_since: Mutex::new(Some(Instant::now())),
         secrets_key,
         max_artifact: opts.max_artifact,
         uploads: Default::default(),
     });
-    tokio::spawn(follow_reports(reports, live));
+    match crate::view::load(&opts.data_dir) {
+        Ok(Some(view)) => {
+            tracing::info!(
+                nodes = view.nodes.len(),
+                functions = view.records.len(),
+                "routing with the last known view until NATS answers"
+            );
+            crate::view::restore(&scheduler, view);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "starting without a last known view"),
+    }
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(Joining::Connecting);
+    tokio::spawn(join(
+        scheduler.clone(),
+        opts.nats.clone(),
+        opts.replicas,
+        registry,
+        progress_tx,
+    ));
+    // A healthy NATS is joined before the scheduler says it is up; an unreachable one is not
+    // waited for.
+    skiff_core::nats::wait_for_join(&mut progress).await;
     tokio::spawn(follow_registered(scheduler.clone()));
-    tokio::spawn(expire_silent_nodes(scheduler.clone(), client));
+    tokio::spawn(expire_silent_nodes(scheduler.clone()));
+    tokio::spawn(crate::probe::run(scheduler.clone()));
+    tokio::spawn(crate::view::keep(scheduler.clone(), opts.data_dir.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateway = scheduler.clone();
@@ -147,6 +155,34 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Joins NATS, however long it takes: connects, opens the cluster registry, subscribes to
+/// load reports, then follows them.
+async fn join(
+    s: Arc<Scheduler>,
+    urls: String,
+    replicas: Option<usize>,
+    registry: Arc<Deferred>,
+    progress: tokio::sync::watch::Sender<Joining>,
+) {
+    // Until it connects: routing with the last known view, probing nodes directly.
+    let client = skiff_core::nats::connect_forever(&urls, "skiff-scheduler", &progress).await;
+    let replicas = skiff_core::nats::replicas(&client, replicas);
+    let js = async_nats::jetstream::new(client.clone());
+    let opened = skiff_core::nats::retry_forever("open the cluster registry", || {
+        ClusterRegistry::open(&js, replicas)
+    })
+    .await;
+    registry.set(Arc::new(opened));
+    let reports = skiff_core::nats::retry_forever("subscribe to load reports", || {
+        client.subscribe(format!("{SUBJECT_PREFIX}.*"))
+    })
+    .await;
+    let _ = s.nats.set(client);
+    tracing::info!(nats = %urls, "joined NATS");
+    progress.send_replace(Joining::Joined);
+    follow_reports(reports, s.live.clone()).await;
+}
+
 /// Load reports in: each one refreshes its node in the live set.
 async fn follow_reports(mut reports: async_nats::Subscriber, live: Arc<LiveSet>) {
     while let Some(msg) = reports.next().await {
@@ -169,37 +205,47 @@ async fn follow_reports(mut reports: async_nats::Subscriber, live: Arc<LiveSet>)
 async fn follow_registered(s: Arc<Scheduler>) {
     loop {
         match s.registry.records().await {
-            Ok(records) => s.live.set_registered(route_table(&records, None)),
+            Ok(records) => {
+                s.live.set_registered(route_table(&records, None));
+                s.set_records(records);
+            }
             Err(e) => tracing::debug!(error = %e, "cannot list the registry's routes now"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Drops nodes that stopped reporting; paused while NATS itself is away, so that the last
-/// known nodes keep serving.
-async fn expire_silent_nodes(s: Arc<Scheduler>, client: async_nats::Client) {
-    let mut connected = true;
+/// Drops nodes not heard from for a second: through reports while NATS is connected,
+/// through direct probes while it is not; a node silent for a second is probed once more
+/// before it is dropped. Each switch starts the count again.
+async fn expire_silent_nodes(s: Arc<Scheduler>) {
+    let mut connected = s.nats_connected();
+    let mut since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now_connected = client.connection_state() == async_nats::connection::State::Connected;
-        let since = {
-            let mut h = match s.heard_since.lock() {
-                Ok(h) => h,
-                Err(p) => p.into_inner(),
-            };
-            if now_connected && !connected {
+        let now_connected = s.nats_connected();
+        if now_connected != connected {
+            since = Instant::now();
+            connected = now_connected;
+            if connected {
                 tracing::info!("NATS is back; node reports resume");
-                *h = Some(Instant::now());
-            } else if !now_connected && connected {
-                tracing::warn!("NATS unreachable; routing with the last known nodes");
-                *h = None;
             }
-            *h
-        };
-        connected = now_connected;
-        for node in s.live.expire(Instant::now(), since) {
-            tracing::warn!(node, "node stopped reporting; no longer routing to it");
+        }
+        let silent = s.live.silent(Instant::now(), since);
+        if silent.is_empty() {
+            continue;
+        }
+        let answers = futures::future::join_all(
+            silent
+                .iter()
+                .map(|(node, admin)| crate::probe::probe(&s, node, admin)),
+        )
+        .await;
+        for report in answers.into_iter().flatten() {
+            s.live.report(report, Instant::now());
+        }
+        for node in s.live.expire(Instant::now(), Some(since)) {
+            tracing::warn!(node, "node stopped answering; no longer routing to it");
         }
     }
 }

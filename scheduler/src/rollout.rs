@@ -5,7 +5,7 @@
 //! leaves unreferenced leaves the object store.
 
 use crate::admin::registry_error;
-use crate::process::Scheduler;
+use crate::shared::Scheduler;
 use http::StatusCode;
 use hyper::body::Incoming;
 use skiff_core::deploy::{check_manifest, route_table};

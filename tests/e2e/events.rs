@@ -415,28 +415,39 @@ async fn sigkill_in_the_middle_of_a_thousand_orders_loses_nothing(b: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn nats_unreachable_at_start_is_a_clear_error() {
+async fn nats_unreachable_at_start_serves_and_joins_when_it_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(skiff_bin())
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--nats",
-            "nats://127.0.0.1:1",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let port = skiff_core::testkit::free_port().unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    // Nothing listens there: Skiff starts anyway, and says why events wait.
+    let skiff = Skiff::start_in(&dir.path().join("data"), &["--nats", &url]);
     assert!(
-        err.contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        skiff
+            .log()
+            .contains(&format!("cannot connect to NATS at {url}")),
+        "{}",
+        skiff.log()
+    );
+    let hello = repo().join("functions/hello");
+    skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    skiff.assert_hello_serves().await;
+    let orders = repo().join("functions/orders");
+    let err = skiff.cli_err(&["deploy", orders.to_str().unwrap(), "--no-build"]);
+    assert!(
+        err.contains("serves HTTP") && err.contains("NATS has not answered"),
         "{err}"
     );
+
+    // NATS comes up where Skiff looks for it: the triggers start on their own.
+    let _nats = NatsServer::start_on(&dir.path().join("nats"), port).expect("nats");
+    let started = wait_until(Duration::from_secs(30), async || {
+        skiff.log().contains("event triggers started")
+    })
+    .await;
+    assert!(started, "{}", skiff.log());
+    assert_eq!(post_orders(&skiff.listen, "late", 20, 4).await, 20);
+    let left = unfinished(&skiff.listen, "late", 20, Duration::from_secs(30)).await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

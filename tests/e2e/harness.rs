@@ -144,11 +144,20 @@ impl Skiff {
         s
     }
 
-    /// Starts `skiff scheduler` against NATS at `nats`.
+    /// Starts `skiff scheduler` against NATS at `nats`, keeping its view in a temp dir
+    /// unless `args` name a `--data-dir`.
     pub fn scheduler(nats: &str, args: &[&str]) -> Skiff {
         let mut all = vec!["scheduler", "--nats", nats];
         all.extend_from_slice(args);
-        Skiff::spawn(&all)
+        if args.contains(&"--data-dir") {
+            return Skiff::spawn(&all);
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_str().expect("utf-8 path").to_string();
+        all.extend_from_slice(&["--data-dir", &dir]);
+        let mut s = Skiff::spawn(&all);
+        s._tmp = Some(tmp);
+        s
     }
 
     /// Starts `skiff <args>` (a server subcommand first) on free loopback ports and waits
@@ -157,12 +166,33 @@ impl Skiff {
         Skiff::spawn_via(None, args)
     }
 
+    /// Starts `skiff <args>` listening at `listen` and `admin` (`127.0.0.1:PORT`), e.g.
+    /// where a stopped server listened before.
+    pub fn spawn_at(args: &[&str], listen: &str, admin: &str) -> Skiff {
+        Skiff::spawn_full(None, None, args, listen, admin)
+    }
+
     /// Like [`Skiff::spawn`], run through `bash -c '<setup>; exec skiff ...'` when given.
     fn spawn_via(setup: Option<&str>, args: &[&str]) -> Skiff {
+        Skiff::spawn_full(None, setup, args, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    fn spawn_full(
+        netns: Option<&str>,
+        setup: Option<&str>,
+        args: &[&str],
+        listen: &str,
+        admin: &str,
+    ) -> Skiff {
         build_guests();
-        let mut cmd = match setup {
-            None => Command::new(skiff_bin()),
-            Some(setup) => {
+        let mut cmd = match (netns, setup) {
+            (Some(ns), _) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(skiff_bin());
+                c
+            }
+            (None, None) => Command::new(skiff_bin()),
+            (None, Some(setup)) => {
                 let mut c = Command::new("bash");
                 c.arg("-c")
                     .arg(format!("{setup}; exec \"$0\" \"$@\""))
@@ -171,7 +201,7 @@ impl Skiff {
             }
         };
         cmd.args(args)
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin", admin])
             .env_remove("SKIFF_TOKEN")
             .env_remove("SKIFF_NATS")
             .env("RUST_LOG", "info")

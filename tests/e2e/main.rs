@@ -6,6 +6,7 @@ mod cluster;
 mod deploy_files;
 mod disk;
 mod events;
+mod faults;
 mod harness;
 mod lifecycle;
 mod logs;

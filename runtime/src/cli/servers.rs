@@ -135,6 +135,10 @@ pub(super) struct SchedulerArgs {
     /// The largest component accepted for upload.
     #[arg(long, default_value = "50MiB", value_parser = Size::parse)]
     max_artifact: Size,
+    /// Where the scheduler keeps its last known view of nodes and functions, to route
+    /// with when it starts while NATS is unreachable.
+    #[arg(long, default_value = ".skiff-scheduler")]
+    data_dir: PathBuf,
 }
 
 impl UpArgs {
@@ -247,6 +251,7 @@ pub(super) async fn scheduler(args: SchedulerArgs, token: Option<String>) -> any
         replicas: args.replicas,
         secrets_key: args.secrets_key,
         max_artifact: usize::try_from(args.max_artifact.0).unwrap_or(usize::MAX),
+        data_dir: args.data_dir,
         placement: if args.placement == "round-robin" {
             skiff_scheduler::live::Placement::RoundRobin
         } else {

@@ -2,6 +2,9 @@
 //! [`skiff_core::report::REPORT_EVERY_MS`] ms, and sooner when the
 //! number of running invocations moves sharply, so that the scheduler's picture is never
 //! more than a fraction of a second old.
+//!
+//! The same report answers `GET /v1/report` on the node's admin API, so that a scheduler
+//! that cannot reach NATS probes the nodes it knows directly.
 
 use crate::node::{Lifecycle, Node};
 use skiff_core::report::{Failed, NodeReport, NodeState, REPORT_EVERY_MS, SUBJECT_PREFIX, Served};
@@ -15,7 +18,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(25);
 /// Publishes one node's load.
 pub struct Reporter {
     node: Arc<Node>,
-    client: async_nats::Client,
+    /// Set once NATS answered; reports are only served over the admin API before.
+    client: std::sync::OnceLock<async_nats::Client>,
     url: String,
     admin: String,
     seq: AtomicU64,
@@ -34,11 +38,11 @@ fn resident_memory() -> u64 {
 
 impl Reporter {
     /// A reporter for `node`, which the scheduler reaches at `url` (functions) and
-    /// `admin` (admin API).
-    pub fn new(node: Arc<Node>, client: async_nats::Client, url: String, admin: String) -> Self {
+    /// `admin` (admin API). It publishes once [`Reporter::attach`]ed to NATS.
+    pub fn new(node: Arc<Node>, url: String, admin: String) -> Self {
         Reporter {
             node,
-            client,
+            client: std::sync::OnceLock::new(),
             url,
             admin,
             seq: AtomicU64::new(0),
@@ -46,7 +50,13 @@ impl Reporter {
         }
     }
 
-    fn report(&self) -> NodeReport {
+    /// Publishes over `client` from now on.
+    pub fn attach(&self, client: async_nats::Client) {
+        let _ = self.client.set(client);
+    }
+
+    /// The node's report now (each one with a higher `seq`).
+    pub fn report(&self) -> NodeReport {
         let node = &self.node;
         let snapshot = node.snapshot();
         NodeReport {
@@ -82,20 +92,27 @@ impl Reporter {
                 })
                 .collect(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            nats: self
+                .client
+                .get()
+                .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected),
         }
     }
 
     /// Publishes a report now (also used on state changes: draining, leaving).
     pub async fn publish(&self) {
+        let Some(client) = self.client.get() else {
+            return;
+        };
         let report = self.report();
         let subject = format!("{SUBJECT_PREFIX}.{}", report.node);
         match serde_json::to_vec(&report) {
             Ok(json) => {
-                if let Err(e) = self.client.publish(subject, json.into()).await {
+                if let Err(e) = client.publish(subject, json.into()).await {
                     tracing::debug!(error = %e, "cannot publish a load report");
                 }
                 // Reports are small and frequent; pushing them out now keeps them fresh.
-                let _ = self.client.flush().await;
+                let _ = client.flush().await;
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a load report"),
         }

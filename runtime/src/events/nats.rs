@@ -11,6 +11,8 @@
 //! * Publishing is local first: events go to a durable outbox in the node's redb and a
 //!   forwarder moves them to JetStream, so a node keeps accepting work while NATS is
 //!   unreachable and delivers it once NATS is back. Nothing acknowledged is lost.
+//! * A node may start while NATS is unreachable: [`NatsBus::offline`] takes events into
+//!   the outbox at once, and [`NatsBus::attach`] joins JetStream whenever it answers.
 
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
 use crate::localdb::LocalDb;
@@ -40,11 +42,17 @@ const H_USER: &str = "Skiff-H-";
 
 /// The JetStream bus.
 pub struct NatsBus {
-    js: jetstream::Context,
-    dead: kv::Store,
+    /// Set once JetStream answered ([`NatsBus::attach`]).
+    remote: std::sync::OnceLock<Remote>,
     db: Arc<LocalDb>,
     consumers: Mutex<HashMap<String, jetstream::consumer::PullConsumer>>,
     forward: Arc<Notify>,
+}
+
+/// What the bus holds in JetStream.
+struct Remote {
+    js: jetstream::Context,
+    dead: kv::Store,
 }
 
 fn backend(e: impl std::fmt::Display) -> BusError {
@@ -101,17 +109,53 @@ impl NatsBus {
         Self::new(client, db, replicas, window).await
     }
 
-    /// Creates the stream and bucket if needed over `client` (see
-    /// [`skiff_core::nats::connect`]) and starts the outbox forwarder. `replicas` is the
-    /// stream's replication factor.
-    /// `window`: how long the stream remembers event ids (its `duplicate_window`, set
-    /// on an existing stream too).
+    /// The bus over `client` (see [`skiff_core::nats::connect`]): [`NatsBus::offline`],
+    /// then [`NatsBus::attach`].
     pub async fn new(
         client: async_nats::Client,
         db: Arc<LocalDb>,
         replicas: usize,
         window: std::time::Duration,
     ) -> Result<Arc<NatsBus>, BusError> {
+        let bus = Self::offline(db).await?;
+        bus.attach(client, replicas, window).await?;
+        Ok(bus)
+    }
+
+    /// The bus before NATS answered: events are taken into this node's outbox (and go out
+    /// once [`NatsBus::attach`] succeeds); everything else that needs JetStream fails with
+    /// an error that says NATS has not been reached. Starts the outbox forwarder.
+    pub async fn offline(db: Arc<LocalDb>) -> Result<Arc<NatsBus>, BusError> {
+        db.run(|tx: &redb::WriteTransaction| {
+            tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
+            tx.open_table(OUTBOX_META).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await
+        .map_err(backend)?;
+        let bus = Arc::new(NatsBus {
+            remote: std::sync::OnceLock::new(),
+            db,
+            consumers: Mutex::new(HashMap::new()),
+            forward: Arc::new(Notify::new()),
+        });
+        tokio::spawn(forwarder(Arc::downgrade(&bus)));
+        Ok(bus)
+    }
+
+    /// Joins JetStream over `client`: creates the stream and the dead-letter bucket if
+    /// needed, then starts sending what waits in the outbox. `replicas` is their
+    /// replication factor; `window` how long the stream remembers event ids (its
+    /// `duplicate_window`, set on an existing stream too). Once attached, again is a no-op.
+    pub async fn attach(
+        &self,
+        client: async_nats::Client,
+        replicas: usize,
+        window: std::time::Duration,
+    ) -> Result<(), BusError> {
+        if self.remote.get().is_some() {
+            return Ok(());
+        }
         let js = jetstream::new(client);
         skiff_core::nats::stream_with_window(
             &js,
@@ -140,22 +184,23 @@ impl NatsBus {
                 .await
                 .map_err(|e| backend(format!("cannot create bucket {DEAD_BUCKET}: {e}")))?,
         };
-        db.run(|tx: &redb::WriteTransaction| {
-            tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
-            tx.open_table(OUTBOX_META).map_err(|e| e.to_string())?;
-            Ok(())
+        let _ = self.remote.set(Remote { js, dead });
+        self.forward.notify_one();
+        Ok(())
+    }
+
+    /// The events stream, once JetStream answered.
+    async fn stream(&self) -> Result<stream::Stream, BusError> {
+        self.remote()?.js.get_stream(STREAM).await.map_err(backend)
+    }
+
+    /// JetStream, or why it cannot be used yet.
+    fn remote(&self) -> Result<&Remote, BusError> {
+        self.remote.get().ok_or_else(|| {
+            BusError::Backend(
+                "NATS has not answered since this node started; events published now wait in the node's outbox — check that NATS is up and reachable".into(),
+            )
         })
-        .await
-        .map_err(backend)?;
-        let bus = Arc::new(NatsBus {
-            js,
-            dead,
-            db,
-            consumers: Mutex::new(HashMap::new()),
-            forward: Arc::new(Notify::new()),
-        });
-        tokio::spawn(forwarder(Arc::downgrade(&bus)));
-        Ok(bus)
     }
 
     async fn consumer(&self, name: &str) -> Result<jetstream::consumer::PullConsumer, BusError> {
@@ -164,7 +209,7 @@ impl NatsBus {
         {
             return Ok(c.clone());
         }
-        let stream = self.js.get_stream(STREAM).await.map_err(backend)?;
+        let stream = self.stream().await?;
         let c: jetstream::consumer::PullConsumer = stream
             .get_consumer(name)
             .await
@@ -190,13 +235,17 @@ impl NatsBus {
 
     /// Sends what waits in the outbox; returns how many went out.
     async fn forward_once(&self) -> Result<usize, BusError> {
+        let Some(remote) = self.remote.get() else {
+            // Not attached yet: the events wait; attaching wakes the forwarder.
+            return Ok(0);
+        };
         let batch = self.pending_outbox(256)?;
         if batch.is_empty() {
             return Ok(0);
         }
         let mut acks = Vec::with_capacity(batch.len());
         for (seq, ev) in &batch {
-            let ack = self
+            let ack = remote
                 .js
                 .publish_with_headers(
                     format!("events.{}", ev.topic),
@@ -306,7 +355,7 @@ impl Bus for NatsBus {
         spec: &'a ConsumerSpec,
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            let stream = self.js.get_stream(STREAM).await.map_err(backend)?;
+            let stream = self.stream().await?;
             let c: jetstream::consumer::PullConsumer = stream
                 .get_or_create_consumer(
                     &spec.name,
@@ -339,7 +388,7 @@ impl Bus for NatsBus {
             if let Ok(mut map) = self.consumers.lock() {
                 map.remove(name);
             }
-            let stream = self.js.get_stream(STREAM).await.map_err(backend)?;
+            let stream = self.stream().await?;
             match stream.delete_consumer(name).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.to_string().contains("not found") => Ok(()),
@@ -415,7 +464,8 @@ impl Bus for NatsBus {
                 at_ms: now_ms(),
             };
             let bytes = serde_json::to_vec(&letter).map_err(backend)?;
-            self.dead
+            self.remote()?
+                .dead
                 .put(format!("{function}.{}", d.event.id), bytes.into())
                 .await
                 .map_err(backend)?;
@@ -432,14 +482,15 @@ impl Bus for NatsBus {
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
         Box::pin(async move {
             let prefix = format!("{function}.");
-            let mut keys = self.dead.keys().await.map_err(backend)?;
+            let dead = &self.remote()?.dead;
+            let mut keys = dead.keys().await.map_err(backend)?;
             let mut out = Vec::new();
             while let Some(key) = keys.next().await {
                 let key = key.map_err(backend)?;
                 if !key.starts_with(&prefix) {
                     continue;
                 }
-                if let Some(v) = self.dead.get(&key).await.map_err(backend)? {
+                if let Some(v) = dead.get(&key).await.map_err(backend)? {
                     out.push(serde_json::from_slice::<DeadLetter>(&v).map_err(backend)?);
                 }
             }
@@ -455,7 +506,8 @@ impl Bus for NatsBus {
     ) -> BoxFuture<'a, Result<bool, BusError>> {
         Box::pin(async move {
             let key = format!("{function}.{event_id}");
-            let Some(v) = self.dead.get(&key).await.map_err(backend)? else {
+            let remote = self.remote()?;
+            let Some(v) = remote.dead.get(&key).await.map_err(backend)? else {
                 return Ok(false);
             };
             let letter: DeadLetter = serde_json::from_slice(&v).map_err(backend)?;
@@ -466,7 +518,8 @@ impl Bus for NatsBus {
             }
             // A fresh message id: the original is still in the de-duplication window.
             let msg_id = format!("{}:replay:{}", letter.event.id, now_ms());
-            self.js
+            remote
+                .js
                 .publish_with_headers(
                     format!("replay.{}", letter.consumer),
                     headers_of(&letter.event, &msg_id),
@@ -476,7 +529,7 @@ impl Bus for NatsBus {
                 .map_err(backend)?
                 .await
                 .map_err(backend)?;
-            self.dead.delete(&key).await.map_err(backend)?;
+            remote.dead.delete(&key).await.map_err(backend)?;
             Ok(true)
         })
     }

@@ -49,9 +49,9 @@ impl Node {
         &self,
         artifact: &str,
         exports: &Exports,
-    ) -> Result<(), super::deploy::DeployError> {
+    ) -> Result<(), super::DeployError> {
         self.uploads.settled(artifact);
-        let internal = |detail: String| super::deploy::DeployError::Internal {
+        let internal = |detail: String| super::DeployError::Internal {
             name: artifact.to_string(),
             detail,
         };

@@ -7,135 +7,27 @@
 
 use super::Exports;
 use super::code::LoadError;
+use super::deploy_error::DeployError;
 use super::event_pool::EventPool;
 use super::pool::HttpPool;
 use super::{Deployment, Node, Snapshot};
 use crate::component::{ComponentFacts, Toolchain};
 use crate::engine::{CompileError, Flavor};
 use crate::events::ConsumerSpec;
-use crate::host::capability::{CapabilityError, DeployContext, NodeServices};
+use crate::host::capability::{DeployContext, NodeServices};
 use crate::host::{Deployed, SandboxSpec};
 use crate::metrics::FnMetrics;
+use skiff_core::Route;
 use skiff_core::control::ControlError;
-use skiff_core::deploy::{CheckError, Checked, check_manifest};
+use skiff_core::deploy::{Checked, check_manifest};
 use skiff_core::instances::HttpWorld;
-use skiff_core::instances::{InstancePolicy, InstancesError};
-use skiff_core::limits::{FunctionLimits, LimitError};
-use skiff_core::manifest::{FunctionName, Manifest, NameError};
+use skiff_core::instances::InstancePolicy;
+use skiff_core::limits::FunctionLimits;
+use skiff_core::manifest::{FunctionName, Manifest};
 use skiff_core::record::FunctionRecord;
-use skiff_core::{Route, RouteError};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// Why a deploy (or a restore at start) failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    /// The manifest, the name or the route is wrong (the check the scheduler runs too).
-    #[error(transparent)]
-    Check(#[from] CheckError),
-    /// The name in the URL is not a valid function name.
-    #[error(transparent)]
-    Name(#[from] NameError),
-    /// A limit exceeds the node's maximum.
-    #[error(transparent)]
-    Limits(#[from] LimitError),
-    /// A capability refused its part of the manifest.
-    #[error(transparent)]
-    Capability(#[from] CapabilityError),
-    /// The route is malformed or taken.
-    #[error(transparent)]
-    Route(#[from] RouteError),
-    /// The artifact is not a usable component.
-    #[error("cannot deploy `{name}`: {source}")]
-    Compile {
-        /// The function.
-        name: String,
-        /// What is wrong with the artifact.
-        source: CompileError,
-    },
-    /// The component imports something this node does not provide.
-    #[error(
-        "cannot deploy `{name}`: the component imports `{import}`, which Skiff does not provide ({detail}); Skiff provides WASI 0.2 and 0.3 (wasi:http@0.2 and @0.3.0), wasi:keyvalue, wasi:config and skiff:function — build against the wasi:http/proxy (0.2) or wasi:http/service (0.3) world, or drop the dependency that imports it"
-    )]
-    Imports {
-        /// The function.
-        name: String,
-        /// The import that is missing (or its function, when the interface is there but
-        /// a function of it is not).
-        import: String,
-        /// wasmtime's description of the missing import.
-        detail: String,
-    },
-    /// The manifest has triggers but the component cannot handle events.
-    #[error(
-        "cannot deploy `{name}`: skiff.toml has [[events]] triggers but the component does not export skiff:function/event-handler ({detail}); export one ({}) or remove the triggers", toolchain.events_hint()
-    )]
-    NoEventHandler {
-        /// The function.
-        name: String,
-        /// What it exports, or wasmtime's description.
-        detail: String,
-        /// What built it, for the hint.
-        toolchain: Toolchain,
-    },
-    /// `[instances]` asks for what the node or the component's world does not allow.
-    #[error("cannot deploy `{name}`: {source}")]
-    Instances {
-        /// The function.
-        name: String,
-        /// What is wrong.
-        source: InstancesError,
-    },
-    /// The component has no HTTP handler.
-    #[error(
-        "cannot deploy `{name}`: the component exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 ({detail}); an HTTP function exports one of them: {}", toolchain.http_hint()
-    )]
-    NoHandler {
-        /// The function.
-        name: String,
-        /// What it exports, or wasmtime's description.
-        detail: String,
-        /// What built it, for the hint.
-        toolchain: Toolchain,
-    },
-    /// The control store failed.
-    #[error(transparent)]
-    Store(#[from] ControlError),
-    /// The event bus refused the function's consumers.
-    #[error(transparent)]
-    Bus(#[from] crate::events::BusError),
-    /// A background task died.
-    #[error("internal error while deploying `{name}`: {detail}")]
-    Internal {
-        /// The function.
-        name: String,
-        /// What happened.
-        detail: String,
-    },
-}
-
-impl DeployError {
-    /// Whether the caller's input is at fault (as opposed to the node).
-    pub fn is_client_error(&self) -> bool {
-        match self {
-            DeployError::Store(e) => e.is_client_error(),
-            DeployError::Bus(_) | DeployError::Internal { .. } => false,
-            DeployError::Compile { source, .. } => {
-                !matches!(source, CompileError::Artifact(_) | CompileError::Cache(_))
-            }
-            _ => true,
-        }
-    }
-
-    /// Whether the failure is a conflict with what is already deployed.
-    pub fn is_conflict(&self) -> bool {
-        match self {
-            DeployError::Route(RouteError::Taken { .. }) => true,
-            DeployError::Check(e) => e.is_conflict(),
-            _ => false,
-        }
-    }
-}
 
 /// A version that passed every check, not yet recorded.
 struct Prepared {
@@ -470,7 +362,7 @@ impl Node {
         self.accepted(artifact, &prepared.exports).await?;
         let record = self.control.deploy(name, manifest_text, artifact).await?;
         let d = self.install(prepared, record).await;
-        self.announce_deployed(&d).await?;
+        self.announce_or_retry(&d).await?;
         tracing::info!(function = name, version = d.record.version, route = ?d.route.as_ref().map(ToString::to_string), "deployed");
         Ok(d)
     }
@@ -481,11 +373,17 @@ impl Node {
         let name = FunctionName::new(&record.name)?;
         let _guard = self.changes.lock().await;
         let snapshot = self.snapshot();
-        if snapshot
-            .get(name.as_str())
-            .is_some_and(|d| d.record.version == record.version)
-        {
-            return Ok(false);
+        if let Some(serving) = snapshot.get(name.as_str()).map(|d| d.record.version) {
+            if serving == record.version {
+                return Ok(false);
+            }
+            if serving > record.version {
+                return Err(DeployError::Older {
+                    name: record.name,
+                    serving,
+                    offered: record.version,
+                });
+            }
         }
         let prepared = match self
             .prepare(&name, &record.manifest, &record.artifact, &snapshot, false)
@@ -500,7 +398,7 @@ impl Node {
         self.accepted(&record.artifact, &prepared.exports).await?;
         self.control.put(&record).await?;
         let d = self.install(prepared, record).await;
-        self.announce_deployed(&d).await?;
+        self.announce_or_retry(&d).await?;
         tracing::info!(function = %d.record.name, version = d.record.version, "deployed from the cluster registry");
         Ok(true)
     }
@@ -537,7 +435,9 @@ impl Node {
         self.swap_in(ready);
         for d in &restored {
             if let Err(e) = self.announce_deployed(d).await {
-                tracing::error!(function = %d.record.name, error = %e, "cannot start event triggers; redeploy the function");
+                // The bus may not be reachable yet (NATS down at start): keep trying.
+                tracing::warn!(function = %d.record.name, error = %e, "cannot start event triggers yet; retrying until the event bus answers");
+                tokio::spawn(self.clone().announce_later(d.clone()));
             }
             tracing::debug!(function = %d.record.name, version = d.record.version, "restored");
         }
@@ -546,6 +446,49 @@ impl Node {
             tracing::warn!(error = %e, "at start");
         }
         Ok(restored.len())
+    }
+
+    /// Tells the hook that `d` serves; if it cannot yet, keeps trying in the background
+    /// and says so.
+    async fn announce_or_retry(self: &Arc<Self>, d: &Arc<Deployment>) -> Result<(), DeployError> {
+        match self.announce_deployed(d).await {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                tokio::spawn(self.clone().announce_later(d.clone()));
+                Err(DeployError::Bus {
+                    name: d.record.name.clone(),
+                    version: d.record.version,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Tells the hook that `d` serves, retrying until it succeeds, unless another version
+    /// or a removal took its place meanwhile (which announced itself).
+    async fn announce_later(self: Arc<Self>, d: Arc<Deployment>) {
+        let mut wait = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            let _guard = self.changes.lock().await;
+            let current = self.snapshot();
+            if !current
+                .get(&d.record.name)
+                .is_some_and(|c| Arc::ptr_eq(c, &d))
+            {
+                return;
+            }
+            match self.announce_deployed(&d).await {
+                Ok(()) => {
+                    tracing::info!(function = %d.record.name, "event triggers started");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(function = %d.record.name, error = %e, "event triggers still wait")
+                }
+            }
+        }
     }
 
     /// Removes `name`: new requests stop at once, running ones finish. Returns whether

@@ -16,6 +16,7 @@ pub mod code;
 pub mod collect;
 pub mod deliver;
 pub mod deploy;
+pub mod deploy_error;
 pub mod event_pool;
 mod fresh;
 pub mod invoke;
@@ -42,7 +43,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
-pub use deploy::DeployError;
+pub use deploy_error::DeployError;
 
 /// One deployed version of a function, ready to instantiate.
 pub struct Deployment {

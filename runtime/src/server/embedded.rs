@@ -8,7 +8,11 @@
 //!   sends for a moment, finishes running work, then reports `left`.
 //!
 //! The control store and compiled code live under `--data-dir`; deployments come back
-//! after a restart from the verified precompiled cache, before NATS is even asked.
+//! after a restart from the verified precompiled cache, before NATS is even asked. A node
+//! started while NATS is unreachable serves those functions at once (within
+//! [`skiff_core::nats::CONNECT_GRACE`] when its packets go nowhere): state
+//! reads answer from its copy (possibly stale), writes and event deliveries wait, and it
+//! joins the cluster whenever NATS answers ([`join`]).
 
 use super::admin::Admin;
 use crate::cluster::reporter::Reporter;
@@ -25,6 +29,7 @@ use anyhow::Context;
 use skiff_core::cluster_registry::ClusterRegistry;
 use skiff_core::control::ControlStore;
 use skiff_core::limits::NodeLimits;
+use skiff_core::nats::Joining as Progress;
 use skiff_core::serve::{bind, shutdown_signal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,17 +95,27 @@ struct Stores {
     local: Arc<LocalState>,
     state: Arc<dyn StateBackend>,
     bus: Arc<dyn Bus>,
-    /// Cluster mode: the replicated state, the NATS client and the cluster registry.
-    cluster: Option<Cluster>,
+    /// With NATS: what joins it once it answers.
+    nats: Option<Joining>,
 }
 
-struct Cluster {
-    replicated: Arc<ReplicatedState>,
+/// The NATS-backed parts, built before NATS answered, to join it in the background.
+struct Joining {
+    url: String,
+    bus: Arc<NatsBus>,
+    /// Cluster mode: the replicated state to attach to the cluster's log.
+    replicated: Option<Arc<ReplicatedState>>,
+}
+
+/// What joining NATS brought.
+struct Joined {
     client: async_nats::Client,
-    registry: Arc<dyn ControlStore>,
+    /// Cluster mode: the cluster registry.
+    registry: Option<Arc<dyn ControlStore>>,
 }
 
-/// Opens the local stores and, with NATS, the cluster's.
+/// Opens the local stores and the NATS-backed ones, which work from this node's disk
+/// until [`join`] reaches NATS: nothing here waits for the network.
 async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
     let control: Arc<dyn ControlStore> = Arc::new(Registry::open(&opts.data_dir)?);
     let db = LocalDb::open(&opts.data_dir.join("state.redb"))?;
@@ -122,49 +137,78 @@ async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
             state: local.clone(),
             local,
             bus: Arc::new(EmbeddedBus::open(db, dedup.events).await?),
-            cluster: None,
+            nats: None,
         });
     };
-    let client = skiff_core::nats::connect(url, &opts.name).await?;
-    let replicas = skiff_core::nats::replicas(&client, opts.replicas);
-    let bus: Arc<dyn Bus> = skiff_core::nats::until_ready("set up the event stream", || {
-        NatsBus::new(client.clone(), db.clone(), replicas, dedup.events)
-    })
-    .await?;
-    let mut stores = Stores {
-        control,
-        state: local.clone(),
-        local: local.clone(),
-        bus,
-        cluster: None,
+    let bus = NatsBus::offline(db).await?;
+    // State goes through the replicated log; this node applies all of it.
+    let replicated = opts
+        .cluster
+        .then(|| ReplicatedState::offline(local.clone()));
+    let state: Arc<dyn StateBackend> = match &replicated {
+        Some(r) => r.clone(),
+        None => local.clone(),
     };
-    if opts.cluster {
+    Ok(Stores {
+        control,
+        local,
+        state,
+        bus: bus.clone(),
+        nats: Some(Joining {
+            url: url.clone(),
+            bus,
+            replicated,
+        }),
+    })
+}
+
+/// Joins NATS, however long it takes: connects, then sets up the event stream and, in
+/// cluster mode, the registry and the state log (which this node then follows). Until
+/// then the node serves its last known functions from its own store: state reads may be
+/// stale, and writes fail. `progress` is told how far it got.
+async fn join(joining: Joining, opts: JoinOptions, progress: watch::Sender<Progress>) -> Joined {
+    let client = skiff_core::nats::connect_forever(&joining.url, &opts.name, &progress).await;
+    let replicas = skiff_core::nats::replicas(&client, opts.replicas);
+    let dedup = opts.dedup;
+    skiff_core::nats::retry_forever("set up the event stream", || {
+        joining.bus.attach(client.clone(), replicas, dedup.events)
+    })
+    .await;
+    let mut registry: Option<Arc<dyn ControlStore>> = None;
+    if let Some(replicated) = &joining.replicated {
         let js = async_nats::jetstream::new(client.clone());
-        let registry = skiff_core::nats::until_ready("open the cluster registry", || {
+        let opened = skiff_core::nats::retry_forever("open the cluster registry", || {
             ClusterRegistry::open(&js, replicas)
         })
-        .await?;
-        // State goes through the replicated log; this node applies all of it.
-        let replica = skiff_core::nats::until_ready("open the state stream", || {
+        .await;
+        registry = Some(Arc::new(opened));
+        let replica = skiff_core::nats::retry_forever("open the state stream", || {
             Replica::open(js.clone(), replicas, dedup.state)
         })
-        .await?;
-        tokio::spawn(replica.clone().apply_forever(local.clone()));
-        let replicated = ReplicatedState::new(local, replica);
-        stores.state = replicated.clone();
-        stores.cluster = Some(Cluster {
-            replicated,
-            client,
-            registry: Arc::new(registry),
-        });
+        .await;
+        tokio::spawn(replica.clone().apply_forever(replicated.local().clone()));
+        replicated.attach(replica);
     }
-    Ok(stores)
+    tracing::info!(nats = %joining.url, "joined NATS");
+    progress.send_replace(Progress::Joined);
+    Joined { client, registry }
+}
+
+/// What [`join`] needs of the options.
+struct JoinOptions {
+    name: String,
+    replicas: Option<usize>,
+    dedup: skiff_core::limits::DedupWindows,
 }
 
 /// Waits until this node has applied the cluster's state log as far as it reached at
-/// start: a node that was away must not answer with old state.
+/// start: a node that was away must not answer with old state when NATS can tell it
+/// the new.
 async fn catch_up(local: &LocalState, replicated: &ReplicatedState) -> anyhow::Result<()> {
-    let target = replicated.replica().last_seq().await?;
+    let Some(replica) = replicated.replica() else {
+        return Ok(());
+    };
+    let target = replica.last_seq().await?;
     let started = std::time::Instant::now();
     if local.wait_applied(target, CATCH_UP).await {
         tracing::info!(seq = target, took = ?started.elapsed(), "state caught up with the cluster");
@@ -176,14 +220,18 @@ async fn catch_up(local: &LocalState, replicated: &ReplicatedState) -> anyhow::R
     )
 }
 
-/// Cluster mode: follows the registry and reports load to the scheduler.
-fn join_cluster(
-    node: &Arc<Node>,
-    cluster: Cluster,
-    bound: Bound,
-    advertise: Option<&str>,
-) -> Arc<Reporter> {
-    tokio::spawn(crate::cluster::sync::run(node.clone(), cluster.registry));
+/// Cluster mode, once NATS answered: follows the registry and publishes load reports.
+fn follow_cluster(node: &Arc<Node>, joined: Joined, reporter: Option<&Reporter>) {
+    if let Some(registry) = joined.registry {
+        tokio::spawn(crate::cluster::sync::run(node.clone(), registry));
+    }
+    if let Some(reporter) = reporter {
+        reporter.attach(joined.client);
+    }
+}
+
+/// A cluster node's reporter: the URLs the scheduler reaches it at.
+fn reporter(node: &Arc<Node>, bound: Bound, advertise: Option<&str>) -> Arc<Reporter> {
     let host = |addr: SocketAddr| match advertise {
         Some(h) if h.contains(':') => format!("http://{h}"),
         Some(h) => format!("http://{h}:{}", addr.port()),
@@ -193,14 +241,7 @@ fn join_cluster(
         Some(h) if !h.contains(':') => format!("http://{h}:{}", bound.admin.port()),
         _ => format!("http://{}", bound.admin),
     };
-    let reporter = Arc::new(Reporter::new(
-        node.clone(),
-        cluster.client,
-        host(bound.listen),
-        admin,
-    ));
-    tokio::spawn(reporter.clone().run());
-    reporter
+    Arc::new(Reporter::new(node.clone(), host(bound.listen), admin))
 }
 
 /// Runs `skiff up` until Ctrl-C or SIGTERM.
@@ -238,8 +279,35 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
         )
         .map_err(|e| anyhow::anyhow!("cannot link the host interfaces: {e:#}"))?,
     );
-    if let Some(cluster) = &stores.cluster {
-        catch_up(&stores.local, &cluster.replicated).await?;
+    let reporter = opts
+        .cluster
+        .then(|| reporter(&node, bound, opts.advertise.as_deref()));
+    // NATS is joined in the background. If it answers at once, a cluster node catches up
+    // with the state log before it serves; if not, it serves what it has and joins later.
+    let mut joined = None;
+    if let Some(joining) = stores.nats {
+        let (progress_tx, mut progress) = watch::channel(Progress::Connecting);
+        let replicated = joining.replicated.clone();
+        let join_opts = JoinOptions {
+            name: opts.name.clone(),
+            replicas: opts.replicas,
+            dedup: opts.limits.dedup,
+        };
+        let mut joining = tokio::spawn(join(joining, join_opts, progress_tx));
+        if skiff_core::nats::wait_for_join(&mut progress).await {
+            let done = (&mut joining).await.context("joining NATS failed")?;
+            if let Some(replicated) = &replicated {
+                catch_up(&stores.local, replicated).await?;
+            }
+            joined = Some(done);
+        } else {
+            let (node, reporter) = (node.clone(), reporter.clone());
+            tokio::spawn(async move {
+                if let Ok(done) = joining.await {
+                    follow_cluster(&node, done, reporter.as_deref());
+                }
+            });
+        }
     }
     let invoker: Arc<dyn EventInvoker> = node.clone();
     node.set_hook(EventTriggers::new(
@@ -259,11 +327,15 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
         opts.limits.clone(),
         stop_rx.clone(),
     ));
-    let admin = Arc::new(Admin::new(node.clone(), opts.token.clone()));
-    let admin_serving = tokio::spawn(admin.serve(admin_listener, stop_rx));
-    let reporter = stores
-        .cluster
-        .map(|c| join_cluster(&node, c, bound, opts.advertise.as_deref()));
+    let mut admin = Admin::new(node.clone(), opts.token.clone());
+    if let Some(reporter) = &reporter {
+        admin = admin.with_reporter(reporter.clone());
+        tokio::spawn(reporter.clone().run());
+    }
+    let admin_serving = tokio::spawn(Arc::new(admin).serve(admin_listener, stop_rx));
+    if let Some(done) = joined {
+        follow_cluster(&node, done, reporter.as_deref());
+    }
 
     // Tests and scripts read this line to learn the ports (useful with port 0).
     println!(

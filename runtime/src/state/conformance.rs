@@ -223,7 +223,7 @@ async fn replicated_state_conforms_and_every_node_converges() {
     run(a.as_ref()).await;
     // A second node built from the stream alone holds the same state.
     let b = replicated(&nats.url(), &dir.path().join("b.redb")).await;
-    let target = a.replica().last_seq().await.unwrap();
+    let target = a.replica().expect("attached").last_seq().await.unwrap();
     assert!(
         b.local()
             .wait_applied(target, Duration::from_secs(10))
@@ -245,7 +245,7 @@ async fn replicated_state_conforms_and_every_node_converges() {
     )
     .await
     .unwrap();
-    let replica = a.replica();
+    let replica = a.replica().expect("attached");
     assert_eq!(
         replica.get_strong(&ns, "from-b").await.unwrap(),
         Some(b"hi".to_vec())

@@ -1,21 +1,27 @@
 //! Cluster mode's [`StateBackend`]: writes through the replicated log ([`Replica`]),
 //! reads from this node's copy, consistent reads from the stream.
+//!
+//! A node may start while NATS is unreachable ([`ReplicatedState::offline`]): it then
+//! answers reads from its copy, which may be stale until it has caught up with the log,
+//! and refuses writes with an error that names NATS, so that no write bypasses the log
+//! (no split brain). [`ReplicatedState::attach`] joins the log once NATS answers.
 
 use super::replica::Replica;
 use super::{KvLimits, LocalState, Namespace, Op, OpResult, StateBackend, StateError};
 use futures::future::BoxFuture;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Cluster mode's state: writes through the replicated log, reads from this node's copy.
 pub struct ReplicatedState {
     local: Arc<LocalState>,
-    replica: Arc<Replica>,
+    replica: OnceLock<Arc<Replica>>,
 }
 
 impl std::fmt::Debug for ReplicatedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicatedState")
             .field("local", &self.local)
+            .field("attached", &self.replica.get().is_some())
             .finish()
     }
 }
@@ -23,7 +29,22 @@ impl std::fmt::Debug for ReplicatedState {
 impl ReplicatedState {
     /// Writes through `replica`, applied to `local` (start [`Replica::apply_forever`]).
     pub fn new(local: Arc<LocalState>, replica: Arc<Replica>) -> Arc<ReplicatedState> {
-        Arc::new(ReplicatedState { local, replica })
+        let state = Self::offline(local);
+        state.attach(replica);
+        state
+    }
+
+    /// Reads from `local`; writes fail until [`ReplicatedState::attach`].
+    pub fn offline(local: Arc<LocalState>) -> Arc<ReplicatedState> {
+        Arc::new(ReplicatedState {
+            local,
+            replica: OnceLock::new(),
+        })
+    }
+
+    /// Writes go through `replica` from now on (the first one attached stays).
+    pub fn attach(&self, replica: Arc<Replica>) {
+        let _ = self.replica.set(replica);
     }
 
     /// This node's copy.
@@ -31,9 +52,17 @@ impl ReplicatedState {
         &self.local
     }
 
-    /// The replicated log.
-    pub fn replica(&self) -> &Arc<Replica> {
-        &self.replica
+    /// The replicated log, once attached.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.get()
+    }
+
+    fn attached(&self) -> Result<&Arc<Replica>, StateError> {
+        self.replica.get().ok_or_else(|| {
+            StateError::Log(
+                "NATS has not answered since this node started, so the cluster's state log cannot take the write; the write was not applied — retry once NATS is reachable (reads answer from this node's copy, possibly stale)".into(),
+            )
+        })
     }
 }
 
@@ -44,7 +73,7 @@ impl StateBackend for ReplicatedState {
         limits: KvLimits,
         idem: Option<String>,
     ) -> BoxFuture<'_, Result<OpResult, StateError>> {
-        Box::pin(self.replica.write(&self.local, op, limits, idem))
+        Box::pin(async move { self.attached()?.write(&self.local, op, limits, idem).await })
     }
 
     fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, StateError> {
@@ -56,7 +85,7 @@ impl StateBackend for ReplicatedState {
         ns: &'a Namespace,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StateError>> {
-        Box::pin(self.replica.get_strong(ns, key))
+        Box::pin(async move { self.attached()?.get_strong(ns, key).await })
     }
 
     fn list(

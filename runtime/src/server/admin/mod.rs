@@ -7,6 +7,7 @@ pub mod kv;
 pub mod logs;
 pub mod secrets;
 
+use crate::cluster::reporter::Reporter;
 use crate::node::Node;
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -23,12 +24,24 @@ use tokio::sync::watch;
 pub struct Admin {
     node: Arc<Node>,
     token: Option<String>,
+    /// A cluster node's load reports, also served on `GET /v1/report`.
+    reporter: Option<Arc<Reporter>>,
 }
 
 impl Admin {
     /// An admin API over `node`, requiring `token` when set.
     pub fn new(node: Arc<Node>, token: Option<String>) -> Self {
-        Admin { node, token }
+        Admin {
+            node,
+            token,
+            reporter: None,
+        }
+    }
+
+    /// Serves `reporter`'s reports on `GET /v1/report` (a cluster node).
+    pub fn with_reporter(mut self, reporter: Arc<Reporter>) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// Accepts admin connections until `stop` turns true.
@@ -67,6 +80,14 @@ impl Admin {
         }
         match (method, segments.as_slice()) {
             (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.node.status()),
+            (Method::GET, ["v1", "report"]) => match &self.reporter {
+                Some(r) => json(StatusCode::OK, &r.report()),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "only a cluster node (`skiff node`) has a load report; see GET /v1/status"
+                        .into(),
+                ),
+            },
             (Method::GET, ["metrics"]) => self.metrics().await,
             (Method::GET, ["v1", "functions"]) => json(StatusCode::OK, &self.node.list()),
             (Method::GET, ["v1", "functions", name]) => self.get_function(name),

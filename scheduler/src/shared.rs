@@ -1,0 +1,93 @@
+//! The scheduler's shared state: what its listeners, its background loops and its
+//! admin API all work on, and the small helpers over it.
+
+use crate::gateway::Gateway;
+use crate::live::LiveSet;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use skiff_core::control::ControlStore;
+use skiff_core::record::FunctionRecord;
+use skiff_core::report::{NodeReport, NodeState};
+use skiff_core::secrets::SecretKey;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The scheduler's shared state.
+pub struct Scheduler {
+    pub(crate) live: Arc<LiveSet>,
+    pub(crate) gateway: Gateway,
+    pub(crate) registry: Arc<dyn ControlStore>,
+    /// The NATS client, once NATS answered and load reports are subscribed to.
+    pub(crate) nats: OnceLock<async_nats::Client>,
+    /// Every node heard of (name → admin URL), to probe while NATS is away.
+    pub(crate) known: Mutex<BTreeMap<String, String>>,
+    /// The registry's records as last listed (kept in the view).
+    pub(crate) records: Mutex<Vec<FunctionRecord>>,
+    pub(crate) token: Option<String>,
+    pub(crate) url: String,
+    pub(crate) started: Instant,
+    pub(crate) deploy_timeout: Duration,
+    pub(crate) http: Client<HttpConnector, Full<Bytes>>,
+    /// Serialises deploys so that route checks and version records do not interleave.
+    pub(crate) deploys: tokio::sync::Mutex<()>,
+    /// Seals secrets before they enter the registry.
+    pub(crate) secrets_key: Option<SecretKey>,
+    /// Largest component accepted for upload.
+    pub(crate) max_artifact: usize,
+    /// Uploads whose deploy is still on its way (spared by artifact collection).
+    pub(crate) uploads: skiff_core::control::PendingUploads,
+}
+
+impl Scheduler {
+    /// Whether NATS is connected and load reports flow.
+    pub(crate) fn nats_connected(&self) -> bool {
+        self.nats
+            .get()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    /// Remembers where `report`'s node is, to probe it while NATS is away.
+    pub(crate) fn remember(&self, report: &NodeReport) {
+        if report.state == NodeState::Left {
+            self.forget(&report.node);
+            return;
+        }
+        let mut known = lock(&self.known);
+        if known.get(&report.node) != Some(&report.admin) {
+            known.insert(report.node.clone(), report.admin.clone());
+        }
+    }
+
+    /// Forgets a node that left.
+    pub(crate) fn forget(&self, node: &str) {
+        lock(&self.known).remove(node);
+    }
+
+    /// Every node heard of: (name, admin URL).
+    pub(crate) fn known_nodes(&self) -> Vec<(String, String)> {
+        lock(&self.known)
+            .iter()
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect()
+    }
+
+    /// The registry's records as last listed.
+    pub(crate) fn records(&self) -> Vec<FunctionRecord> {
+        lock(&self.records).clone()
+    }
+
+    /// Keeps the registry's records as just listed.
+    pub(crate) fn set_records(&self, records: Vec<FunctionRecord>) {
+        *lock(&self.records) = records;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
