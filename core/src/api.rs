@@ -8,6 +8,9 @@
 //! * `GET  /v1/functions` — [`FunctionInfo`] list; `GET /v1/functions/{name}` — one.
 //! * `DELETE /v1/functions/{name}` — remove (in-flight invocations finish).
 //! * `GET  /v1/status` — [`NodeStatus`].
+//! * `GET  /v1/report` on a cluster node — its load report
+//!   ([`crate::report::NodeReport`]), as it publishes it; a scheduler that cannot reach
+//!   NATS probes the nodes it knows with it.
 //!
 //! * `PUT  /v1/functions/{name}?wait=all&timeout=30s` — on a scheduler, wait for every live
 //!   node (default: one) to serve the new version, at most `timeout`.
@@ -210,6 +213,12 @@ pub struct Event {
     pub headers: Vec<(String, String)>,
     /// Milliseconds since the Unix epoch.
     pub published_at_ms: u64,
+    /// How far the publisher's node had applied the cluster's state log when the event
+    /// was published: a handler of the event runs only once its node's copy has applied
+    /// at least this far, so it sees every write its publisher made before publishing.
+    /// 0 (embedded mode, operators): no wait.
+    #[serde(default)]
+    pub after: u64,
 }
 
 /// An event that ran out of attempts.

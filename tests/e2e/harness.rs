@@ -172,6 +172,12 @@ impl Skiff {
         Skiff::spawn_full(None, None, args, listen, admin)
     }
 
+    /// Starts `skiff <args>` in the network namespace `ns`, listening at `listen` and
+    /// `admin` (addresses of that namespace).
+    pub fn spawn_in_netns(ns: &str, args: &[&str], listen: &str, admin: &str) -> Skiff {
+        Skiff::spawn_full(Some(ns), None, args, listen, admin)
+    }
+
     /// Like [`Skiff::spawn`], run through `bash -c '<setup>; exec skiff ...'` when given.
     fn spawn_via(setup: Option<&str>, args: &[&str]) -> Skiff {
         Skiff::spawn_full(None, setup, args, "127.0.0.1:0", "127.0.0.1:0")

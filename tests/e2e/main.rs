@@ -11,6 +11,8 @@ mod harness;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod netns;
+mod partition;
 mod polyglot;
 mod replicated;
 mod sandbox;

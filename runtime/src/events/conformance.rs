@@ -14,6 +14,8 @@ fn event(id: &str, topic: &str) -> Event {
         data: id.as_bytes().to_vec(),
         headers: vec![("h".into(), "v".into())],
         published_at_ms: 0,
+        // Carried through every bus unchanged.
+        after: 7,
     }
 }
 

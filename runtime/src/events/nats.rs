@@ -39,6 +39,7 @@ const H_ID: &str = "Skiff-Event-Id";
 const H_TOPIC: &str = "Skiff-Topic";
 const H_AT: &str = "Skiff-Published-At";
 const H_USER: &str = "Skiff-H-";
+const H_AFTER: &str = "Skiff-After";
 
 /// The JetStream bus.
 pub struct NatsBus {
@@ -65,6 +66,9 @@ fn headers_of(ev: &Event, msg_id: &str) -> HeaderMap {
     h.insert(H_ID, ev.id.as_str());
     h.insert(H_TOPIC, ev.topic.as_str());
     h.insert(H_AT, ev.published_at_ms.to_string().as_str());
+    if ev.after > 0 {
+        h.insert(H_AFTER, ev.after.to_string().as_str());
+    }
     for (k, v) in &ev.headers {
         h.insert(format!("{H_USER}{k}").as_str(), v.as_str());
     }
@@ -91,6 +95,7 @@ fn event_of(msg: &async_nats::Message) -> Result<Event, BusError> {
         data: msg.payload.to_vec(),
         headers: user,
         published_at_ms: get(H_AT).and_then(|v| v.parse().ok()).unwrap_or(0),
+        after: get(H_AFTER).and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 

@@ -65,9 +65,15 @@ impl Outbox {
     }
 }
 
+/// How far the node's state has applied the cluster's log ([`crate::state::StateBackend::position`]).
+pub type Position = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// The events an instance has published and not yet settled.
 pub struct EventCtx {
     function: String,
+    /// How far the node's state has applied: what an event is published after (see
+    /// [`Event::after`]).
+    position: Position,
     cause: Option<String>,
     traceparent: String,
     /// Waiting for the invocation to succeed.
@@ -77,9 +83,15 @@ pub struct EventCtx {
 impl EventCtx {
     /// The outbox of one invocation of `function`, handling event `cause` if any; its
     /// events carry `traceparent` unless the guest sets one.
-    pub fn new(function: &str, cause: Option<&str>, traceparent: String) -> Self {
+    pub fn new(
+        function: &str,
+        position: Position,
+        cause: Option<&str>,
+        traceparent: String,
+    ) -> Self {
         EventCtx {
             function: function.to_string(),
+            position,
             cause: cause.map(String::from),
             traceparent,
             outbox: Outbox::default(),
@@ -134,6 +146,9 @@ impl EventCtx {
             data,
             headers,
             published_at_ms: now_ms(),
+            // Every write this invocation made so far is applied here: its handlers wait
+            // until their node has applied as much.
+            after: (self.position)(),
         });
         Ok(id)
     }
@@ -149,20 +164,26 @@ impl HasData for HasEvents {
 pub struct Events;
 
 impl Capability for Events {
-    /// The function's name.
-    type Deployed = String;
+    /// The function's name and the node's state position.
+    type Deployed = (String, Position);
     type Instance = EventCtx;
 
     fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
         events::add_to_linker::<_, HasEvents>(linker, |s| &mut s.caps.events)
     }
 
-    fn configure(cx: &DeployContext<'_>) -> Result<String, CapabilityError> {
-        Ok(cx.function.to_string())
+    fn configure(cx: &DeployContext<'_>) -> Result<Self::Deployed, CapabilityError> {
+        let state = cx.node.state.clone();
+        Ok((cx.function.to_string(), Arc::new(move || state.position())))
     }
 
-    fn instantiate(function: &String, cx: &InstanceContext<'_>) -> EventCtx {
-        EventCtx::new(function, cx.cause, cx.traceparent.to_string())
+    fn instantiate((function, position): &Self::Deployed, cx: &InstanceContext<'_>) -> EventCtx {
+        EventCtx::new(
+            function,
+            position.clone(),
+            cx.cause,
+            cx.traceparent.to_string(),
+        )
     }
 }
 
@@ -193,13 +214,13 @@ mod tests {
 
     #[test]
     fn ids_derive_from_the_cause_and_limits_hold() {
-        let mut a = EventCtx::new("pay", Some("evt-1"), String::new());
-        let mut b = EventCtx::new("pay", Some("evt-1"), String::new());
+        let mut a = EventCtx::new("pay", Arc::new(|| 0), Some("evt-1"), String::new());
+        let mut b = EventCtx::new("pay", Arc::new(|| 0), Some("evt-1"), String::new());
         let id_a = a.publish(None, "x.y".into(), vec![1], vec![]).unwrap();
         let id_b = b.publish(None, "x.y".into(), vec![2], vec![]).unwrap();
         assert_eq!(id_a, id_b, "a redelivery must re-publish the same id");
-        let mut c = EventCtx::new("pay", None, String::new());
-        let mut d = EventCtx::new("pay", None, String::new());
+        let mut c = EventCtx::new("pay", Arc::new(|| 0), None, String::new());
+        let mut d = EventCtx::new("pay", Arc::new(|| 0), None, String::new());
         assert_ne!(
             c.publish(None, "x".into(), vec![], vec![]).unwrap(),
             d.publish(None, "x".into(), vec![], vec![]).unwrap()
@@ -217,7 +238,7 @@ mod tests {
         // Keyed ids depend on the function and the key only.
         let k1 = c.publish(Some("o-1"), "x".into(), vec![], vec![]).unwrap();
         let k2 = d.publish(Some("o-1"), "x".into(), vec![], vec![]).unwrap();
-        let other = EventCtx::new("other", None, String::new())
+        let other = EventCtx::new("other", Arc::new(|| 0), None, String::new())
             .publish(Some("o-1"), "x".into(), vec![], vec![])
             .unwrap();
         assert_eq!(k1, k2);

@@ -11,6 +11,10 @@ use crate::traces::TraceContext;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How long a delivery waits for this node's copy of the state to reach what the event's
+/// publisher had applied.
+const CAUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Node {
     /// Runs `dep`'s event handler on one delivery; returns the events it published, or
     /// why it failed.
@@ -20,6 +24,15 @@ impl Node {
         event: &Event,
         attempt: u32,
     ) -> Result<Vec<Event>, String> {
+        // The handler must see what the publisher wrote before publishing: wait until this
+        // node's copy has applied as much (after a partition heals, it may be behind).
+        if !self.state.wait_position(event.after, CAUSAL_WAIT).await {
+            return Err(format!(
+                "this node's copy of the state is behind the event's publisher (applied {} of {}); the event is retried, here or on another node",
+                self.state.position(),
+                event.after
+            ));
+        }
         let linked = self
             .code
             .get(&dep.code)

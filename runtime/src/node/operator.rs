@@ -74,6 +74,7 @@ impl Node {
             data,
             headers,
             published_at_ms: skiff_core::record::now_ms(),
+            after: 0,
         };
         self.bus().publish(vec![event]).await?;
         Ok(id)

@@ -18,6 +18,7 @@ mod conformance;
 pub mod keys;
 pub mod local;
 pub mod ops;
+mod publish;
 pub mod replica;
 pub mod replicated;
 
@@ -55,6 +56,9 @@ pub enum StateError {
     /// The replicated log (cluster mode) did not take the write: nothing was written.
     #[error("{0}")]
     Log(String),
+    /// The cluster did not confirm the write: it may or may not be in the replicated log.
+    #[error("{0}")]
+    InDoubt(String),
     /// The write is in the replicated log (so it will apply everywhere), but this node did
     /// not apply it in time; do not blindly retry a non-idempotent write.
     #[error(
@@ -118,4 +122,17 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
 
     /// (keys, bytes) that `function` holds.
     fn usage(&self, function: &str) -> Result<(u64, u64), StateError>;
+
+    /// How far this node's copy has applied the cluster's log (0 where there is no log):
+    /// every write this node acknowledged is at or below it.
+    fn position(&self) -> u64 {
+        0
+    }
+
+    /// Waits up to `max` until this node's copy has applied the log up to `at`; answers
+    /// whether it has.
+    fn wait_position(&self, at: u64, max: std::time::Duration) -> BoxFuture<'_, bool> {
+        let _ = (at, max);
+        Box::pin(std::future::ready(true))
+    }
 }

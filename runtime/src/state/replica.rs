@@ -28,10 +28,9 @@
 //!   the start of the stream.
 
 use super::ops::check_sizes;
+use super::publish::{PUBLISH_BUDGET, Publish, transient};
 use super::{KvLimits, LocalState, Namespace, Op, OpError, OpResult, StateBackend, StateError};
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use bytes::Bytes;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +62,7 @@ const KEY_LOCKS: usize = 256;
 
 /// The replicated log of one node.
 pub struct Replica {
-    js: jetstream::Context,
+    pub(super) js: jetstream::Context,
     pub(super) stream: stream::Stream,
     /// One node's increments of a hot key wait for each other here instead of racing each
     /// other in JetStream: conflicts then only arise between nodes.
@@ -78,6 +77,18 @@ pub(super) fn log_err(what: &str, e: impl std::fmt::Display) -> StateError {
     StateError::Log(format!(
         "cannot {what}: {e}; the write was not applied — the NATS cluster may have lost its quorum, retry once it is back"
     ))
+}
+
+/// `e`, or — when an earlier try of the write may have been stored — the same failure
+/// reported as in doubt.
+fn in_doubt(doubt: bool, e: StateError) -> StateError {
+    match e {
+        StateError::InDoubt(_) => e,
+        e if doubt => StateError::InDoubt(format!(
+            "{e}; an earlier try of this write went unanswered, so it may or may not be applied — retry only if the write is idempotent"
+        )),
+        e => e,
+    }
 }
 
 /// The subject of `key` in `ns`.
@@ -147,92 +158,38 @@ impl Replica {
         }))
     }
 
-    async fn publish(
-        &self,
-        ns: &Namespace,
-        key: &str,
-        value: Option<&[u8]>,
-        expected: Option<u64>,
-        msg_id: &str,
-        answered: Option<(&str, &OpResult)>,
-    ) -> Result<Published, Publish> {
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
-        if let Some((idem, answer)) = answered
-            && let Ok(json) = serde_json::to_string(answer)
-        {
-            headers.insert(H_IDEM, idem);
-            headers.insert(H_ANSWER, json.as_str());
-        }
-        if let Some(seq) = expected {
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                seq.to_string().as_str(),
-            );
-        }
-        let payload = match value {
-            Some(v) => {
-                headers.insert(H_OP, "set");
-                Bytes::copy_from_slice(v)
-            }
-            None => {
-                headers.insert(H_OP, "del");
-                headers.insert(
-                    async_nats::header::NATS_MESSAGE_TTL,
-                    TOMBSTONE_TTL.as_secs().to_string().as_str(),
-                );
-                Bytes::new()
-            }
-        };
-        let ack = self
-            .js
-            .publish_with_headers(subject(ns, key), headers, payload)
-            .await
-            .map_err(|e| Publish::Failed(log_err("send the write to the cluster", e)))?
-            .await;
-        match ack {
-            Ok(a) => Ok(Published {
-                seq: a.sequence,
-                duplicate: a.duplicate,
-            }),
-            // JetStream answers a failed expected-sequence check with error code 10071 or,
-            // from servers ≥ 2.11 in some paths, 10164; async-nats names only the first.
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
-                    || e.to_string().contains("wrong last sequence") =>
-            {
-                Err(Publish::Conflict)
-            }
-            Err(e) => Err(Publish::Failed(log_err(
-                "store the write in the cluster",
-                e,
-            ))),
-        }
-    }
-
     /// The newest value of `key` and the sequence of its last write, from the stream.
     async fn newest(
         &self,
         ns: &Namespace,
         key: &str,
     ) -> Result<(Option<Vec<u8>>, u64), StateError> {
-        match self
-            .stream
-            .get_last_raw_message_by_subject(&subject(ns, key))
-            .await
-        {
-            Ok(m) => {
-                let deleted = m.headers.get(H_OP).is_some_and(|v| v.as_str() == "del");
-                Ok(((!deleted).then(|| m.payload.to_vec()), m.sequence))
-            }
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        // A read is safe to repeat: it rides out a leader election (a healed partition
+        // often causes one) instead of failing.
+        let deadline = Instant::now() + PUBLISH_BUDGET;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self
+                .stream
+                .get_last_raw_message_by_subject(&subject(ns, key))
+                .await
             {
-                Ok((None, 0))
+                Ok(m) => {
+                    let deleted = m.headers.get(H_OP).is_some_and(|v| v.as_str() == "del");
+                    return Ok(((!deleted).then(|| m.payload.to_vec()), m.sequence));
+                }
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok((None, 0));
+                }
+                Err(e) if transient(&e.to_string()) && Instant::now() + wait < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(log_err("read the key's newest value", e)),
             }
-            Err(e) => Err(log_err("read the key's newest value", e)),
         }
     }
 
@@ -372,7 +329,7 @@ impl Replica {
             // A duplicate answers the original's sequence: waiting for it is right too.
             Ok(p) => Ok(p.seq),
             Err(Publish::Failed(e)) => Err(e),
-            Err(Publish::Conflict) => Err(StateError::Log(
+            Err(Publish::Conflict { .. }) => Err(StateError::Log(
                 "the cluster refused an unconditional write as a conflict; retry".into(),
             )),
         }
@@ -404,6 +361,9 @@ impl Replica {
             (store.get_with_seq(ns, key)?, false)
         };
         let deadline = Instant::now() + UPDATE_BUDGET;
+        // Set once a try of this write went unanswered and then met a conflict: that try
+        // may be what it conflicted with.
+        let mut doubt = false;
         for attempt in 0u64.. {
             if attempt > 1 {
                 // Other nodes keep winning: back off a little, at random, so that the
@@ -435,20 +395,26 @@ impl Replica {
                             self.settle(store, p.seq).await?;
                             return Ok(result);
                         }
-                        Err(Publish::Conflict) => *last_conflict = Some(Instant::now()),
-                        Err(Publish::Failed(e)) => return Err(e),
+                        Err(Publish::Conflict { maybe_sent }) => {
+                            doubt |= maybe_sent;
+                            *last_conflict = Some(Instant::now());
+                        }
+                        Err(Publish::Failed(e)) => return Err(in_doubt(doubt, e)),
                     }
                 }
             }
             if Instant::now() >= deadline {
                 break;
             }
-            current = self.newest(ns, key).await?;
+            current = self.newest(ns, key).await.map_err(|e| in_doubt(doubt, e))?;
             from_stream = true;
         }
-        Err(StateError::Log(format!(
-            "`{key}` kept changing for {UPDATE_BUDGET:?} while this write retried; too much contention on one key — retry later"
-        )))
+        Err(in_doubt(
+            doubt,
+            StateError::Log(format!(
+                "`{key}` kept changing for {UPDATE_BUDGET:?} while this write retried; too much contention on one key — retry later"
+            )),
+        ))
     }
 
     /// What a keyed write answered the first time, once this node has applied the log up
@@ -521,14 +487,6 @@ impl Replica {
     }
 }
 
-/// A write JetStream took.
-struct Published {
-    /// Its sequence (the original's, for a duplicate).
-    seq: u64,
-    /// JetStream had it already (same message id, within the de-duplication window).
-    duplicate: bool,
-}
-
 /// How a conditional write is keyed.
 #[derive(Clone, Copy)]
 struct Keyed<'a> {
@@ -536,14 +494,6 @@ struct Keyed<'a> {
     msg_id: &'a str,
     /// Its idempotency key, when it has one.
     idem: Option<&'a str>,
-}
-
-/// Why a publish did not go through.
-enum Publish {
-    /// Another write to the key came first (expected sequence mismatch).
-    Conflict,
-    /// NATS refused or could not be reached.
-    Failed(StateError),
 }
 
 #[cfg(test)]

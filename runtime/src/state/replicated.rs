@@ -100,4 +100,12 @@ impl StateBackend for ReplicatedState {
     fn usage(&self, function: &str) -> Result<(u64, u64), StateError> {
         self.local.usage(function)
     }
+
+    fn position(&self) -> u64 {
+        self.local.log_applied()
+    }
+
+    fn wait_position(&self, at: u64, max: std::time::Duration) -> BoxFuture<'_, bool> {
+        Box::pin(self.local.wait_applied(at, max))
+    }
 }

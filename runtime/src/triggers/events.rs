@@ -305,6 +305,7 @@ fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> Event {
         data: data.to_string().into_bytes(),
         headers: Vec::new(),
         published_at_ms: skiff_core::record::now_ms(),
+        after: 0,
     }
 }
 
