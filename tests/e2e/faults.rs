@@ -196,3 +196,57 @@ async fn a_node_and_a_scheduler_started_while_nats_is_down_serve_and_join_when_i
     );
     assert_eq!(version(&get(&format!("{}/hello/x", n1.listen)).await), "2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_route_conflict_is_named_and_the_first_function_keeps_its_route() {
+    let _one = one_at_a_time().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&tmp.path().join("nats")).expect("nats");
+    let url = nats.url();
+    let scheduler = Skiff::scheduler(&url, &[]);
+    let n1 = node(tmp.path(), &url, "n1", &[]);
+    let hello = repo().join("functions/hello");
+    scheduler.cli_ok(&[
+        "deploy",
+        hello.to_str().unwrap(),
+        "--no-build",
+        "--wait-all",
+    ]);
+
+    // A record that claims hello's route, put into the registry behind the deploy checks
+    // (as a registry written by another tool, or restored from a backup, could hold).
+    let client = skiff_core::nats::connect(&url, "test").await.unwrap();
+    let registry =
+        skiff_core::cluster_registry::ClusterRegistry::open(&async_nats::jetstream::new(client), 1)
+            .await
+            .unwrap();
+    let mut twin = registry.record("hello").await.unwrap().expect("hello");
+    twin.name = "twin".into();
+    // hello's manifest names its route (`/hello/...`) explicitly.
+    twin.manifest = twin.manifest.replace("name = \"hello\"", "name = \"twin\"");
+    registry.put(&twin).await.unwrap();
+
+    // Neither side drops it silently: the node refuses it by name, the scheduler logs it,
+    // and hello keeps its route.
+    let mut report = String::new();
+    let refused = wait_until(Duration::from_secs(10), async || {
+        report = get(&format!("{}/v1/report", n1.admin)).await.text();
+        report.contains("twin") && report.contains("/hello/...")
+    })
+    .await;
+    assert!(
+        refused,
+        "the node did not report the conflicting record: {report}"
+    );
+    let logged = wait_until(Duration::from_secs(5), async || {
+        scheduler.log().contains("stored route conflicts")
+    })
+    .await;
+    assert!(
+        logged,
+        "the scheduler did not name the conflict:\n{}",
+        scheduler.log()
+    );
+    let r = get(&format!("{}/hello/still", scheduler.listen)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
