@@ -29,11 +29,6 @@ impl Deferred {
         let _ = self.inner.set(store);
     }
 
-    /// Whether the store was set.
-    pub fn is_set(&self) -> bool {
-        self.inner.get().is_some()
-    }
-
     fn get(&self) -> Result<&Arc<dyn ControlStore>, ControlError> {
         self.inner
             .get()
@@ -142,6 +137,5 @@ mod tests {
             Err(ControlError::Unavailable(why)) => assert!(why.contains("NATS"), "{why}"),
             other => panic!("expected unavailable, got {other:?}"),
         }
-        assert!(!d.is_set());
     }
 }

@@ -104,7 +104,7 @@ where
 
 /// How far a process that joins NATS in the background got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joining {
+pub enum JoinProgress {
     /// Trying to connect.
     Connecting,
     /// The first try to connect failed: NATS is down or unreachable.
@@ -127,22 +127,25 @@ pub const SETUP_GRACE: Duration = Duration::from_secs(30);
 /// joined. It answers `false` at once if NATS is unreachable, after [`CONNECT_GRACE`] if
 /// no connection came, and after [`SETUP_GRACE`] if NATS answered but the setup did not
 /// finish; the process then serves without NATS and the join goes on.
-pub async fn wait_for_join(progress: &mut tokio::sync::watch::Receiver<Joining>) -> bool {
+pub async fn wait_for_join(progress: &mut tokio::sync::watch::Receiver<JoinProgress>) -> bool {
     let first = tokio::time::timeout(
         CONNECT_GRACE,
-        progress.wait_for(|p| *p != Joining::Connecting),
+        progress.wait_for(|p| *p != JoinProgress::Connecting),
     )
     .await
     .ok()
     .and_then(|r| r.ok().map(|p| *p));
     match first {
-        Some(Joining::Joined) => return true,
-        Some(Joining::Connected) => {}
+        Some(JoinProgress::Joined) => return true,
+        Some(JoinProgress::Connected) => {}
         _ => return false,
     }
-    let joined = tokio::time::timeout(SETUP_GRACE, progress.wait_for(|p| *p == Joining::Joined))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let joined = tokio::time::timeout(
+        SETUP_GRACE,
+        progress.wait_for(|p| *p == JoinProgress::Joined),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
     if !joined {
         tracing::warn!(
             "NATS answers but its streams were not ready within {SETUP_GRACE:?}; serving without it and joining when they are"
@@ -156,18 +159,18 @@ pub async fn wait_for_join(progress: &mut tokio::sync::watch::Receiver<Joining>)
 pub async fn connect_forever(
     urls: &str,
     name: &str,
-    progress: &tokio::sync::watch::Sender<Joining>,
+    progress: &tokio::sync::watch::Sender<JoinProgress>,
 ) -> async_nats::Client {
     loop {
         match connect(urls, name).await {
             Ok(client) => {
-                progress.send_replace(Joining::Connected);
+                progress.send_replace(JoinProgress::Connected);
                 return client;
             }
             Err(e) => {
-                if *progress.borrow() == Joining::Connecting {
+                if *progress.borrow() == JoinProgress::Connecting {
                     tracing::warn!(error = %e, "NATS unreachable: serving with what this process knows, and joining when NATS answers");
-                    progress.send_replace(Joining::Unreachable);
+                    progress.send_replace(JoinProgress::Unreachable);
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use skiff_core::cluster_registry::ClusterRegistry;
 use skiff_core::deferred::Deferred;
 use skiff_core::deploy::route_table;
-use skiff_core::nats::Joining;
+use skiff_core::nats::JoinProgress;
 use skiff_core::report::{NodeReport, NodeState, SUBJECT_PREFIX};
 use skiff_core::secrets::SecretKey;
 use skiff_core::serve::{ConnLimits, bind, serve, shutdown_signal};
@@ -107,7 +107,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "starting without a last known view"),
     }
-    let (progress_tx, mut progress) = tokio::sync::watch::channel(Joining::Connecting);
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(JoinProgress::Connecting);
     tokio::spawn(join(
         scheduler.clone(),
         opts.nats.clone(),
@@ -162,7 +162,7 @@ async fn join(
     urls: String,
     replicas: Option<usize>,
     registry: Arc<Deferred>,
-    progress: tokio::sync::watch::Sender<Joining>,
+    progress: tokio::sync::watch::Sender<JoinProgress>,
 ) {
     // Until it connects: routing with the last known view, probing nodes directly.
     let client = skiff_core::nats::connect_forever(&urls, "skiff-scheduler", &progress).await;
@@ -179,7 +179,7 @@ async fn join(
     .await;
     let _ = s.nats.set(client);
     tracing::info!(nats = %urls, "joined NATS");
-    progress.send_replace(Joining::Joined);
+    progress.send_replace(JoinProgress::Joined);
     follow_reports(reports, s.live.clone()).await;
 }
 

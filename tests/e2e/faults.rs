@@ -3,10 +3,20 @@
 
 use crate::cluster::{node, one_at_a_time};
 use crate::harness::*;
+use skiff_core::cluster_registry::ClusterRegistry;
 use skiff_core::control::ControlStore;
 use skiff_core::testkit::NatsServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// The cluster registry in the NATS at `url`, opened directly (behind the scheduler's
+/// checks).
+async fn registry(url: &str) -> ClusterRegistry {
+    let client = skiff_core::nats::connect(url, "test").await.unwrap();
+    ClusterRegistry::open(&async_nats::jetstream::new(client), 1)
+        .await
+        .unwrap()
+}
 
 /// How soon a server started without NATS must serve.
 const SERVES_WITHIN: Duration = Duration::from_secs(2);
@@ -176,11 +186,7 @@ async fn a_node_and_a_scheduler_started_while_nats_is_down_serve_and_join_when_i
     assert!(status.contains("1 live node(s)"), "{status}");
 
     // A node never goes back to an older version, whatever the registry says.
-    let client = skiff_core::nats::connect(&url, "test").await.unwrap();
-    let registry =
-        skiff_core::cluster_registry::ClusterRegistry::open(&async_nats::jetstream::new(client), 1)
-            .await
-            .unwrap();
+    let registry = registry(&url).await;
     let mut old = registry.record("hello").await.unwrap().expect("hello v2");
     old.version = 1;
     registry.put(&old).await.unwrap();
@@ -215,11 +221,7 @@ async fn a_stored_route_conflict_is_named_and_the_first_function_keeps_its_route
 
     // A record that claims hello's route, put into the registry behind the deploy checks
     // (as a registry written by another tool, or restored from a backup, could hold).
-    let client = skiff_core::nats::connect(&url, "test").await.unwrap();
-    let registry =
-        skiff_core::cluster_registry::ClusterRegistry::open(&async_nats::jetstream::new(client), 1)
-            .await
-            .unwrap();
+    let registry = registry(&url).await;
     let mut twin = registry.record("hello").await.unwrap().expect("hello");
     twin.name = "twin".into();
     // hello's manifest names its route (`/hello/...`) explicitly.

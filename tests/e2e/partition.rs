@@ -77,45 +77,25 @@ impl Partitioned {
             .map(NatsServer::url)
             .collect::<Vec<_>>()
             .join(",");
+        // Member `name` at `host`, listening on its HTTP-net address.
+        let spawn = |name: &str, host: u8, args: &[&str]| {
+            let addr = net.addr(Lan::Http, host);
+            let dir = tmp.path().join(name);
+            let mut all = args.to_vec();
+            all.extend_from_slice(&["--nats", &urls, "--replicas", "3"]);
+            all.extend_from_slice(&["--data-dir", dir.to_str().unwrap()]);
+            Skiff::spawn_in_netns(
+                &net.ns(name),
+                &all,
+                &format!("{addr}:7070"),
+                &format!("{addr}:7071"),
+            )
+        };
         let nodes = NODES
             .iter()
-            .map(|&(name, host)| {
-                let addr = net.addr(Lan::Http, host);
-                let dir = tmp.path().join(name);
-                Skiff::spawn_in_netns(
-                    &net.ns(name),
-                    &[
-                        "node",
-                        "--nats",
-                        &urls,
-                        "--name",
-                        name,
-                        "--replicas",
-                        "3",
-                        "--data-dir",
-                        dir.to_str().unwrap(),
-                    ],
-                    &format!("{addr}:7070"),
-                    &format!("{addr}:7071"),
-                )
-            })
+            .map(|&(name, host)| spawn(name, host, &["node", "--name", name]))
             .collect();
-        let addr = net.addr(Lan::Http, 30);
-        let dir = tmp.path().join("sc");
-        let scheduler = Skiff::spawn_in_netns(
-            &net.ns("sc"),
-            &[
-                "scheduler",
-                "--nats",
-                &urls,
-                "--replicas",
-                "3",
-                "--data-dir",
-                dir.to_str().unwrap(),
-            ],
-            &format!("{addr}:7070"),
-            &format!("{addr}:7071"),
-        );
+        let scheduler = spawn("sc", 30, &["scheduler"]);
         for f in ["hello", "counter", "orders"] {
             let dir = repo().join("functions").join(f);
             scheduler.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build", "--wait-all"]);

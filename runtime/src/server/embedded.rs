@@ -29,7 +29,7 @@ use anyhow::Context;
 use skiff_core::cluster_registry::ClusterRegistry;
 use skiff_core::control::ControlStore;
 use skiff_core::limits::NodeLimits;
-use skiff_core::nats::Joining as Progress;
+use skiff_core::nats::JoinProgress as Progress;
 use skiff_core::serve::{bind, shutdown_signal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
