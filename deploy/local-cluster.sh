@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # A Skiff cluster on this machine's loopback: 3 nats-servers clustered with JetStream
-# (sync_interval: always), 3 runtime nodes and 1 scheduler.
+# (sync_interval: always), 3 runtime nodes and 1 scheduler, secured as a real one:
+#   - NATS speaks TLS only (clients and routes), from a CA made here by nats/make-pki.sh;
+#   - each process is its own NKey user, with the permission sets of nats/permissions.conf
+#     (nodes cannot write function records or artifacts);
+#   - the scheduler signs every function record, and nodes run only what it signed;
+#   - nodes answer only the scheduler (a cluster token; /healthz stays open).
+# The keys live in $SKIFF_CLUSTER_DIR/secure (made on first `up`, kept after).
 #
 #   deploy/local-cluster.sh up       start it (functions on $SKIFF_CLUSTER_LISTEN,
 #                                    admin API on $SKIFF_CLUSTER_ADMIN)
@@ -42,6 +48,39 @@ skiff_bin() {
   fi
 }
 
+# The TLS files, NATS users, cluster token and signing key, made once.
+secure() {
+  local bin="$1" s="$dir/secure"
+  mkdir -p "$s"
+  [[ -f "$s/tls/server.pem" ]] || bash "$here/deploy/nats/make-pki.sh" "$s/tls" server
+  for who in scheduler $(seq -f 'node%g' 1 $nodes); do
+    [[ -f "$s/$who.nk" ]] || "$bin" keygen --nats "$s/$who.nk" >/dev/null
+  done
+  [[ -f "$s/cluster.token" ]] || "$bin" keygen --cluster-token "$s/cluster.token" >/dev/null
+  [[ -f "$s/signing.key" ]] || "$bin" keygen --signing "$s/signing.key" >/dev/null
+  cp "$here/deploy/nats/permissions.conf" "$dir/nats/permissions.conf"
+}
+
+# The authorization block: every process's NKey with its permission set.
+authorization() {
+  local s="$dir/secure"
+  echo "authorization {"
+  echo "  include ./permissions.conf"
+  echo "  users: ["
+  echo "    { nkey: $(cat "$s/scheduler.nk.pub"), permissions: \$SKIFF_SCHEDULER }"
+  for i in $(seq 1 $nodes); do
+    echo "    { nkey: $(cat "$s/node$i.nk.pub"), permissions: \$SKIFF_NODE }"
+  done
+  echo "  ]"
+  echo "}"
+}
+
+# tls { ... } with the local CA's server certificate; $1 = extra settings.
+tls_block() {
+  local t; t="$(cd "$dir/secure/tls" && pwd)"
+  echo "tls { cert_file: \"$t/server.pem\", key_file: \"$t/server-key.pem\", ca_file: \"$t/ca.pem\", timeout: 2 ${1:-} }"
+}
+
 nats_urls() {
   local urls=()
   for i in $(seq 0 $((servers - 1))); do urls+=("nats://127.0.0.1:$((nats_port + i))"); done
@@ -78,6 +117,8 @@ up() {
   }
   local bin; bin="$(skiff_bin)"
   mkdir -p "$dir/pids" "$dir/logs" "$dir/nats"
+  secure "$bin"
+  local s; s="$(cd "$dir/secure" && pwd)"
   for i in $(seq 0 $((servers - 1))); do
     local routes=()
     for j in $(seq 0 $((servers - 1))); do
@@ -91,11 +132,14 @@ jetstream {
   store_dir: "$(cd "$dir/nats/s$i" && pwd)"
   sync_interval: always
 }
+$(tls_block)
 cluster {
   name: skiff-local
   listen: 127.0.0.1:$((route_port + i))
   routes: [$(IFS=,; echo "${routes[*]}")]
+  $(tls_block ", verify: true")
 }
+$(authorization)
 CONF
     start "nats$i" "$dir/logs/nats$i.log" nats-server -c "$dir/nats/s$i.conf"
   done
@@ -108,19 +152,24 @@ CONF
   local urls; urls="$(nats_urls)"
   # One secrets key for the whole cluster: the scheduler seals, every node opens.
   [[ -f "$dir/secrets.key" ]] || "$bin" secret keygen "$dir/secrets.key" >/dev/null
+  # Every secret is passed as a file; the command lines show only paths.
   for i in $(seq 1 $nodes); do
     start "node$i" "$dir/logs/node$i.log" "$bin" node --nats "$urls" --name "node$i" --replicas 3 \
       --listen "127.0.0.1:$((node_port + i))" --admin "127.0.0.1:$((node_port + 10 + i))" \
-      --data-dir "$dir/node$i" --secrets-key "$dir/secrets.key"
+      --data-dir "$dir/node$i" --secrets-key "$dir/secrets.key" \
+      --nats-nkey "$s/node$i.nk" --nats-tls-ca "$s/tls/ca.pem" \
+      --cluster-token-file "$s/cluster.token" --trust "$s/signing.key.pub"
   done
   start scheduler "$dir/logs/scheduler.log" "$bin" scheduler --nats "$urls" --replicas 3 \
     --listen "$listen" --admin "$admin" --secrets-key "$dir/secrets.key" \
-    --data-dir "$dir/scheduler"
+    --data-dir "$dir/scheduler" \
+    --nats-nkey "$s/scheduler.nk" --nats-tls-ca "$s/tls/ca.pem" \
+    --cluster-token-file "$s/cluster.token" --signing-key "$s/signing.key"
   if ! wait_for bash -c "'$bin' --server 'http://$admin' status | grep -q '$nodes live node(s)'"; then
     echo "error: the cluster did not come up within 30 s; logs in $dir/logs" >&2
     exit 1
   fi
-  echo "skiff cluster is up: functions on http://$listen · admin on http://$admin · NATS at $urls"
+  echo "skiff cluster is up: functions on http://$listen · admin on http://$admin · NATS at $urls (TLS, NKeys; keys in $s)"
   echo "deploy with: $bin deploy functions/hello --server http://$admin"
 }
 

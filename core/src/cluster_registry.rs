@@ -10,6 +10,7 @@
 
 use crate::control::{Change, ControlError, ControlStore, SealedSecret};
 use crate::record::{FunctionRecord, now_ms, sha256_hex};
+use crate::signing::RecordSigner;
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -35,6 +36,7 @@ fn nats(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> Contr
 pub struct ClusterRegistry {
     kv: kv::Store,
     objects: object_store::ObjectStore,
+    signer: Option<RecordSigner>,
 }
 
 impl ClusterRegistry {
@@ -65,7 +67,32 @@ impl ClusterRegistry {
                 .await
                 .map_err(|e| nats(format!("create object store {ARTIFACTS}"))(&e))?,
         };
-        Ok(ClusterRegistry { kv, objects })
+        Ok(ClusterRegistry {
+            kv,
+            objects,
+            signer: None,
+        })
+    }
+
+    /// This registry signing every record it deploys with `signer` (the scheduler's
+    /// `--signing-key`), so that nodes that trust its public key run them, and putting
+    /// back (rolling back to) only records that key signed.
+    pub fn signed_by(mut self, signer: Option<RecordSigner>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    /// Writes `record` as it is.
+    async fn write(&self, record: &FunctionRecord) -> Result<(), ControlError> {
+        let key = format!("fn.{}", record.name);
+        let json = serde_json::to_vec(record).map_err(|e| {
+            ControlError::Unavailable(format!("cannot encode registry record `{key}`: {e}"))
+        })?;
+        self.kv
+            .put(key.as_str(), Bytes::from(json))
+            .await
+            .map_err(|e| nats(format!("write {key}"))(&e))?;
+        Ok(())
     }
 
     /// Every key in the bucket.
@@ -80,10 +107,13 @@ impl ClusterRegistry {
             .map_err(|e| nats("list the registry")(&e))
     }
 
-    /// Hands out the next version of `name` (compare-and-set on `ver.<name>`).
+    /// Hands out the next version of `name` (compare-and-set on `ver.<name>`), above the
+    /// version the registry holds too: a record written around the counter (by another
+    /// tool, or forged) never shares its number with a later deploy.
     async fn next_version(&self, name: &str) -> Result<u64, ControlError> {
         let key = format!("ver.{name}");
         loop {
+            let held = self.record(name).await?.map_or(0, |r| r.version);
             let entry = self
                 .kv
                 .entry(key.as_str())
@@ -95,7 +125,7 @@ impl ClusterRegistry {
                         .ok()
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(0);
-                    let next = last + 1;
+                    let next = last.max(held) + 1;
                     let r = self
                         .kv
                         .update(key.as_str(), Bytes::from(next.to_string()), e.revision)
@@ -105,13 +135,14 @@ impl ClusterRegistry {
                     (next, r)
                 }
                 _ => {
+                    let next = held + 1;
                     let r = self
                         .kv
-                        .create(key.as_str(), Bytes::from_static(b"1"))
+                        .create(key.as_str(), Bytes::from(next.to_string()))
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string());
-                    (1, r)
+                    (next, r)
                 }
             };
             match result {
@@ -255,29 +286,33 @@ impl ControlStore for ClusterRegistry {
             if !self.has_artifact(artifact).await? {
                 return Err(ControlError::MissingArtifact(artifact.to_string()));
             }
-            let record = FunctionRecord {
+            let mut record = FunctionRecord {
                 name: name.to_string(),
                 version: self.next_version(name).await?,
                 manifest: manifest.to_string(),
                 artifact: artifact.to_string(),
                 deployed_at_ms: now_ms(),
+                signature: None,
             };
-            self.put(&record).await?;
+            if let Some(signer) = &self.signer {
+                signer.sign(&mut record);
+            }
+            self.write(&record).await?;
             Ok(record)
         })
     }
 
     fn put<'a>(&'a self, record: &'a FunctionRecord) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            let key = format!("fn.{}", record.name);
-            let json = serde_json::to_vec(record).map_err(|e| {
-                ControlError::Unavailable(format!("cannot encode registry record `{key}`: {e}"))
-            })?;
-            self.kv
-                .put(key.as_str(), Bytes::from(json))
-                .await
-                .map_err(|e| nats(format!("write {key}"))(&e))?;
-            Ok(())
+            if let Some(signer) = &self.signer {
+                signer.verifier().verify(record).map_err(|e| {
+                    ControlError::Untrusted(format!(
+                        "not putting back version {} of `{}`: {e}",
+                        record.version, record.name
+                    ))
+                })?;
+            }
+            self.write(record).await
         })
     }
 
@@ -419,7 +454,13 @@ mod tests {
 
     async fn registry(dir: &std::path::Path) -> (crate::testkit::NatsServer, ClusterRegistry) {
         let nats = crate::testkit::NatsServer::start(dir).expect("nats-server");
-        let client = crate::nats::connect(&nats.url(), "test").await.unwrap();
+        let client = crate::nats::connect(
+            &nats.url(),
+            "test",
+            &crate::testkit::secured().auth(crate::testkit::Role::Scheduler),
+        )
+        .await
+        .unwrap();
         let reg = ClusterRegistry::open(&jetstream::new(client), 1)
             .await
             .unwrap();
@@ -431,6 +472,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_nats, reg) = registry(dir.path()).await;
         crate::control::conformance::run(&reg).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_signing_registry_signs_deploys_and_puts_back_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_nats, reg) = registry(dir.path()).await;
+        let signer = RecordSigner::generate().unwrap();
+        let reg = reg.signed_by(Some(signer.clone()));
+        let sha = reg.put_artifact(b"\0asm\x0d\0\x01\0x").await.unwrap();
+        let v1 = reg.deploy("f", "name = \"f\"\n", &sha).await.unwrap();
+        signer.verifier().verify(&v1).unwrap();
+        assert_eq!(reg.record("f").await.unwrap(), Some(v1.clone()));
+        // Its own record goes back as it was.
+        reg.put(&v1).await.unwrap();
+        // A record signed with another key, or edited, or unsigned, is never vouched for.
+        let mut forged = v1.clone();
+        forged.version = 7;
+        RecordSigner::generate().unwrap().sign(&mut forged);
+        let unsigned = FunctionRecord {
+            signature: None,
+            ..v1.clone()
+        };
+        for bad in [forged.clone(), unsigned] {
+            let err = reg.put(&bad).await.unwrap_err();
+            assert!(matches!(err, ControlError::Untrusted(_)), "{err}");
+        }
+        // A record written around the counter: the next deploy numbers above it.
+        reg.clone().signed_by(None).put(&forged).await.unwrap();
+        let next = reg.deploy("f", "name = \"f\"\n", &sha).await.unwrap();
+        assert_eq!(next.version, 8);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -27,6 +27,10 @@ pub enum ControlError {
     /// The store failed or could not be reached; the message says what and what to do.
     #[error("{0}")]
     Unavailable(String),
+    /// A record to put back is not signed by this store's key: it never came from this
+    /// scheduler, and putting it back would vouch for it.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 impl ControlError {

@@ -119,6 +119,7 @@ mod tests {
             ),
             artifact: String::new(),
             deployed_at_ms: 0,
+            signature: None,
         }
     }
 

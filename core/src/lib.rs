@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod cluster_registry;
+pub mod cluster_token;
 pub mod control;
 pub mod deferred;
 pub mod deploy;
@@ -27,12 +28,14 @@ pub mod instances;
 pub mod limits;
 pub mod manifest;
 pub mod nats;
+pub mod nats_auth;
 pub mod prom;
 pub mod record;
 pub mod report;
 pub mod routes;
 pub mod secrets;
 pub mod serve;
+pub mod signing;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod topic;

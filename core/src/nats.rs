@@ -1,31 +1,51 @@
 //! Connecting to NATS: one URL or a cluster's list, retried while a fresh JetStream
 //! elects its leaders, and the replication factor for the streams Skiff creates.
 
+use crate::nats_auth::{AuthError, NatsAuth};
 use std::time::Duration;
 
 /// How often a client pings its server. The library's default (a minute) would leave a
 /// node talking to a partitioned server for minutes.
 const PING_EVERY: Duration = Duration::from_millis(500);
 
-/// NATS could not be reached.
+/// NATS could not be reached, or refused this process.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot connect to NATS at {urls}: {detail}; start nats-server with JetStream (-js) or fix --nats"
-)]
-pub struct ConnectError {
-    /// The URLs tried.
-    pub urls: String,
-    /// What the client said.
-    pub detail: String,
+pub enum ConnectError {
+    /// No server answered; one may later.
+    #[error(
+        "cannot connect to NATS at {urls}: {detail}; start nats-server with JetStream (-js) or fix --nats"
+    )]
+    Unreachable {
+        /// The URLs tried.
+        urls: String,
+        /// What the client said.
+        detail: String,
+    },
+    /// The credentials or TLS settings do not work: retrying cannot fix it.
+    #[error("NATS at {urls}: {error}")]
+    Refused {
+        /// The URLs tried.
+        urls: String,
+        /// What is wrong and which flag to fix.
+        error: AuthError,
+    },
 }
 
 /// Connects to one NATS URL or a comma-separated list of a cluster's servers. NATS must
 /// answer at start; after that the client reconnects on its own for as long as the
 /// process lives.
-pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
-    let fail = |detail: String| ConnectError {
+pub async fn connect(
+    urls: &str,
+    name: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::Client, ConnectError> {
+    let fail = |detail: String| ConnectError::Unreachable {
         urls: urls.to_string(),
         detail,
+    };
+    let refused = |error: AuthError| ConnectError::Refused {
+        urls: urls.to_string(),
+        error,
     };
     let list: Vec<&str> = urls
         .split(',')
@@ -35,20 +55,28 @@ pub async fn connect(urls: &str, name: &str) -> Result<async_nats::Client, Conne
     if list.is_empty() {
         return Err(fail("no URL given".into()));
     }
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(Duration::from_secs(5))
-            // A server cut off by a partition sends nothing; missed pings notice it (after
-            // two unanswered ones) and the client moves to another server of the cluster.
-            .ping_interval(PING_EVERY)
-            .max_reconnects(None)
-            .connect(list.as_slice()),
-    )
-    .await
-    .map_err(|_| fail("no server answered within 10s".into()))?
-    .map_err(|e| fail(e.to_string()))
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        // A server cut off by a partition sends nothing; missed pings notice it (after
+        // two unanswered ones) and the client moves to another server of the cluster.
+        .ping_interval(PING_EVERY)
+        .max_reconnects(None)
+        // The server reports a permission it refused (naming the subject) only here: say
+        // so once per refusal, never retry it silently.
+        .event_callback(|event| async move {
+            if let async_nats::Event::ServerError(e) = event {
+                tracing::error!(error = %e, "NATS refused an operation of this process; its user lacks the permission (see deploy/nats/permissions.conf)");
+            }
+        });
+    let options = auth.apply(options).await.map_err(refused)?;
+    tokio::time::timeout(Duration::from_secs(10), options.connect(list.as_slice()))
+        .await
+        .map_err(|_| fail("no server answered within 10s".into()))?
+        .map_err(|e| match crate::nats_auth::refusal(&e) {
+            Some(error) => refused(error),
+            None => fail(e.to_string()),
+        })
 }
 
 /// Runs `setup` until it succeeds or 30 s pass: a freshly started NATS cluster answers
@@ -103,8 +131,11 @@ where
 }
 
 /// How far a process that joins NATS in the background got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinProgress {
+    /// NATS refused this process's credentials or TLS settings: what is wrong and the
+    /// flag to fix. A starting process exits with it.
+    Refused(String),
     /// Trying to connect.
     Connecting,
     /// The first try to connect failed: NATS is down or unreachable.
@@ -126,19 +157,23 @@ pub const SETUP_GRACE: Duration = Duration::from_secs(30);
 /// Waits, at start, for a background join reported through `progress`: answers whether it
 /// joined. It answers `false` at once if NATS is unreachable, after [`CONNECT_GRACE`] if
 /// no connection came, and after [`SETUP_GRACE`] if NATS answered but the setup did not
-/// finish; the process then serves without NATS and the join goes on.
-pub async fn wait_for_join(progress: &mut tokio::sync::watch::Receiver<JoinProgress>) -> bool {
+/// finish; the process then serves without NATS and the join goes on. It answers an
+/// error if NATS refused this process's credentials or TLS: the process must not start.
+pub async fn wait_for_join(
+    progress: &mut tokio::sync::watch::Receiver<JoinProgress>,
+) -> Result<bool, String> {
     let first = tokio::time::timeout(
         CONNECT_GRACE,
         progress.wait_for(|p| *p != JoinProgress::Connecting),
     )
     .await
     .ok()
-    .and_then(|r| r.ok().map(|p| *p));
+    .and_then(|r| r.ok().map(|p| p.clone()));
     match first {
-        Some(JoinProgress::Joined) => return true,
+        Some(JoinProgress::Joined) => return Ok(true),
+        Some(JoinProgress::Refused(why)) => return Err(why),
         Some(JoinProgress::Connected) => {}
-        _ => return false,
+        _ => return Ok(false),
     }
     let joined = tokio::time::timeout(
         SETUP_GRACE,
@@ -146,26 +181,37 @@ pub async fn wait_for_join(progress: &mut tokio::sync::watch::Receiver<JoinProgr
     )
     .await
     .is_ok_and(|r| r.is_ok());
+    if let JoinProgress::Refused(why) = &*progress.borrow() {
+        return Err(why.clone());
+    }
     if !joined {
         tracing::warn!(
             "NATS answers but its streams were not ready within {SETUP_GRACE:?}; serving without it and joining when they are"
         );
     }
-    joined
+    Ok(joined)
 }
 
 /// Connects to `urls` for a background join, retrying every second for as long as it
-/// takes, and tells `progress` how it goes.
+/// takes, and tells `progress` how it goes. A refusal (credentials, TLS) is reported as
+/// [`JoinProgress::Refused`] and logged as an error at each try, every 5 s: a process
+/// already serving goes on without NATS until its files are fixed.
 pub async fn connect_forever(
     urls: &str,
     name: &str,
+    auth: &NatsAuth,
     progress: &tokio::sync::watch::Sender<JoinProgress>,
 ) -> async_nats::Client {
     loop {
-        match connect(urls, name).await {
+        match connect(urls, name, auth).await {
             Ok(client) => {
                 progress.send_replace(JoinProgress::Connected);
                 return client;
+            }
+            Err(e @ ConnectError::Refused { .. }) => {
+                tracing::error!(error = %e, "NATS refuses this process; not joining until the credentials or TLS files are fixed");
+                progress.send_replace(JoinProgress::Refused(e.to_string()));
+                tokio::time::sleep(Duration::from_secs(5)).await;
             }
             Err(e) => {
                 if *progress.borrow() == JoinProgress::Connecting {

@@ -18,6 +18,10 @@ pub struct FunctionRecord {
     pub artifact: String,
     /// Milliseconds since the Unix epoch.
     pub deployed_at_ms: u64,
+    /// The scheduler's Ed25519 signature (hex) over the fields above, in cluster mode
+    /// with `--signing-key` (see [`crate::signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The hex sha256 of `bytes`.

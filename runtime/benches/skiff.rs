@@ -1118,30 +1118,41 @@ async fn state_writes(dir: &Path) {
     println!(
         "|-----------------------------------------|------------|------------|---------------------|------------------------|"
     );
-    let embedded = open_local(&dir.join("bench-embedded.redb")).await;
-    let nats = skiff_core::testkit::NatsCluster::start(&dir.join("nats-cluster"), 3)
-        .expect("nats cluster");
-    let client = skiff_core::nats::connect(&nats.urls(), "bench")
-        .await
-        .expect("nats");
-    let replica = skiff_core::nats::until_ready("open the state stream", || {
-        skiff_runtime::state::Replica::open(
-            async_nats::jetstream::new(client.clone()),
-            3,
-            skiff_core::limits::DedupWindows::default().state,
-        )
-    })
-    .await
-    .expect("state stream");
-    let copy = open_local(&dir.join("bench-cluster.redb")).await;
-    tokio::spawn(replica.clone().apply_forever(copy.clone()));
-    let cluster: Arc<dyn StateBackend> = ReplicatedState::new(copy, replica);
-    let embedded: Arc<dyn StateBackend> = embedded;
-    for (label, store) in [
-        ("embedded (redb, group commit)", embedded),
-        ("cluster (JetStream R3, sync always)", cluster),
+    let embedded: Arc<dyn StateBackend> = open_local(&dir.join("bench-embedded.redb")).await;
+    let (p50, p99, sets, incs) = state_run(embedded).await;
+    let label = "embedded (redb, group commit)";
+    println!("| {label:<39} | {p50:>10} | {p99:>10} | {sets:>19.0} | {incs:>22.0} |");
+    // The secured cluster (TLS, NKey users, as deploy/ sets it up) beside an open one, to
+    // show what security costs.
+    for (label, secure) in [
+        ("cluster (JetStream R3, sync always)", true),
+        ("  same, no TLS and no users", false),
     ] {
-        let (p50, p99, sets, incs) = state_run(store).await;
+        let nats_dir = dir.join(format!("nats-cluster-{secure}"));
+        let (nats, auth) = if secure {
+            let auth = skiff_core::testkit::secured().auth(skiff_core::testkit::Role::Node);
+            (skiff_core::testkit::NatsCluster::start(&nats_dir, 3), auth)
+        } else {
+            let open = skiff_core::testkit::NatsCluster::start_open(&nats_dir, 3);
+            (open, Default::default())
+        };
+        let nats = nats.expect("nats cluster");
+        let client = skiff_core::nats::connect(&nats.urls(), "bench", &auth)
+            .await
+            .expect("nats");
+        let replica = skiff_core::nats::until_ready("open the state stream", || {
+            skiff_runtime::state::Replica::open(
+                async_nats::jetstream::new(client.clone()),
+                3,
+                skiff_core::limits::DedupWindows::default().state,
+            )
+        })
+        .await
+        .expect("state stream");
+        let copy = open_local(&nats_dir.join("bench-cluster.redb")).await;
+        tokio::spawn(replica.clone().apply_forever(copy.clone()));
+        let cluster: Arc<dyn StateBackend> = ReplicatedState::new(copy, replica);
+        let (p50, p99, sets, incs) = state_run(cluster).await;
         println!("| {label:<39} | {p50:>10} | {p99:>10} | {sets:>19.0} | {incs:>22.0} |");
     }
 }

@@ -138,6 +138,9 @@ pub struct Metrics {
     pub outbound: Family<Outbound, Counter>,
     /// `skiff_kv_operation_duration_seconds`.
     pub kv_duration: HistogramFamily<KvOp>,
+    /// `skiff_untrusted_records_total`: registry records refused because their signature
+    /// is missing or does not verify with `--trust`.
+    pub untrusted: Family<Function, Counter>,
     /// Moving average of invocation durations (µs), for load reports.
     pub recent_latency_us: std::sync::atomic::AtomicU64,
     /// Invocations ended since start, for load reports.
@@ -181,6 +184,7 @@ impl Metrics {
             kv_ops: Family::default(),
             outbound: Family::default(),
             kv_duration: Family::new_with_constructor(latency_histogram),
+            untrusted: Family::default(),
             recent_latency_us: std::sync::atomic::AtomicU64::new(0),
             ended: std::sync::atomic::AtomicU64::new(0),
             registry: Registry::default(),
@@ -304,6 +308,11 @@ impl Metrics {
             "skiff_outbound_requests",
             "Outgoing HTTP requests by function and outcome (sent, denied, failed)",
             self.outbound.clone(),
+        );
+        registry.register(
+            "skiff_untrusted_records",
+            "Cluster registry records refused: unsigned, or signed with a key other than --trust",
+            self.untrusted.clone(),
         );
     }
 

@@ -260,6 +260,7 @@ impl Store {
                 manifest: manifest.to_string(),
                 artifact: artifact.to_string(),
                 deployed_at_ms: now_ms(),
+                signature: None,
             };
             let json = serde_json::to_vec(&record).map_err(|e| {
                 redb::Error::Corrupted(format!("cannot encode record for `{name}`: {e}"))

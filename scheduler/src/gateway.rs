@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use skiff_core::cluster_token::{self, ClusterToken};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +72,8 @@ pub struct Gateway {
     placement: Placement,
     random: RandomState,
     counter: AtomicU64,
+    /// Presented to every node (`--cluster-token-file`), replacing what a client sent.
+    cluster_token: Option<ClusterToken>,
     /// What it did.
     pub counts: GatewayCounts,
 }
@@ -92,7 +95,12 @@ fn reply(status: StatusCode, message: String) -> Response<GatewayBody> {
 impl Gateway {
     /// A gateway over `live` that accepts request bodies up to `max_body` bytes and places
     /// requests by `placement`.
-    pub fn new(live: Arc<LiveSet>, max_body: u64, placement: Placement) -> Gateway {
+    pub fn new(
+        live: Arc<LiveSet>,
+        max_body: u64,
+        placement: Placement,
+        cluster_token: Option<ClusterToken>,
+    ) -> Gateway {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -107,6 +115,7 @@ impl Gateway {
             placement,
             random: RandomState::new(),
             counter: AtomicU64::new(0),
+            cluster_token,
             counts: GatewayCounts::default(),
         }
     }
@@ -259,6 +268,11 @@ impl Gateway {
             .map_err(|e| Failure::NotSent(e.to_string()))?;
         *req.headers_mut() = parts.headers.clone();
         req.headers_mut().remove(http::header::HOST);
+        // A client never chooses the cluster token: it is this scheduler's, or absent.
+        match &self.cluster_token {
+            Some(t) => t.stamp(req.headers_mut()),
+            None => drop(req.headers_mut().remove(cluster_token::HEADER)),
+        }
         target.outstanding.fetch_add(1, Ordering::Relaxed);
         target.sent.fetch_add(1, Ordering::Relaxed);
         let guard = Outstanding(target.outstanding.clone());

@@ -7,6 +7,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use skiff_core::api::{DEFAULT_LOG_TAIL, LogLine, MAX_SPANS, Span};
+use skiff_core::cluster_token;
 use skiff_core::http::{AdminBody, Response, error, full, json};
 use skiff_core::report::{NodeReport, NodeState};
 use std::time::{Duration, Instant};
@@ -29,7 +30,19 @@ impl Scheduler {
             .map(|r| r.admin)
     }
 
-    /// One admin call to a node, with this scheduler's token; the body of a 2xx answer.
+    /// `req` with what a node asks of its scheduler: the admin token and the cluster
+    /// token, where this scheduler has them.
+    fn to_node(&self, mut req: http::request::Builder) -> http::request::Builder {
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(t) = &self.cluster_token {
+            req = req.header(cluster_token::HEADER, t.header_value());
+        }
+        req
+    }
+
+    /// One admin call to a node, with this scheduler's tokens; the body of a 2xx answer.
     pub(crate) async fn call(
         &self,
         admin: &str,
@@ -37,12 +50,11 @@ impl Scheduler {
         path_and_query: &str,
         body: Bytes,
     ) -> Result<Bytes, (StatusCode, String)> {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("{admin}{path_and_query}"));
-        if let Some(t) = &self.token {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
+        let req = self.to_node(
+            http::Request::builder()
+                .method(method)
+                .uri(format!("{admin}{path_and_query}")),
+        );
         let bad = |e: String| (StatusCode::BAD_GATEWAY, e);
         let req = req.body(Full::new(body)).map_err(|e| bad(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req))
@@ -91,9 +103,12 @@ impl Scheduler {
             .method(parts.method)
             .uri(format!("{admin}{path}"));
         for (k, v) in &parts.headers {
-            if k != http::header::HOST {
+            if k != http::header::HOST && k != cluster_token::HEADER {
                 out = out.header(k, v);
             }
+        }
+        if let Some(t) = &self.cluster_token {
+            out = out.header(cluster_token::HEADER, t.header_value());
         }
         let Ok(out) = out.body(Full::new(body)) else {
             return error(StatusCode::BAD_REQUEST, format!("cannot forward {path}"));
@@ -129,12 +144,11 @@ impl Scheduler {
             // Every node's stream, interleaved as lines arrive.
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
             for n in nodes {
-                let mut req = http::Request::builder()
-                    .method(Method::GET)
-                    .uri(format!("{}{path}", n.admin));
-                if let Some(t) = &self.token {
-                    req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-                }
+                let req = self.to_node(
+                    http::Request::builder()
+                        .method(Method::GET)
+                        .uri(format!("{}{path}", n.admin)),
+                );
                 let Ok(req) = req.body(Full::new(Bytes::new())) else {
                     continue;
                 };

@@ -20,12 +20,15 @@ use futures::StreamExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use skiff_core::cluster_registry::ClusterRegistry;
+use skiff_core::cluster_token::ClusterToken;
 use skiff_core::deferred::Deferred;
 use skiff_core::deploy::route_table;
 use skiff_core::nats::JoinProgress;
+use skiff_core::nats_auth::NatsAuth;
 use skiff_core::report::{NodeReport, NodeState, SUBJECT_PREFIX};
 use skiff_core::secrets::SecretKey;
 use skiff_core::serve::{ConnLimits, bind, serve, shutdown_signal};
+use skiff_core::signing::RecordSigner;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,6 +60,12 @@ pub struct SchedulerOptions {
     pub max_artifact: usize,
     /// Where the last known view is kept.
     pub data_dir: std::path::PathBuf,
+    /// What it presents to NATS (credentials, TLS).
+    pub nats_auth: NatsAuth,
+    /// Presented to every node, which answers nothing else (`--cluster-token-file`).
+    pub cluster_token: Option<ClusterToken>,
+    /// Signs every record it writes into the registry (`--signing-key`).
+    pub signer: Option<RecordSigner>,
 }
 
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
@@ -79,7 +88,13 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         opts.nats
     )));
     let scheduler = Arc::new(Scheduler {
-        gateway: Gateway::new(live.clone(), opts.max_body, opts.placement),
+        gateway: Gateway::new(
+            live.clone(),
+            opts.max_body,
+            opts.placement,
+            opts.cluster_token.clone(),
+        ),
+        cluster_token: opts.cluster_token.clone(),
         live: live.clone(),
         registry: registry.clone(),
         nats: OnceLock::new(),
@@ -110,14 +125,20 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
     let (progress_tx, mut progress) = tokio::sync::watch::channel(JoinProgress::Connecting);
     tokio::spawn(join(
         scheduler.clone(),
-        opts.nats.clone(),
-        opts.replicas,
+        Joining {
+            urls: opts.nats.clone(),
+            auth: opts.nats_auth.clone(),
+            replicas: opts.replicas,
+            signer: opts.signer.clone(),
+        },
         registry,
         progress_tx,
     ));
     // A healthy NATS is joined before the scheduler says it is up; an unreachable one is not
-    // waited for.
-    skiff_core::nats::wait_for_join(&mut progress).await;
+    // waited for; one that refuses this scheduler's credentials stops it.
+    skiff_core::nats::wait_for_join(&mut progress)
+        .await
+        .map_err(|why| anyhow::anyhow!("{why}"))?;
     tokio::spawn(follow_registered(scheduler.clone()));
     tokio::spawn(expire_silent_nodes(scheduler.clone()));
     tokio::spawn(crate::probe::run(scheduler.clone()));
@@ -155,24 +176,33 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the scheduler joins NATS.
+struct Joining {
+    urls: String,
+    auth: NatsAuth,
+    replicas: Option<usize>,
+    signer: Option<RecordSigner>,
+}
+
 /// Joins NATS, however long it takes: connects, opens the cluster registry, subscribes to
 /// load reports, then follows them.
 async fn join(
     s: Arc<Scheduler>,
-    urls: String,
-    replicas: Option<usize>,
+    how: Joining,
     registry: Arc<Deferred>,
     progress: tokio::sync::watch::Sender<JoinProgress>,
 ) {
+    let urls = how.urls;
     // Until it connects: routing with the last known view, probing nodes directly.
-    let client = skiff_core::nats::connect_forever(&urls, "skiff-scheduler", &progress).await;
-    let replicas = skiff_core::nats::replicas(&client, replicas);
+    let client =
+        skiff_core::nats::connect_forever(&urls, "skiff-scheduler", &how.auth, &progress).await;
+    let replicas = skiff_core::nats::replicas(&client, how.replicas);
     let js = async_nats::jetstream::new(client.clone());
     let opened = skiff_core::nats::retry_forever("open the cluster registry", || {
         ClusterRegistry::open(&js, replicas)
     })
     .await;
-    registry.set(Arc::new(opened));
+    registry.set(Arc::new(opened.signed_by(how.signer)));
     let reports = skiff_core::nats::retry_forever("subscribe to load reports", || {
         client.subscribe(format!("{SUBJECT_PREFIX}.*"))
     })

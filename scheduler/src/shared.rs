@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use skiff_core::cluster_token::ClusterToken;
 use skiff_core::control::ControlStore;
 use skiff_core::record::FunctionRecord;
 use skiff_core::report::{NodeReport, NodeState};
@@ -27,6 +28,8 @@ pub struct Scheduler {
     /// The registry's records as last listed (kept in the view).
     pub(crate) records: Mutex<Vec<FunctionRecord>>,
     pub(crate) token: Option<String>,
+    /// Presented to nodes, which answer nothing else.
+    pub(crate) cluster_token: Option<ClusterToken>,
     pub(crate) url: String,
     pub(crate) started: Instant,
     pub(crate) deploy_timeout: Duration,

@@ -80,6 +80,41 @@ pub fn node(dir: &Path, nats: &str, name: &str, args: &[&str]) -> Skiff {
     Skiff::node(&dir.join(name), nats, name, args)
 }
 
+/// One NATS server, a scheduler and a few nodes, with hello deployed on every node.
+pub struct SmallCluster {
+    _tmp: tempfile::TempDir,
+    _nats: NatsServer,
+    pub url: String,
+    pub scheduler: Skiff,
+    pub nodes: Vec<Skiff>,
+}
+
+/// Starts a [`SmallCluster`] with nodes named `names`.
+pub fn small_cluster(names: &[&str]) -> SmallCluster {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&tmp.path().join("nats")).expect("nats");
+    let url = nats.url();
+    let scheduler = Skiff::scheduler(&url, &[]);
+    let nodes = names
+        .iter()
+        .map(|n| node(tmp.path(), &url, n, &[]))
+        .collect();
+    let hello = repo().join("functions/hello");
+    scheduler.cli_ok(&[
+        "deploy",
+        hello.to_str().unwrap(),
+        "--no-build",
+        "--wait-all",
+    ]);
+    SmallCluster {
+        _tmp: tmp,
+        _nats: nats,
+        url,
+        scheduler,
+        nodes,
+    }
+}
+
 /// One request's outcome as a load generator saw it.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -492,7 +527,9 @@ async fn cluster_bad_input_gets_clear_errors() {
     let hello_sha =
         skiff_core::record::sha256_hex(&std::fs::read(guest("functions", "hello.wasm")).unwrap());
     let broken_sha = skiff_core::record::sha256_hex(b"\0asm\x0d\0\x01\0garbage");
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = skiff_core::nats::connect(&nats.url(), "test", &operator_auth())
+        .await
+        .unwrap();
     let registry =
         skiff_core::cluster_registry::ClusterRegistry::open(&async_nats::jetstream::new(client), 1)
             .await

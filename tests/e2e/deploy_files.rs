@@ -2,6 +2,7 @@
 //! units and Kubernetes manifests use only flags the binary accepts.
 
 use crate::harness::*;
+use bytes::Bytes;
 use std::process::Command;
 use std::time::Duration;
 
@@ -64,9 +65,28 @@ async fn local_cluster_script_starts_serves_and_stops_cleanly() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.headers.get("x-skiff-node").is_some());
 
+    // Secured: the nodes answer only the cluster token (what the scheduler and, by
+    // deploy/prometheus.yml, Prometheus present), and NATS only its NKey users over TLS.
+    let token = std::fs::read_to_string(dir.join("secure/cluster.token")).unwrap();
+    let bearer = format!("Bearer {}", token.trim());
+    let direct = get(&format!("http://127.0.0.1:{}/hello/script", node_base + 1)).await;
+    assert_eq!(direct.status, 401, "{}", direct.text());
+    let stranger = skiff_core::nats_auth::NatsAuth {
+        tls_ca: Some(dir.join("secure/tls/ca.pem")),
+        ..Default::default()
+    };
+    let refused =
+        skiff_core::nats::connect(&format!("nats://127.0.0.1:{nats}"), "stranger", &stranger).await;
+    assert!(refused.is_err(), "NATS took a client without credentials");
     // Each node serves /metrics where deploy/prometheus.yml (shifted) expects it.
     for i in 1..=3 {
-        let r = get(&format!("http://127.0.0.1:{}/metrics", node_base + 10 + i)).await;
+        let url = format!("http://127.0.0.1:{}/metrics", node_base + 10 + i);
+        assert_eq!(
+            get(&url).await.status,
+            401,
+            "node{i} served metrics to anyone"
+        );
+        let r = request("GET", &url, &[("authorization", &bearer)], Bytes::new()).await;
         assert_eq!(r.status, 200, "node{i} admin not at its fixed port");
         crate::metrics::promtool_check(&r.text());
     }
@@ -191,5 +211,39 @@ fn the_prometheus_config_is_valid_and_scrapes_the_local_cluster() {
     let script = std::fs::read_to_string(repo().join("deploy/local-cluster.sh")).unwrap();
     assert!(
         script.contains("SKIFF_CLUSTER_NODE_PORT:-7080") && script.contains("node_port + 10 + i")
+    );
+}
+
+/// The quoted subjects of a permission set, in order.
+fn quoted(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| {
+            l.split('"')
+                .skip(1)
+                .step_by(2)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_helm_values_grant_the_permission_sets_of_permissions_conf() {
+    let conf = std::fs::read_to_string(repo().join("deploy/nats/permissions.conf")).unwrap();
+    let values =
+        std::fs::read_to_string(repo().join("deploy/kubernetes/nats-values.yaml")).unwrap();
+    let node = &conf[conf.find("SKIFF_NODE_DENY").expect("the node's deny list")..];
+    let mut want: Vec<String> = quoted(node).into_iter().filter(|s| s != ">").collect();
+    let mut got: Vec<String> = quoted(&values[values.find("UREPLACE_WITH_THE_NODES").unwrap()..])
+        .into_iter()
+        .filter(|s| s != ">")
+        .collect();
+    want.sort();
+    got.sort();
+    assert!(!want.is_empty());
+    assert_eq!(
+        got, want,
+        "nats-values.yaml's node permissions differ from permissions.conf"
     );
 }

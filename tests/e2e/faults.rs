@@ -1,21 +1,32 @@
 //! Faults of the control plane: a node and a scheduler started while NATS is down serve
 //! what they knew, and join on their own when NATS returns.
 
-use crate::cluster::{node, one_at_a_time};
+use crate::cluster::{node, one_at_a_time, small_cluster};
 use crate::harness::*;
 use skiff_core::cluster_registry::ClusterRegistry;
 use skiff_core::control::ControlStore;
+use skiff_core::record::FunctionRecord;
 use skiff_core::testkit::NatsServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The cluster registry in the NATS at `url`, opened directly (behind the scheduler's
-/// checks).
+/// checks) with the scheduler's credentials.
 async fn registry(url: &str) -> ClusterRegistry {
-    let client = skiff_core::nats::connect(url, "test").await.unwrap();
+    let client = skiff_core::nats::connect(url, "test", &operator_auth())
+        .await
+        .unwrap();
     ClusterRegistry::open(&async_nats::jetstream::new(client), 1)
         .await
         .unwrap()
+}
+
+/// `record` signed with the scheduler's key, as the scheduler would write it.
+fn signed(mut record: FunctionRecord) -> FunctionRecord {
+    skiff_core::signing::RecordSigner::load(&cluster_keys().signing_key)
+        .unwrap()
+        .sign(&mut record);
+    record
 }
 
 /// How soon a server started without NATS must serve.
@@ -189,7 +200,7 @@ async fn a_node_and_a_scheduler_started_while_nats_is_down_serve_and_join_when_i
     let registry = registry(&url).await;
     let mut old = registry.record("hello").await.unwrap().expect("hello v2");
     old.version = 1;
-    registry.put(&old).await.unwrap();
+    registry.put(&signed(old)).await.unwrap();
     let mut report = String::new();
     let refused = wait_until(Duration::from_secs(10), async || {
         report = get(&format!("{}/v1/report", n1.admin)).await.text();
@@ -206,27 +217,17 @@ async fn a_node_and_a_scheduler_started_while_nats_is_down_serve_and_join_when_i
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stored_route_conflict_is_named_and_the_first_function_keeps_its_route() {
     let _one = one_at_a_time().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&tmp.path().join("nats")).expect("nats");
-    let url = nats.url();
-    let scheduler = Skiff::scheduler(&url, &[]);
-    let n1 = node(tmp.path(), &url, "n1", &[]);
-    let hello = repo().join("functions/hello");
-    scheduler.cli_ok(&[
-        "deploy",
-        hello.to_str().unwrap(),
-        "--no-build",
-        "--wait-all",
-    ]);
+    let c = small_cluster(&["n1"]);
+    let (url, scheduler, n1) = (&c.url, &c.scheduler, &c.nodes[0]);
 
     // A record that claims hello's route, put into the registry behind the deploy checks
     // (as a registry written by another tool, or restored from a backup, could hold).
-    let registry = registry(&url).await;
+    let registry = registry(url).await;
     let mut twin = registry.record("hello").await.unwrap().expect("hello");
     twin.name = "twin".into();
     // hello's manifest names its route (`/hello/...`) explicitly.
     twin.manifest = twin.manifest.replace("name = \"hello\"", "name = \"twin\"");
-    registry.put(&twin).await.unwrap();
+    registry.put(&signed(twin)).await.unwrap();
 
     // Neither side drops it silently: the node refuses it by name, the scheduler logs it,
     // and hello keeps its route.

@@ -1,5 +1,13 @@
 //! Test harness: builds the guest components, starts the real `skiff` binary on free
 //! loopback ports in a temp dir, and talks to it over real sockets.
+//!
+//! Clusters start secured, as deploy/ documents: NATS over TLS with NKey users holding
+//! the permission sets of deploy/nats/permissions.conf (`skiff_core::testkit::secure`),
+//! a scheduler that signs records and presents a cluster token, and nodes that trust only
+//! its key and answer only that token. A test that passes any `--nats-*`, `--trust`,
+//! `--signing-key` or `--cluster-token-file` flag itself gets no defaults for that part.
+//! Requests the harness sends to a token-guarded node carry the token, as the scheduler's
+//! would; [`send_unstamped`] sends without it.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -191,6 +199,16 @@ impl Skiff {
         admin: &str,
     ) -> Skiff {
         build_guests();
+        let secured = secure_args(args);
+        let guard_token = (args.first() == Some(&"node")
+            && secured.iter().any(|a| a == "--cluster-token-file"))
+        .then(|| cluster_keys().token.clone());
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(secured.iter().map(String::as_str))
+            .collect();
+        let args = args.as_slice();
         let mut cmd = match (netns, setup) {
             (Some(ns), _) => {
                 let mut c = Command::new("ip");
@@ -209,8 +227,21 @@ impl Skiff {
         cmd.args(args)
             .args(["--listen", listen, "--admin", admin])
             .env_remove("SKIFF_TOKEN")
-            .env_remove("SKIFF_NATS")
-            .env("RUST_LOG", "info")
+            .env_remove("SKIFF_NATS");
+        for var in [
+            "SKIFF_NATS_CREDS",
+            "SKIFF_NATS_NKEY",
+            "SKIFF_NATS_USER_FILE",
+            "SKIFF_NATS_TLS_CA",
+            "SKIFF_NATS_TLS_CERT",
+            "SKIFF_NATS_TLS_KEY",
+            "SKIFF_CLUSTER_TOKEN_FILE",
+            "SKIFF_TRUST",
+            "SKIFF_SIGNING_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -260,11 +291,16 @@ impl Skiff {
             .map(String::from)
             .collect();
         assert_eq!(urls.len(), 2, "unexpected banner: {line}");
+        if guard_token.is_some() {
+            guard(&urls[0]);
+            guard(&urls[1]);
+        }
         Skiff {
             child,
             listen: urls[0].clone(),
             admin: urls[1].clone(),
-            token,
+            // A guarded node's admin API takes the cluster token as its bearer token.
+            token: guard_token.or(token),
             stderr,
             _tmp: None,
         }
@@ -418,8 +454,21 @@ pub fn body(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
-/// Sends one request.
+/// Sends one request; one to a token-guarded node carries the cluster token, as the
+/// scheduler's would.
 pub async fn send(
+    client: &Client<HttpConnector, TestBody>,
+    mut req: http::Request<TestBody>,
+) -> Result<Resp, String> {
+    if is_guarded(req.uri()) && !req.headers().contains_key(CLUSTER_TOKEN_HEADER) {
+        let token = http::HeaderValue::from_str(&cluster_keys().token).expect("token header");
+        req.headers_mut().insert(CLUSTER_TOKEN_HEADER, token);
+    }
+    send_unstamped(client, req).await
+}
+
+/// Sends one request as it is, without the cluster token.
+pub async fn send_unstamped(
     client: &Client<HttpConnector, TestBody>,
     req: http::Request<TestBody>,
 ) -> Result<Resp, String> {
@@ -554,4 +603,123 @@ pub fn metric(text: &str, name: &str, function: &str, extra: &str) -> f64 {
         .filter(|l| l.contains(extra))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The header the scheduler presents its cluster token in.
+pub const CLUSTER_TOKEN_HEADER: &str = "skiff-cluster-token";
+
+/// The scheduler's keys in the secured test cluster.
+pub struct ClusterKeys {
+    /// The cluster token file.
+    pub token_file: PathBuf,
+    /// The token itself.
+    pub token: String,
+    /// The scheduler's signing key file.
+    pub signing_key: PathBuf,
+    /// Its public key, for the nodes' `--trust`.
+    pub trust: String,
+}
+
+/// The secured test cluster's token and signing key, made once per test process with
+/// `skiff keygen` (beside the NATS test PKI).
+pub fn cluster_keys() -> &'static ClusterKeys {
+    static KEYS: OnceLock<ClusterKeys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = skiff_core::testkit::secured().dir.clone();
+        let token_file = dir.join("cluster.token");
+        let signing_key = dir.join("signing.key");
+        for (flag, path) in [
+            ("--cluster-token", &token_file),
+            ("--signing", &signing_key),
+        ] {
+            let out = Command::new(skiff_bin())
+                .args(["keygen", flag])
+                .arg(path)
+                .output()
+                .expect("run skiff keygen");
+            assert!(
+                out.status.success(),
+                "skiff keygen {flag} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+                .trim()
+                .to_string()
+        };
+        ClusterKeys {
+            token: read(&token_file),
+            trust: read(&dir.join("signing.key.pub")),
+            token_file,
+            signing_key,
+        }
+    })
+}
+
+/// The flags the secured setup adds to `args` (a server subcommand first): NATS
+/// credentials and TLS for a process given `--nats`, and the scheduler's and nodes' keys;
+/// none for a part the test set itself.
+fn secure_args(args: &[&str]) -> Vec<String> {
+    let has = |prefix: &str| args.iter().any(|a| a.starts_with(prefix));
+    let mut out = Vec::new();
+    let role = match args.first() {
+        Some(&"scheduler") => skiff_core::testkit::Role::Scheduler,
+        _ => skiff_core::testkit::Role::Node,
+    };
+    if has("--nats") && !has("--nats-") {
+        out.extend(skiff_core::testkit::secured().args(role));
+    }
+    let keys = || cluster_keys();
+    match args.first() {
+        Some(&"scheduler") => {
+            if !has("--cluster-token-file") {
+                out.push("--cluster-token-file".into());
+                out.push(keys().token_file.display().to_string());
+            }
+            if !has("--signing-key") {
+                out.push("--signing-key".into());
+                out.push(keys().signing_key.display().to_string());
+            }
+        }
+        Some(&"node") => {
+            if !has("--cluster-token-file") {
+                out.push("--cluster-token-file".into());
+                out.push(keys().token_file.display().to_string());
+            }
+            if !has("--trust") {
+                out.push("--trust".into());
+                out.push(keys().trust.clone());
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Base URLs (`http://host:port`) of guarded nodes' listeners and admin APIs.
+fn guarded() -> &'static Mutex<Vec<String>> {
+    static GUARDED: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    GUARDED.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn guard(base: &str) {
+    if let Ok(mut g) = guarded().lock() {
+        g.push(base.trim_end_matches('/').to_string());
+    }
+}
+
+fn is_guarded(uri: &http::Uri) -> bool {
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let base = format!("{scheme}://{authority}");
+    guarded().lock().is_ok_and(|g| g.contains(&base))
+}
+
+/// What the test process presents to the test NATS servers: the scheduler's user (the
+/// operator's view).
+pub fn operator_auth() -> skiff_core::nats_auth::NatsAuth {
+    skiff_core::testkit::secured().auth(skiff_core::testkit::Role::Scheduler)
 }

@@ -16,6 +16,7 @@ mod partition;
 mod polyglot;
 mod replicated;
 mod sandbox;
+mod security;
 mod serving;
 mod state;
 mod wasi_p3;

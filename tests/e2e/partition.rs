@@ -56,13 +56,19 @@ impl Partitioned {
                 .map(|j| format!("nats-route://{}:6222", server(j)))
                 .collect();
             let config = tmp.path().join(format!("s{i}.conf"));
+            // Secured as every test cluster: TLS (a certificate naming this server's
+            // address), NKey users, and TLS between the servers.
+            let secured = skiff_core::testkit::secured();
+            let addr = server(i).to_string();
             std::fs::write(
                 &config,
                 format!(
-                    "server_name: s{i}\nlisten: {a}:4222\njetstream {{ store_dir: \"{}\", sync_interval: always }}\ncluster {{ name: skiff-partition, listen: {a}:6222, routes: [{}] }}\n",
+                    "server_name: s{i}\nlisten: {a}:4222\njetstream {{ store_dir: \"{}\", sync_interval: always }}\ncluster {{ name: skiff-partition, listen: {a}:6222, routes: [{}]\n{} }}\n{}",
                     store.display(),
                     routes.join(", "),
-                    a = server(i),
+                    secured.route_tls_block(&[&addr]).unwrap(),
+                    secured.server_blocks(&[&addr]).unwrap(),
+                    a = addr,
                 ),
             )
             .unwrap();
@@ -115,7 +121,7 @@ impl Partitioned {
     async fn diagnose(&self) -> String {
         let dead = self.scheduler.cli(&["dead-letters", "ls", "orders"]);
         let mut out = format!("dead letters:\n{}\n", String::from_utf8_lossy(&dead.stdout));
-        let client = skiff_core::nats::connect(&self.urls, "partition-test")
+        let client = skiff_core::nats::connect(&self.urls, "partition-test", &operator_auth())
             .await
             .unwrap();
         let js = async_nats::jetstream::new(client);
@@ -161,7 +167,7 @@ impl Partitioned {
 
     /// The name of the server leading `stream`.
     async fn leader_of(&self, stream: &str) -> String {
-        let client = skiff_core::nats::connect(&self.urls, "partition-test")
+        let client = skiff_core::nats::connect(&self.urls, "partition-test", &operator_auth())
             .await
             .unwrap();
         let js = async_nats::jetstream::new(client);
@@ -197,8 +203,14 @@ impl Shot {
         matches!(self.status, 200 | 201)
     }
     /// Whether the request may have taken effect without being acknowledged.
+    /// Whether the request may have taken effect though it failed: no answer, a 502, a
+    /// write in doubt, or one the node says is stored in the log but not yet applied
+    /// where it ran (it will apply).
     fn in_doubt(&self) -> bool {
-        self.status == 0 || self.status == 502 || self.body.contains("may or may not")
+        self.status == 0
+            || self.status == 502
+            || self.body.contains("may or may not")
+            || self.body.contains("is stored in the cluster's log")
     }
 }
 

@@ -157,7 +157,7 @@ async fn losing_nats_servers_loses_no_acknowledged_write() {
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Every stream is on all three servers, so losing one loses nothing.
-    let client = skiff_core::nats::connect(&cluster.nats.urls(), "test")
+    let client = skiff_core::nats::connect(&cluster.nats.urls(), "test", &operator_auth())
         .await
         .unwrap();
     let js = async_nats::jetstream::new(client);

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod deploy;
 mod events;
+mod keygen;
 mod kv;
 mod logs;
 mod secret;
@@ -113,6 +114,8 @@ enum Command {
     Invoke(InvokeArgs),
     /// Show the server's node, load and functions.
     Status,
+    /// Make a key file for a secured cluster: signing key, NATS NKey or cluster token.
+    Keygen(keygen::KeygenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_functions(&s.functions);
         }
         Command::Invoke(args) => return invoke(&client()?, args).await,
+        Command::Keygen(args) => keygen::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -321,6 +325,14 @@ fn print_cluster(s: &ClusterStatus) {
             n.sent,
             functions.join(", ")
         );
+    }
+    for n in &s.nodes {
+        for f in &n.report.failed {
+            println!(
+                "  {}: {} v{} FAILED: {}",
+                n.report.node, f.name, f.version, f.error
+            );
+        }
     }
     println!();
     print_functions(&s.functions);

@@ -6,9 +6,12 @@ use super::deploy;
 use crate::server::embedded::{self, UpOptions};
 use anyhow::bail;
 use clap::Args;
+use skiff_core::cluster_token::ClusterToken;
 use skiff_core::instances::InstanceMaxima;
 use skiff_core::limits::NodeLimits;
 use skiff_core::manifest::{Size, Timeout};
+use skiff_core::nats_auth::NatsAuth;
+use skiff_core::signing::{RecordSigner, RecordVerifier};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -31,6 +34,8 @@ pub(super) struct UpArgs {
     /// with `up`, events go through JetStream instead of the embedded bus.
     #[arg(long, env = "SKIFF_NATS")]
     nats: Option<String>,
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
     /// Replicas of the JetStream streams and buckets this process creates, if they do not
     /// exist yet [default: the NATS cluster's size, at most 3].
     #[arg(long, env = "SKIFF_REPLICAS")]
@@ -93,6 +98,45 @@ pub(super) struct UpArgs {
     dedup_window_state: Timeout,
 }
 
+/// How a process authenticates to NATS and verifies it: every secret comes from a file.
+#[derive(Debug, Args)]
+pub(super) struct NatsAuthArgs {
+    /// A NATS credentials file (JWT and NKey seed, as `nsc generate creds` writes).
+    #[arg(long, env = "SKIFF_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// A file holding an NKey user seed (`SU...`; `skiff keygen --nats FILE` makes one).
+    #[arg(long, env = "SKIFF_NATS_NKEY", value_name = "FILE")]
+    nats_nkey: Option<PathBuf>,
+    /// A file holding `user:password` on its first line.
+    #[arg(long, env = "SKIFF_NATS_USER_FILE", value_name = "FILE")]
+    nats_user_file: Option<PathBuf>,
+    /// The CA certificate (PEM) the NATS servers' certificates chain to; given, the
+    /// connection must be TLS.
+    #[arg(long, env = "SKIFF_NATS_TLS_CA", value_name = "FILE")]
+    nats_tls_ca: Option<PathBuf>,
+    /// This process's client certificate (PEM), for NATS servers that verify clients.
+    #[arg(long, env = "SKIFF_NATS_TLS_CERT", value_name = "FILE")]
+    nats_tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --nats-tls-cert.
+    #[arg(long, env = "SKIFF_NATS_TLS_KEY", value_name = "FILE")]
+    nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsAuthArgs {
+    fn auth(self) -> anyhow::Result<NatsAuth> {
+        let auth = NatsAuth {
+            creds: self.nats_creds,
+            nkey: self.nats_nkey,
+            user_file: self.nats_user_file,
+            tls_ca: self.nats_tls_ca,
+            tls_cert: self.nats_tls_cert,
+            tls_key: self.nats_tls_key,
+        };
+        auth.check()?;
+        Ok(auth)
+    }
+}
+
 #[derive(Debug, Args)]
 pub(super) struct NodeArgs {
     #[command(flatten)]
@@ -101,6 +145,15 @@ pub(super) struct NodeArgs {
     /// not reachable as it is (e.g. 0.0.0.0).
     #[arg(long, env = "SKIFF_ADVERTISE")]
     advertise: Option<String>,
+    /// A file holding the token the scheduler presents (the same file as the scheduler's);
+    /// given, the node answers function traffic and admin calls only when they carry it
+    /// (`/healthz` stays open).
+    #[arg(long, env = "SKIFF_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    cluster_token_file: Option<PathBuf>,
+    /// The scheduler's public signing key (64 hex digits, or a file holding them); given,
+    /// the node runs only records signed with its pair (`skiff keygen --signing`).
+    #[arg(long, env = "SKIFF_TRUST", value_name = "KEY")]
+    trust: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -139,10 +192,19 @@ pub(super) struct SchedulerArgs {
     /// with when it starts while NATS is unreachable.
     #[arg(long, default_value = ".skiff-scheduler")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    nats_auth: NatsAuthArgs,
+    /// A file holding the token presented to every node (the same file as the nodes').
+    #[arg(long, env = "SKIFF_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    cluster_token_file: Option<PathBuf>,
+    /// The Ed25519 key (64 hex digits) every function record is signed with; nodes
+    /// started with --trust run only signed records (`skiff keygen --signing`).
+    #[arg(long, env = "SKIFF_SIGNING_KEY", value_name = "FILE")]
+    signing_key: Option<PathBuf>,
 }
 
 impl UpArgs {
-    fn options(self, token: Option<String>, cluster: bool) -> UpOptions {
+    fn options(self, token: Option<String>, cluster: bool) -> anyhow::Result<UpOptions> {
         let defaults = NodeLimits::default();
         let mut limits = NodeLimits {
             node_concurrency: self.max_concurrency.max(1),
@@ -174,7 +236,10 @@ impl UpArgs {
                 "local".to_string()
             }
         });
-        UpOptions {
+        Ok(UpOptions {
+            nats_auth: self.nats_auth.auth()?,
+            cluster_token: None,
+            trust: None,
             listen: self.listen,
             admin: self.admin,
             data_dir: self.data_dir,
@@ -188,7 +253,7 @@ impl UpArgs {
             otlp: self.otlp_endpoint,
             replicas: self.replicas,
             secrets_key: self.secrets_key,
-        }
+        })
     }
 }
 
@@ -206,7 +271,7 @@ fn host_name() -> String {
 /// API like any client.
 pub(super) async fn up(args: UpArgs, token: Option<String>) -> anyhow::Result<()> {
     let dirs = args.deploy.clone();
-    let mut opts = args.options(token.clone(), false);
+    let mut opts = args.options(token.clone(), false)?;
     let (ready, bound) = tokio::sync::oneshot::channel();
     opts.ready = Some(ready);
     tokio::spawn(async move {
@@ -234,8 +299,28 @@ pub(super) async fn node(args: NodeArgs, token: Option<String>) -> anyhow::Resul
             "a cluster node takes its functions from the cluster registry; deploy through the scheduler: `skiff deploy DIR --server http://SCHEDULER:7071`"
         );
     }
-    let mut opts = args.base.options(token, true);
+    let mut opts = args.base.options(token, true)?;
     opts.advertise = args.advertise;
+    opts.cluster_token = args
+        .cluster_token_file
+        .as_deref()
+        .map(ClusterToken::load)
+        .transpose()?;
+    opts.trust = args
+        .trust
+        .as_deref()
+        .map(RecordVerifier::parse)
+        .transpose()?;
+    if opts.trust.is_none() {
+        tracing::warn!(
+            "no --trust: this node runs any record in the cluster registry, signed or not; pass the scheduler's public signing key"
+        );
+    }
+    if opts.cluster_token.is_none() {
+        tracing::warn!(
+            "no --cluster-token-file: this node answers anyone who reaches its ports, not only the scheduler"
+        );
+    }
     embedded::run(opts).await
 }
 
@@ -252,6 +337,21 @@ pub(super) async fn scheduler(args: SchedulerArgs, token: Option<String>) -> any
         secrets_key: args.secrets_key,
         max_artifact: usize::try_from(args.max_artifact.0).unwrap_or(usize::MAX),
         data_dir: args.data_dir,
+        nats_auth: args.nats_auth.auth()?,
+        cluster_token: args
+            .cluster_token_file
+            .as_deref()
+            .map(ClusterToken::load)
+            .transpose()?,
+        signer: match &args.signing_key {
+            Some(path) => Some(RecordSigner::load(path)?),
+            None => {
+                tracing::warn!(
+                    "no --signing-key: records go unsigned, and nodes started with --trust refuse them"
+                );
+                None
+            }
+        },
         placement: if args.placement == "round-robin" {
             skiff_scheduler::live::Placement::RoundRobin
         } else {

@@ -3,19 +3,24 @@
 //! removed while it was away), then applies each change as it is watched. Artifacts are
 //! fetched once, verified and kept locally, so a restarted node serves its last known
 //! functions even while NATS is unreachable.
+//!
+//! A node started with `--trust` runs only records whose signature verifies with that
+//! key: any other record is refused, logged, counted, and reported (so that `skiff status`
+//! and the deploy say why), and the last good version keeps serving.
 
 use crate::node::Node;
 use futures::StreamExt;
 use skiff_core::control::{Change, ControlError, ControlStore};
 use skiff_core::record::FunctionRecord;
+use skiff_core::signing::RecordVerifier;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Follows the registry for as long as the node runs, reconnecting after failures.
-pub async fn run(node: Arc<Node>, registry: Arc<dyn ControlStore>) {
+pub async fn run(node: Arc<Node>, registry: Arc<dyn ControlStore>, trust: Option<RecordVerifier>) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        match follow(&node, registry.as_ref()).await {
+        match follow(&node, registry.as_ref(), trust.as_ref()).await {
             Ok(()) => backoff = Duration::from_millis(250),
             Err(e) => {
                 tracing::warn!(error = %e, "lost the cluster registry; serving the last known functions and retrying");
@@ -26,14 +31,18 @@ pub async fn run(node: Arc<Node>, registry: Arc<dyn ControlStore>) {
     }
 }
 
-async fn follow(node: &Arc<Node>, registry: &dyn ControlStore) -> Result<(), ControlError> {
+async fn follow(
+    node: &Arc<Node>,
+    registry: &dyn ControlStore,
+    trust: Option<&RecordVerifier>,
+) -> Result<(), ControlError> {
     // Watch first, so that nothing that changes while we list is missed; the watch's
     // entries wait until the listing has been applied.
     let mut changes = registry.watch().await?;
     let records = registry.records().await?;
     let wanted: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
     for record in records {
-        apply(node, registry, record).await;
+        apply(node, registry, trust, record).await;
     }
     let here: Vec<String> = node
         .snapshot()
@@ -66,7 +75,7 @@ async fn follow(node: &Arc<Node>, registry: &dyn ControlStore) -> Result<(), Con
     );
     while let Some(change) = changes.next().await {
         match change? {
-            Change::Deployed(record) => apply(node, registry, record).await,
+            Change::Deployed(record) => apply(node, registry, trust, record).await,
             Change::Removed(name) => remove(node, &name).await,
             Change::SecretSet(function, key, sealed) => {
                 put_secret(node, &function, &key, &sealed).await
@@ -81,8 +90,28 @@ async fn follow(node: &Arc<Node>, registry: &dyn ControlStore) -> Result<(), Con
 
 /// Deploys `record` here; a failure is recorded for the load reports (the scheduler turns
 /// it into the deploy's answer) and never stops the node.
-async fn apply(node: &Arc<Node>, registry: &dyn ControlStore, record: FunctionRecord) {
+async fn apply(
+    node: &Arc<Node>,
+    registry: &dyn ControlStore,
+    trust: Option<&RecordVerifier>,
+    record: FunctionRecord,
+) {
     let (name, version) = (record.name.clone(), record.version);
+    if let Some(Err(e)) = trust.map(|t| t.verify(&record)) {
+        tracing::error!(function = %name, version, error = %e, "refusing a registry record that is not signed by the trusted key");
+        node.metrics()
+            .untrusted
+            .get_or_create(&crate::metrics::Function {
+                function: name.clone(),
+            })
+            .inc();
+        node.set_failed(
+            &name,
+            version,
+            format!("{e}; refused, and the last good version keeps serving"),
+        );
+        return;
+    }
     let result = async {
         let here = node.control();
         if !here

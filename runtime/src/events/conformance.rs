@@ -259,7 +259,7 @@ async fn nats_bus_conforms() {
     let nats =
         skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
     let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
-    let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
+    let bus = super::nats::NatsBus::connect(&nats.url(), &node_auth(), store, 1)
         .await
         .expect("connect");
     run(bus.as_ref()).await;
@@ -271,7 +271,7 @@ async fn nats_bus_keeps_publications_while_nats_is_down() {
     let mut nats =
         skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
     let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
-    let bus = super::nats::NatsBus::connect(&nats.url(), store, 1)
+    let bus = super::nats::NatsBus::connect(&nats.url(), &node_auth(), store, 1)
         .await
         .expect("connect");
     let c = spec("outage", "o.x", WAIT);
@@ -305,12 +305,18 @@ async fn nats_bus_keeps_publications_while_nats_is_down() {
 async fn nats_unreachable_names_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
-    let err = match super::nats::NatsBus::connect("nats://127.0.0.1:1", store, 1).await {
-        Ok(_) => panic!("connected to nothing"),
-        Err(e) => e.to_string(),
-    };
+    let err =
+        match super::nats::NatsBus::connect("nats://127.0.0.1:1", &node_auth(), store, 1).await {
+            Ok(_) => panic!("connected to nothing"),
+            Err(e) => e.to_string(),
+        };
     assert!(
         err.contains("cannot connect to NATS at nats://127.0.0.1:1"),
         "{err}"
     );
+}
+
+/// What a node presents to the test NATS servers.
+fn node_auth() -> skiff_core::nats_auth::NatsAuth {
+    skiff_core::testkit::secured().auth(skiff_core::testkit::Role::Node)
 }

@@ -104,10 +104,11 @@ impl NatsBus {
     /// the default de-duplication window.
     pub async fn connect(
         urls: &str,
+        auth: &skiff_core::nats_auth::NatsAuth,
         db: Arc<LocalDb>,
         replicas: usize,
     ) -> Result<Arc<NatsBus>, BusError> {
-        let client = skiff_core::nats::connect(urls, "skiff")
+        let client = skiff_core::nats::connect(urls, "skiff", auth)
             .await
             .map_err(|e| BusError::Backend(e.to_string()))?;
         let window = skiff_core::limits::DedupWindows::default().events;

@@ -43,6 +43,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
+pub(crate) use body::reply;
 pub use deploy_error::DeployError;
 
 /// One deployed version of a function, ready to instantiate.

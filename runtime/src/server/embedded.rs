@@ -27,10 +27,13 @@ use crate::state::{LocalState, Replica, ReplicatedState, StateBackend};
 use crate::triggers::events::{EventInvoker, EventTriggers};
 use anyhow::Context;
 use skiff_core::cluster_registry::ClusterRegistry;
+use skiff_core::cluster_token::ClusterToken;
 use skiff_core::control::ControlStore;
 use skiff_core::limits::NodeLimits;
 use skiff_core::nats::JoinProgress as Progress;
+use skiff_core::nats_auth::NatsAuth;
 use skiff_core::serve::{bind, shutdown_signal};
+use skiff_core::signing::RecordVerifier;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,6 +70,12 @@ pub struct UpOptions {
     pub advertise: Option<String>,
     /// The secrets key file (default: `<data_dir>/secrets.key`, made if absent).
     pub secrets_key: Option<PathBuf>,
+    /// What this process presents to NATS (credentials, TLS).
+    pub nats_auth: NatsAuth,
+    /// A cluster node answers only requests carrying this token (the scheduler's).
+    pub cluster_token: Option<ClusterToken>,
+    /// A cluster node runs only records signed by this key's pair.
+    pub trust: Option<RecordVerifier>,
 }
 
 /// Addresses a running server actually bound.
@@ -167,7 +176,8 @@ async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
 /// then the node serves its last known functions from its own store: state reads may be
 /// stale, and writes fail. `progress` is told how far it got.
 async fn join(joining: Joining, opts: JoinOptions, progress: watch::Sender<Progress>) -> Joined {
-    let client = skiff_core::nats::connect_forever(&joining.url, &opts.name, &progress).await;
+    let client =
+        skiff_core::nats::connect_forever(&joining.url, &opts.name, &opts.auth, &progress).await;
     let replicas = skiff_core::nats::replicas(&client, opts.replicas);
     let dedup = opts.dedup;
     skiff_core::nats::retry_forever("set up the event stream", || {
@@ -197,6 +207,7 @@ async fn join(joining: Joining, opts: JoinOptions, progress: watch::Sender<Progr
 /// What [`join`] needs of the options.
 struct JoinOptions {
     name: String,
+    auth: NatsAuth,
     replicas: Option<usize>,
     dedup: skiff_core::limits::DedupWindows,
 }
@@ -221,9 +232,14 @@ async fn catch_up(local: &LocalState, replicated: &ReplicatedState) -> anyhow::R
 }
 
 /// Cluster mode, once NATS answered: follows the registry and publishes load reports.
-fn follow_cluster(node: &Arc<Node>, joined: Joined, reporter: Option<&Reporter>) {
+fn follow_cluster(
+    node: &Arc<Node>,
+    joined: Joined,
+    reporter: Option<&Reporter>,
+    trust: Option<RecordVerifier>,
+) {
     if let Some(registry) = joined.registry {
-        tokio::spawn(crate::cluster::sync::run(node.clone(), registry));
+        tokio::spawn(crate::cluster::sync::run(node.clone(), registry, trust));
     }
     if let Some(reporter) = reporter {
         reporter.attach(joined.client);
@@ -290,21 +306,25 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
         let replicated = joining.replicated.clone();
         let join_opts = JoinOptions {
             name: opts.name.clone(),
+            auth: opts.nats_auth.clone(),
             replicas: opts.replicas,
             dedup: opts.limits.dedup,
         };
         let mut joining = tokio::spawn(join(joining, join_opts, progress_tx));
-        if skiff_core::nats::wait_for_join(&mut progress).await {
+        let now = skiff_core::nats::wait_for_join(&mut progress)
+            .await
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+        if now {
             let done = (&mut joining).await.context("joining NATS failed")?;
             if let Some(replicated) = &replicated {
                 catch_up(&stores.local, replicated).await?;
             }
             joined = Some(done);
         } else {
-            let (node, reporter) = (node.clone(), reporter.clone());
+            let (node, reporter, trust) = (node.clone(), reporter.clone(), opts.trust.clone());
             tokio::spawn(async move {
                 if let Ok(done) = joining.await {
-                    follow_cluster(&node, done, reporter.as_deref());
+                    follow_cluster(&node, done, reporter.as_deref(), trust);
                 }
             });
         }
@@ -325,16 +345,18 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
         listener,
         node.clone(),
         opts.limits.clone(),
+        opts.cluster_token.clone(),
         stop_rx.clone(),
     ));
-    let mut admin = Admin::new(node.clone(), opts.token.clone());
+    let mut admin =
+        Admin::new(node.clone(), opts.token.clone()).with_cluster_token(opts.cluster_token.clone());
     if let Some(reporter) = &reporter {
         admin = admin.with_reporter(reporter.clone());
         tokio::spawn(reporter.clone().run());
     }
     let admin_serving = tokio::spawn(Arc::new(admin).serve(admin_listener, stop_rx));
     if let Some(done) = joined {
-        follow_cluster(&node, done, reporter.as_deref());
+        follow_cluster(&node, done, reporter.as_deref(), opts.trust.clone());
     }
 
     // Tests and scripts read this line to learn the ports (useful with port 0).

@@ -201,7 +201,13 @@ async fn embedded_state_conforms() {
 }
 
 async fn replicated(nats: &str, path: &std::path::Path) -> Arc<ReplicatedState> {
-    let client = skiff_core::nats::connect(nats, "test").await.unwrap();
+    let client = skiff_core::nats::connect(
+        nats,
+        "test",
+        &skiff_core::testkit::secured().auth(skiff_core::testkit::Role::Node),
+    )
+    .await
+    .unwrap();
     let replica = Replica::open(
         async_nats::jetstream::new(client),
         1,

@@ -1,7 +1,10 @@
 //! The function listener: HTTP/1.1 with bounded request heads (431), a header-read
-//! timeout against slow clients, and each request handed to the node.
+//! timeout against slow clients, and each request handed to the node. A cluster node
+//! started with a cluster token answers only requests that carry it (the scheduler's);
+//! the token is removed before the function sees the request.
 
-use crate::node::Node;
+use crate::node::{Node, reply};
+use skiff_core::cluster_token::{self, ClusterToken};
 use skiff_core::limits::NodeLimits;
 use skiff_core::serve::{ConnLimits, serve as accept_loop};
 use std::sync::Arc;
@@ -14,15 +17,29 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     limits: NodeLimits,
+    token: Option<ClusterToken>,
     stop: watch::Receiver<bool>,
 ) {
     let conn = ConnLimits {
         header_read_timeout: limits.header_read_timeout,
         max_header_bytes: limits.max_header_bytes,
     };
-    accept_loop(listener, conn, stop, move |req| {
+    accept_loop(listener, conn, stop, move |mut req| {
         let node = node.clone();
-        async move { node.handle(req).await }
+        let token = token.clone();
+        async move {
+            if let Some(token) = &token {
+                if !cluster_token::is_health(req.uri().path()) && !token.in_header(req.headers()) {
+                    node.metrics().rejected("", "cluster_token");
+                    return reply(
+                        http::StatusCode::UNAUTHORIZED,
+                        cluster_token::refusal(node.name()),
+                    );
+                }
+                req.headers_mut().remove(cluster_token::HEADER);
+            }
+            node.handle(req).await
+        }
     })
     .await
 }

