@@ -387,3 +387,44 @@ async fn bad_credentials_stop_the_start_and_name_the_flag() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_takes_a_client_certificate_from_the_ca_and_refuses_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = secured();
+    let store = tmp.path().join("nats");
+    std::fs::create_dir_all(&store).unwrap();
+    let port = skiff_core::testkit::free_port().unwrap();
+    let blocks =
+        s.server_blocks(&[])
+            .unwrap()
+            .replacen("timeout: 2 }", "timeout: 2, verify: true }", 1);
+    let config = tmp.path().join("mtls.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{blocks}",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_via(&[], &config, &store).expect("nats with mutual TLS");
+    let url = nats.url();
+    let (cert, key) = s.client_cert();
+    let with_cert = NatsAuth {
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        ..s.auth(Role::Node)
+    };
+    let client = connect(&url, &with_cert)
+        .await
+        .expect("a client certificate from the CA");
+    client.flush().await.unwrap();
+    match connect(&url, &s.auth(Role::Node)).await {
+        Err(ConnectError::Refused { error, .. }) => {
+            assert!(error.to_string().contains("--nats-tls-cert"), "{error}")
+        }
+        Err(e) => panic!("refused without naming the client certificate: {e}"),
+        Ok(_) => panic!("a client without a certificate got in"),
+    }
+}
