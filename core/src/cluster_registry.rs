@@ -24,10 +24,13 @@ pub const ARTIFACTS: &str = "skiff_artifacts";
 
 fn nats(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> ControlError {
     let what = what.into();
-    move |e| {
-        ControlError::Unavailable(format!(
+    move |e| match crate::nats::recent_refusal() {
+        Some(refused) => ControlError::Unavailable(format!(
+            "cluster registry: cannot {what}: {e}; NATS refused this process's user a permission ({refused}): give it the permission set its role needs (deploy/nats/permissions.conf)"
+        )),
+        None => ControlError::Unavailable(format!(
             "cluster registry: cannot {what}: {e} (is NATS reachable?)"
-        ))
+        )),
     }
 }
 

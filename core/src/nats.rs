@@ -8,6 +8,18 @@ use std::time::Duration;
 /// node talking to a partitioned server for minutes.
 const PING_EVERY: Duration = Duration::from_millis(500);
 
+/// The last operation NATS refused this process (a permission violation), and when.
+static REFUSED: std::sync::Mutex<Option<(std::time::Instant, String)>> =
+    std::sync::Mutex::new(None);
+
+/// What NATS refused this process in the last 30 s, if anything: an operation that then
+/// times out failed for that, not for a slow NATS.
+pub fn recent_refusal() -> Option<String> {
+    let last = REFUSED.lock().ok()?;
+    let (at, what) = last.as_ref()?;
+    (at.elapsed() < Duration::from_secs(30)).then(|| what.clone())
+}
+
 /// NATS could not be reached, or refused this process.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -67,6 +79,9 @@ pub async fn connect(
         .event_callback(|event| async move {
             if let async_nats::Event::ServerError(e) = event {
                 tracing::error!(error = %e, "NATS refused an operation of this process; its user lacks the permission (see deploy/nats/permissions.conf)");
+                if let Ok(mut last) = REFUSED.lock() {
+                    *last = Some((std::time::Instant::now(), e.to_string()));
+                }
             }
         });
     let options = auth.apply(options).await.map_err(refused)?;

@@ -8,6 +8,7 @@
 # writes DIR/ca.pem and DIR/ca-key.pem (kept if present), DIR/NAME.pem and
 # DIR/NAME-key.pem. The certificate names localhost and 127.0.0.1 besides the hosts given.
 # Keys are P-256, mode 0600. The CA key signs every certificate: keep it off the servers.
+# DAYS (default 825) sets the certificate's lifetime; the tests make an expired one with -1.
 set -euo pipefail
 dir="$1"; name="$2"; shift 2
 command -v openssl >/dev/null || {
@@ -33,7 +34,7 @@ openssl ecparam -name prime256v1 -genkey -noout -out "$name-key.pem"
 openssl req -new -key "$name-key.pem" -subj "/CN=$name" -out "$name.csr" 2>/dev/null
 ext="$(mktemp)"
 printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$sans" >"$ext"
-openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 825 -sha256 \
+openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days "${DAYS:-825}" -sha256 \
   -extfile "$ext" -out "$name.pem" 2>/dev/null
 rm -f "$ext" "$name.csr"
 chmod 644 ca.pem "$name.pem"

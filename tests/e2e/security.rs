@@ -428,3 +428,79 @@ async fn mutual_tls_takes_a_client_certificate_from_the_ca_and_refuses_none() {
         Ok(_) => panic!("a client without a certificate got in"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_server_certificate_stops_the_start_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = secured();
+    // A certificate from the test CA that expired yesterday.
+    let made = Command::new("bash")
+        .arg(repo().join("deploy/nats/make-pki.sh"))
+        .arg(&s.dir)
+        .arg("expired")
+        .env("DAYS", "-1")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let store = tmp.path().join("nats");
+    std::fs::create_dir_all(&store).unwrap();
+    let port = skiff_core::testkit::free_port().unwrap();
+    let blocks = s.server_blocks(&[]).unwrap().replace("/server", "/expired");
+    let config = tmp.path().join("expired.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{blocks}",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_via(&[], &config, &store).expect("nats with an expired cert");
+    let mut args: Vec<String> = [
+        "node",
+        "--nats",
+        &nats.url(),
+        "--name",
+        "late",
+        "--data-dir",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.push(tmp.path().join("node").display().to_string());
+    args.extend(s.args(Role::Node));
+    let err = refused_start(&args);
+    assert!(err.contains("has expired"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permission_nats_refuses_is_logged_with_its_subject_and_the_deploy_fails() {
+    let _one = one_at_a_time().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&tmp.path().join("nats")).expect("nats");
+    let url = nats.url();
+    // A scheduler given a node's credentials: NATS lets it read but not write the registry.
+    let mut args = vec!["--nats-nkey".to_string()];
+    args.push(secured().seed(Role::Node).display().to_string());
+    args.push("--nats-tls-ca".into());
+    args.push(secured().ca.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let scheduler = Skiff::scheduler(&url, &args);
+    let hello = repo().join("functions/hello");
+    let err = scheduler.cli_err(&["deploy", hello.to_str().unwrap(), "--no-build"]);
+    assert!(
+        err.contains("refused this process's user a permission")
+            && err.contains("Permissions Violation"),
+        "{err}"
+    );
+    let logged = wait_until(Duration::from_secs(5), async || {
+        let log = scheduler.log();
+        log.contains("Permissions Violation") && log.contains("skiff_")
+    })
+    .await;
+    assert!(
+        logged,
+        "the refused permission was not logged with its subject:\n{}",
+        scheduler.log()
+    );
+}
