@@ -504,3 +504,50 @@ async fn a_permission_nats_refuses_is_logged_with_its_subject_and_the_deploy_fai
         scheduler.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_and_password_from_a_file_get_in_and_a_wrong_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = secured();
+    let store = tmp.path().join("nats");
+    std::fs::create_dir_all(&store).unwrap();
+    let port = skiff_core::testkit::free_port().unwrap();
+    let blocks = s.server_blocks(&[]).unwrap().replacen(
+        "\n  users: [\n",
+        "\n  users: [\n    { user: skiff, password: \"s3cret-from-a-file\", permissions: $SKIFF_NODE }\n",
+        1,
+    );
+    let config = tmp.path().join("users.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{blocks}",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let nats = NatsServer::start_via(&[], &config, &store).expect("nats with a password user");
+    let file = tmp.path().join("user");
+    let auth = NatsAuth {
+        user_file: Some(file.clone()),
+        tls_ca: Some(s.ca.clone()),
+        ..NatsAuth::default()
+    };
+    std::fs::write(&file, "skiff:s3cret-from-a-file\n").unwrap();
+    let client = connect(&nats.url(), &auth)
+        .await
+        .expect("the user from the file");
+    client.flush().await.unwrap();
+    std::fs::write(&file, "skiff:wrong\n").unwrap();
+    match connect(&nats.url(), &auth).await {
+        Err(e @ ConnectError::Refused { .. }) => {
+            assert!(e.to_string().contains("--nats-user-file"), "{e}")
+        }
+        other => panic!("a wrong password was not refused: {other:?}"),
+    }
+    std::fs::write(&file, "no colon here\n").unwrap();
+    match connect(&nats.url(), &auth).await {
+        Err(e) => assert!(e.to_string().contains("user:password"), "{e}"),
+        Ok(_) => panic!("a malformed user file was used"),
+    }
+}
