@@ -29,6 +29,7 @@ pub mod limits;
 pub mod manifest;
 pub mod nats;
 pub mod nats_auth;
+pub mod outbound;
 pub mod prom;
 pub mod record;
 pub mod report;
@@ -36,6 +37,7 @@ pub mod routes;
 pub mod secrets;
 pub mod serve;
 pub mod signing;
+pub mod state_keys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod topic;

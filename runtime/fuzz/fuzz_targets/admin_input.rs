@@ -11,8 +11,8 @@ use skiff_core::topic::{check_pattern, check_topic, matches};
 use skiff_core::manifest::{FunctionName, Manifest};
 use skiff_core::record::is_sha256_hex;
 use skiff_core::secrets::{SecretKey, check_key, check_value};
-use skiff_runtime::server::admin::kv::parse_target;
-use skiff_runtime::state::keys::function_prefix;
+use skiff_core::state_keys::parse_target;
+use skiff_core::state_keys::function_prefix;
 
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {

@@ -5,8 +5,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use skiff_core::manifest::FunctionName;
-use skiff_runtime::state::keys::{MAX_BUCKET_BYTES, Namespace, function_prefix};
-use skiff_runtime::state::replica::{parse_subject, subject};
+use skiff_core::state_keys::{MAX_BUCKET_BYTES, Namespace, function_prefix};
+use skiff_core::state_keys::{parse_subject, subject};
 
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {

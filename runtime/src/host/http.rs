@@ -18,6 +18,8 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
+pub use skiff_core::outbound::{Origin, OriginError};
+
 /// How long an outgoing connection may take to open (unless the guest asks for less).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the first byte of an outgoing response may take (unless the guest asks for less).
@@ -77,59 +79,6 @@ impl Capability for OutboundHttp {
         HttpInstance {
             ctx,
             hooks: OutboundHooks::new(d.policy.clone(), d.metrics.clone()),
-        }
-    }
-}
-
-/// One allowed origin: scheme, host (optionally `*.suffix`), optional port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    scheme: String,
-    host: String,
-    port: Option<u16>,
-}
-
-/// Why an `allowed_outbound_hosts` entry was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "allowed_outbound_hosts entry `{0}` is not an origin; write it like \"https://api.example.com\" or \"http://*.internal:8080\""
-)]
-pub struct OriginError(pub String);
-
-impl Origin {
-    /// Parses `https://host[:port]` (host may start with `*.`).
-    pub fn parse(s: &str) -> Result<Origin, OriginError> {
-        let err = || OriginError(s.to_string());
-        let (scheme, rest) = s.split_once("://").ok_or_else(err)?;
-        if scheme != "http" && scheme != "https" {
-            return Err(err());
-        }
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| err())?)),
-            None => (rest, None),
-        };
-        let bare = host.strip_prefix("*.").unwrap_or(host);
-        if bare.is_empty() || bare.contains(['/', '*', '@', '?', '#']) || !bare.is_ascii() {
-            return Err(err());
-        }
-        Ok(Origin {
-            scheme: scheme.to_string(),
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
-    fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        let default_port = if self.scheme == "https" { 443 } else { 80 };
-        if scheme != self.scheme || port != self.port.unwrap_or(default_port) {
-            return false;
-        }
-        match self.host.strip_prefix("*.") {
-            Some(suffix) => host
-                .strip_suffix(suffix)
-                .is_some_and(|head| head.ends_with('.') && head.len() > 1),
-            None => host == self.host,
         }
     }
 }

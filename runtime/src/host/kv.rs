@@ -17,7 +17,7 @@ use super::bindings::skiff::function::kv as skiff_kv;
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// The bucket name a guest gets when it opens "".
-pub const DEFAULT_BUCKET: &str = "default";
+pub use skiff_core::state_keys::DEFAULT_BUCKET;
 
 /// Per-invocation key-value context: whose state, under which limits, and (for an event
 /// handler) the event its writes are keyed by.

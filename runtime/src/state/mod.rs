@@ -15,7 +15,7 @@
 mod apply;
 #[cfg(test)]
 mod conformance;
-pub mod keys;
+pub use skiff_core::state_keys as keys;
 pub mod local;
 pub mod ops;
 mod publish;

@@ -35,6 +35,8 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use skiff_core::state_keys::{parse_subject, subject};
+
 /// The stream that carries state writes.
 pub const STREAM: &str = "SKIFF_STATE";
 /// How long a delete's tombstone stays in the stream.
@@ -89,31 +91,6 @@ fn in_doubt(doubt: bool, e: StateError) -> StateError {
         )),
         e => e,
     }
-}
-
-/// The subject of `key` in `ns`.
-pub fn subject(ns: &Namespace, key: &str) -> String {
-    format!(
-        "state.{}.b{}.k{}",
-        ns.function,
-        hex::encode(ns.bucket.as_bytes()),
-        hex::encode(key.as_bytes())
-    )
-}
-
-/// The namespace and key a subject names, if it is one of ours.
-pub fn parse_subject(subject: &str) -> Option<(Namespace, String)> {
-    let mut parts = subject.split('.');
-    if parts.next()? != "state" {
-        return None;
-    }
-    let function = parts.next()?;
-    let bucket = String::from_utf8(hex::decode(parts.next()?.strip_prefix('b')?).ok()?).ok()?;
-    let key = String::from_utf8(hex::decode(parts.next()?.strip_prefix('k')?).ok()?).ok()?;
-    if parts.next().is_some() {
-        return None;
-    }
-    Some((Namespace::new(function, &bucket), key))
 }
 
 /// What a conditional write does with the current value.
@@ -494,31 +471,4 @@ struct Keyed<'a> {
     msg_id: &'a str,
     /// Its idempotency key, when it has one.
     idem: Option<&'a str>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn any_key_is_a_safe_subject_and_round_trips() {
-        for (bucket, key) in [
-            ("default", "x"),
-            ("", "a.b*c>d e\tf"),
-            ("b.*>", "ключ/🔑"),
-            ("default", &"k".repeat(1024)),
-        ] {
-            let ns = Namespace::new("fn-1", bucket);
-            let s = subject(&ns, key);
-            assert!(
-                s.split('.')
-                    .all(|t| !t.is_empty()
-                        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')),
-                "{s}"
-            );
-            assert_eq!(parse_subject(&s), Some((ns, key.to_string())));
-        }
-        assert_eq!(parse_subject("events.x"), None);
-        assert_eq!(parse_subject("state.f.bzz.k00"), None);
-    }
 }

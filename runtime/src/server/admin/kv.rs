@@ -8,67 +8,15 @@
 //! * `PUT    /v1/functions/{name}/kv/{key}?bucket=` — set it to the request body
 //! * `DELETE /v1/functions/{name}/kv/{key}?bucket=` — delete it
 
-use crate::host::kv::DEFAULT_BUCKET;
 use crate::node::Node;
-use crate::state::keys::MAX_BUCKET_BYTES;
-use crate::state::{Namespace, StateError};
+use crate::state::StateError;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use skiff_core::api::KeyPage;
 use skiff_core::http::{Response, error, full, json, read_body};
-use skiff_core::manifest::FunctionName;
 
-/// What a key-value request addresses, read and checked from its path and query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvTarget {
-    /// The function's bucket.
-    pub ns: Namespace,
-    /// The key (percent-decoded), when the path names one.
-    pub key: Option<String>,
-    /// Read the value as last written anywhere in the cluster.
-    pub consistent: bool,
-    /// Listing: only keys starting with this.
-    pub prefix: String,
-    /// Listing: where the previous page ended.
-    pub cursor: u64,
-}
-
-/// Parses a `/v1/functions/{name}/kv[/{key}]?bucket=&prefix=&cursor=&consistent=`
-/// request's parts, refusing an invalid name, an oversized bucket or a non-UTF-8 key.
-pub fn parse_target(name: &str, key_path: Option<&str>, query: &str) -> Result<KvTarget, String> {
-    FunctionName::new(name).map_err(|e| e.to_string())?;
-    let mut bucket = DEFAULT_BUCKET.to_string();
-    let (mut prefix, mut cursor, mut consistent) = (String::new(), 0, false);
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "bucket" if !v.is_empty() => bucket = v.into_owned(),
-            "prefix" => prefix = v.into_owned(),
-            "cursor" => cursor = v.parse().unwrap_or(0),
-            "consistent" => consistent = v == "true",
-            _ => {}
-        }
-    }
-    if bucket.len() > MAX_BUCKET_BYTES {
-        return Err(format!("bucket names are at most {MAX_BUCKET_BYTES} bytes"));
-    }
-    let key = match key_path.filter(|k| !k.is_empty()) {
-        Some(raw) => Some(
-            percent_encoding::percent_decode_str(raw)
-                .decode_utf8()
-                .map_err(|_| "keys must be UTF-8 text, percent-encoded in the path".to_string())?
-                .into_owned(),
-        ),
-        None => None,
-    };
-    Ok(KvTarget {
-        ns: Namespace::new(name, &bucket),
-        key,
-        consistent,
-        prefix,
-        cursor,
-    })
-}
+pub use skiff_core::state_keys::{KvTarget, parse_target};
 
 fn state_error(e: StateError) -> Response {
     match e {
