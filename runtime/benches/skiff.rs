@@ -132,6 +132,14 @@ impl Skiff {
         cmd.args(sub)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(extra);
+        // The test NATS servers are secured (TLS, NKey users); present the role's user.
+        if sub.iter().chain(extra).any(|a| *a == "--nats") {
+            let role = match sub.first() {
+                Some(&"scheduler") => skiff_core::testkit::Role::Scheduler,
+                _ => skiff_core::testkit::Role::Node,
+            };
+            cmd.args(skiff_core::testkit::secured().args(role));
+        }
         if let Some(d) = data_dir {
             cmd.arg("--data-dir").arg(d);
         }
