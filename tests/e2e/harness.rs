@@ -671,7 +671,7 @@ fn secure_args(args: &[&str]) -> Vec<String> {
     if has("--nats") && !has("--nats-") {
         out.extend(skiff_core::testkit::secured().args(role));
     }
-    let keys = || cluster_keys();
+    let keys = cluster_keys;
     match args.first() {
         Some(&"scheduler") => {
             if !has("--cluster-token-file") {

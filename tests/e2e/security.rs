@@ -251,14 +251,21 @@ async fn nodes_answer_only_the_scheduler() {
         raw(&format!("{}/healthz", n1.admin), None).await.status,
         200
     );
-    // Through the scheduler: served, and the function never sees the token.
-    let r = raw(
-        &format!("{}/hello/x", scheduler.listen),
-        Some("client-chosen"),
+    // Through the scheduler: served, whatever token a client sends, and the function
+    // never sees the token header (the guest lists the header names it received).
+    let dirs = tempfile::tempdir().unwrap();
+    deploy_misbehave(scheduler, dirs.path(), "peek", "");
+    let url = format!("{}/peek/headers", scheduler.listen);
+    let r = request(
+        "GET",
+        &url,
+        &[(CLUSTER_TOKEN_HEADER, "client-chosen"), ("x-probe", "1")],
+        bytes::Bytes::new(),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(!r.text().contains(&cluster_keys().token));
+    assert!(r.text().contains("x-probe"), "{}", r.text());
+    assert!(!r.text().contains(CLUSTER_TOKEN_HEADER), "{}", r.text());
     // The scheduler's calls to the node's admin API carry it too.
     scheduler.cli_ok(&["logs", "hello"]);
     assert!(scheduler.cli_ok(&["status"]).contains("1 live node(s)"));
@@ -388,27 +395,30 @@ async fn bad_credentials_stop_the_start_and_name_the_flag() {
     );
 }
 
+/// A NATS server of the secured setup whose `tls` and `authorization` blocks the test
+/// has changed (`blocks`, from [`skiff_core::testkit::Secured::server_blocks`]).
+fn nats_with(tmp: &Path, blocks: &str) -> NatsServer {
+    let store = tmp.join("nats");
+    std::fs::create_dir_all(&store).unwrap();
+    let port = skiff_core::testkit::free_port().unwrap();
+    let config = tmp.join("nats.conf");
+    let text = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{blocks}",
+        store.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    NatsServer::start_via(&[], &config, &store).expect("nats with the test's config")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_takes_a_client_certificate_from_the_ca_and_refuses_none() {
     let tmp = tempfile::tempdir().unwrap();
     let s = secured();
-    let store = tmp.path().join("nats");
-    std::fs::create_dir_all(&store).unwrap();
-    let port = skiff_core::testkit::free_port().unwrap();
     let blocks =
         s.server_blocks(&[])
             .unwrap()
             .replacen("timeout: 2 }", "timeout: 2, verify: true }", 1);
-    let config = tmp.path().join("mtls.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{blocks}",
-            store.display()
-        ),
-    )
-    .unwrap();
-    let nats = NatsServer::start_via(&[], &config, &store).expect("nats with mutual TLS");
+    let nats = nats_with(tmp.path(), &blocks);
     let url = nats.url();
     let (cert, key) = s.client_cert();
     let with_cert = NatsAuth {
@@ -442,20 +452,8 @@ async fn an_expired_server_certificate_stops_the_start_and_says_so() {
         .status()
         .unwrap();
     assert!(made.success());
-    let store = tmp.path().join("nats");
-    std::fs::create_dir_all(&store).unwrap();
-    let port = skiff_core::testkit::free_port().unwrap();
     let blocks = s.server_blocks(&[]).unwrap().replace("/server", "/expired");
-    let config = tmp.path().join("expired.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{blocks}",
-            store.display()
-        ),
-    )
-    .unwrap();
-    let nats = NatsServer::start_via(&[], &config, &store).expect("nats with an expired cert");
+    let nats = nats_with(tmp.path(), &blocks);
     let mut args: Vec<String> = [
         "node",
         "--nats",
@@ -509,24 +507,12 @@ async fn a_permission_nats_refuses_is_logged_with_its_subject_and_the_deploy_fai
 async fn a_user_and_password_from_a_file_get_in_and_a_wrong_one_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let s = secured();
-    let store = tmp.path().join("nats");
-    std::fs::create_dir_all(&store).unwrap();
-    let port = skiff_core::testkit::free_port().unwrap();
     let blocks = s.server_blocks(&[]).unwrap().replacen(
         "\n  users: [\n",
         "\n  users: [\n    { user: skiff, password: \"s3cret-from-a-file\", permissions: $SKIFF_NODE }\n",
         1,
     );
-    let config = tmp.path().join("users.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{blocks}",
-            store.display()
-        ),
-    )
-    .unwrap();
-    let nats = NatsServer::start_via(&[], &config, &store).expect("nats with a password user");
+    let nats = nats_with(tmp.path(), &blocks);
     let file = tmp.path().join("user");
     let auth = NatsAuth {
         user_file: Some(file.clone()),

@@ -68,10 +68,11 @@ impl Secured {
     }
 
     fn user(&self, role: Role) -> &(Role, PathBuf, String) {
-        self.users
-            .iter()
-            .find(|u| u.0 == role)
-            .unwrap_or(&self.users[0])
+        // Every role gets a user in `make`.
+        match role {
+            Role::Scheduler => &self.users[0],
+            Role::Node => &self.users[1],
+        }
     }
 
     /// The NKey seed file of `role`.

@@ -50,6 +50,14 @@ fn handle(req: Request) -> Response {
             }
         }
         "/size" => text(StatusCode::OK, req.body().len().to_string()),
+        // The request's header names, one a line: what reached the function.
+        "/headers" => text(
+            StatusCode::OK,
+            req.headers()
+                .keys()
+                .map(|k| format!("{k}\n"))
+                .collect::<String>(),
+        ),
         "/version" => text(
             StatusCode::OK,
             std::env::var("VERSION").unwrap_or_else(|_| "unset".into()),
