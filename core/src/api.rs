@@ -73,6 +73,9 @@ pub struct FunctionInfo {
     /// Nodes serving this version (this node on a node; every node through a scheduler).
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Where the cluster places it (through a scheduler only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementInfo>,
 }
 
 /// `GET /v1/status`.
@@ -94,6 +97,40 @@ pub struct NodeStatus {
     pub functions: Vec<FunctionInfo>,
 }
 
+/// Where a cluster places one function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementInfo {
+    /// Nodes the manifest (or the scheduler's default) asks for; `None`: every node.
+    pub wanted: Option<u32>,
+    /// Nodes assigned now (empty with `wanted` unset: every node that is not drained).
+    pub assigned: Vec<String>,
+    /// Nodes it is moving away from, serving until the assigned ones do.
+    pub leaving: Vec<String>,
+    /// Moved by hand (`skiff move`): balancing leaves it.
+    pub pinned: bool,
+    /// Fewer live nodes host it than it asks for.
+    pub under_replicated: bool,
+}
+
+/// One state shard's stream and the NATS server leading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardView {
+    /// The stream, `SKIFF_STATE_<k>`.
+    pub stream: String,
+    /// The NATS server that leads it now (`None`: no leader, e.g. during an election).
+    pub leader: Option<String>,
+}
+
+/// `POST /v1/functions/{name}/move`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveRequest {
+    /// The node to move it to.
+    pub to: String,
+    /// The node to move it from (default: the busiest of its nodes).
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
 /// `GET /v1/status` on a scheduler.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -107,6 +144,12 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeView>,
     /// Deployed functions.
     pub functions: Vec<FunctionInfo>,
+    /// The state shards' streams and their leaders.
+    #[serde(default)]
+    pub shards: Vec<ShardView>,
+    /// Nodes an operator drained.
+    #[serde(default)]
+    pub drained: Vec<String>,
 }
 
 /// One live node as a scheduler sees it.
@@ -213,12 +256,16 @@ pub struct Event {
     pub headers: Vec<(String, String)>,
     /// Milliseconds since the Unix epoch.
     pub published_at_ms: u64,
-    /// How far the publisher's node had applied the cluster's state log when the event
-    /// was published: a handler of the event runs only once its node's copy has applied
-    /// at least this far, so it sees every write its publisher made before publishing.
+    /// How far the publisher's node had applied its function's part of the cluster's
+    /// state log when the event was published: a handler of the same function runs only
+    /// once its node's copy has applied at least this far, so it sees every write the
+    /// publisher made before publishing (other functions cannot read that state).
     /// 0 (embedded mode, operators): no wait.
     #[serde(default)]
     pub after: u64,
+    /// The function whose position `after` is (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub after_of: String,
 }
 
 /// An event that ran out of attempts.

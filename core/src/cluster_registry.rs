@@ -8,7 +8,10 @@
 //! * Object store `skiff_artifacts`: components named by their sha256; whoever reads one
 //!   verifies the hash before using it.
 
+mod hosting;
+
 use crate::control::{Change, ControlError, ControlStore, SealedSecret};
+use crate::hosting::{Hosting, HostingTable};
 use crate::record::{FunctionRecord, now_ms, sha256_hex};
 use crate::signing::RecordSigner;
 use async_nats::jetstream::{self, kv, object_store};
@@ -22,7 +25,7 @@ pub const BUCKET: &str = "skiff_registry";
 /// The artifacts' object store.
 pub const ARTIFACTS: &str = "skiff_artifacts";
 
-fn nats(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> ControlError {
+pub(crate) fn nats(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> ControlError {
     let what = what.into();
     move |e| match crate::nats::recent_refusal() {
         Some(refused) => ControlError::Unavailable(format!(
@@ -37,7 +40,7 @@ fn nats(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> Contr
 /// The registry as one process sees it.
 #[derive(Clone)]
 pub struct ClusterRegistry {
-    kv: kv::Store,
+    pub(crate) kv: kv::Store,
     objects: object_store::ObjectStore,
     signer: Option<RecordSigner>,
 }
@@ -99,7 +102,7 @@ impl ClusterRegistry {
     }
 
     /// Every key in the bucket.
-    async fn keys(&self) -> Result<Vec<String>, ControlError> {
+    pub(crate) async fn keys(&self) -> Result<Vec<String>, ControlError> {
         use futures::TryStreamExt;
         self.kv
             .keys()
@@ -408,7 +411,7 @@ impl ControlStore for ClusterRegistry {
             use futures::StreamExt;
             let watch = self
                 .kv
-                .watch_many(["fn.>", "sec.>"])
+                .watch_many(["fn.>", "sec.>", "place.>", "drain.>"])
                 .await
                 .map_err(|e| nats("watch the registry")(&e))?;
             let changes: BoxStream<'static, Result<Change, ControlError>> =
@@ -418,6 +421,9 @@ impl ControlStore for ClusterRegistry {
                         Err(e) => return Some(Err(nats("watch the registry")(&e))),
                     };
                     let put = entry.operation == kv::Operation::Put;
+                    if let Some(change) = hosting::hosting_change(&entry) {
+                        return Some(change);
+                    }
                     if let Some(name) = entry.key.strip_prefix("fn.") {
                         return Some(if put {
                             decode(&entry.key, &entry.value).map(Change::Deployed)
@@ -435,6 +441,31 @@ impl ControlStore for ClusterRegistry {
                 }));
             Ok(changes)
         })
+    }
+
+    fn hosting(&self) -> BoxFuture<'_, Result<HostingTable, ControlError>> {
+        Box::pin(self.read_hosting())
+    }
+
+    fn put_hosting<'a>(
+        &'a self,
+        function: &'a str,
+        hosting: &'a Hosting,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<u64, ControlError>> {
+        Box::pin(self.write_hosting(function, hosting, revision))
+    }
+
+    fn remove_hosting<'a>(&'a self, function: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(self.delete_hosting(function))
+    }
+
+    fn set_drained<'a>(
+        &'a self,
+        node: &'a str,
+        drained: bool,
+    ) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(self.write_drained(node, drained))
     }
 }
 

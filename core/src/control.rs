@@ -11,6 +11,7 @@
 //! sealed, and report every change in order to whoever watches. One conformance suite
 //! (`conformance`, with the `testkit` feature) runs against both.
 
+use crate::hosting::{Hosting, HostingTable};
 use crate::record::FunctionRecord;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -31,6 +32,9 @@ pub enum ControlError {
     /// scheduler, and putting it back would vouch for it.
     #[error("{0}")]
     Untrusted(String),
+    /// A compare-and-set lost to another writer; read again and retry.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ControlError {
@@ -51,6 +55,8 @@ pub enum Change {
     SecretSet(String, String, Vec<u8>),
     /// A secret was removed: (function, key).
     SecretRemoved(String, String),
+    /// Where functions run changed (cluster only).
+    Hosting(crate::hosting::HostingChange),
 }
 
 /// A secret as stored: (function, key, sealed value).
@@ -171,6 +177,47 @@ pub trait ControlStore: Send + Sync {
     fn watch(
         &self,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change, ControlError>>, ControlError>>;
+
+    /// Where each function runs and which nodes are drained. A store of one node places
+    /// nothing: everything runs on it.
+    fn hosting(&self) -> BoxFuture<'_, Result<HostingTable, ControlError>> {
+        Box::pin(std::future::ready(Ok(HostingTable::default())))
+    }
+
+    /// Sets `function`'s hosting if its record is still at `revision` (`0`: none yet);
+    /// answers the new revision, or [`ControlError::Conflict`] when someone else wrote
+    /// first.
+    fn put_hosting<'a>(
+        &'a self,
+        function: &'a str,
+        hosting: &'a Hosting,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<u64, ControlError>> {
+        let _ = (function, hosting, revision);
+        Box::pin(std::future::ready(Err(single_node())))
+    }
+
+    /// Forgets `function`'s hosting (it was removed).
+    fn remove_hosting<'a>(&'a self, function: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
+        let _ = function;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Drains `node` (true) or takes it back (false).
+    fn set_drained<'a>(
+        &'a self,
+        node: &'a str,
+        drained: bool,
+    ) -> BoxFuture<'a, Result<(), ControlError>> {
+        let _ = (node, drained);
+        Box::pin(std::future::ready(Err(single_node())))
+    }
+}
+
+fn single_node() -> ControlError {
+    ControlError::Unavailable(
+        "placing functions on nodes needs a cluster (`skiff scheduler` with `skiff node`s); on one node everything runs there".into(),
+    )
 }
 
 /// The conformance suite every [`ControlStore`] passes.

@@ -3,6 +3,7 @@
 //! [`ControlError::Unavailable`] until the real one is [`Deferred::set`].
 
 use crate::control::{Change, ControlError, ControlStore, SealedSecret};
+use crate::hosting::{Hosting, HostingTable};
 use crate::record::FunctionRecord;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -123,6 +124,31 @@ impl ControlStore for Deferred {
         &self,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Result<Change, ControlError>>, ControlError>> {
         forward!(self.watch())
+    }
+
+    fn hosting(&self) -> BoxFuture<'_, Result<HostingTable, ControlError>> {
+        forward!(self.hosting())
+    }
+
+    fn put_hosting<'a>(
+        &'a self,
+        function: &'a str,
+        hosting: &'a Hosting,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<u64, ControlError>> {
+        forward!(self.put_hosting(function, hosting, revision))
+    }
+
+    fn remove_hosting<'a>(&'a self, function: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
+        forward!(self.remove_hosting(function))
+    }
+
+    fn set_drained<'a>(
+        &'a self,
+        node: &'a str,
+        drained: bool,
+    ) -> BoxFuture<'a, Result<(), ControlError>> {
+        forward!(self.set_drained(node, drained))
     }
 }
 

@@ -13,8 +13,10 @@
 //! * [`serve`] — the one accept loop for every listener; [`prom`] — Prometheus text.
 //! * [`control`] — the [`control::ControlStore`] trait (function records, versions,
 //!   artifacts, secrets, watch) and its conformance suite.
+//! * [`hosting`] — which nodes host which functions (the scheduler's assignment).
 //! * [`nats`] — connecting to NATS; [`cluster_registry`] — the control store in
-//!   JetStream, written by the scheduler and followed by nodes.
+//!   JetStream, written by the scheduler and followed by nodes, with the
+//!   assignment and the state shard count kept there.
 //! * `testkit` (feature `testkit`) — real nats-server processes for tests.
 
 pub mod api;
@@ -23,6 +25,7 @@ pub mod cluster_token;
 pub mod control;
 pub mod deferred;
 pub mod deploy;
+pub mod hosting;
 pub mod http;
 pub mod instances;
 pub mod limits;

@@ -188,6 +188,15 @@ pub struct InstancesSection {
     pub idle: Option<Timeout>,
 }
 
+/// The `[placement]` table: how many nodes of a cluster host the function.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSection {
+    /// Nodes that host it (its code, its event consumers and a copy of its state); unset:
+    /// the scheduler's `--placement-nodes`, else every node.
+    pub nodes: Option<u32>,
+}
+
 /// One `[[events]]` trigger.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -235,6 +244,9 @@ pub struct Manifest {
     /// Instance reuse (see [`crate::instances`]).
     #[serde(default)]
     pub instances: InstancesSection,
+    /// How many nodes host it (cluster mode).
+    #[serde(default)]
+    pub placement: PlacementSection,
     /// Environment variables the function sees (and nothing else of the host's).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -259,6 +271,12 @@ impl Manifest {
         manifest
             .route()
             .map_err(|e| parse_err(format!("[http] {e}")))?;
+        if manifest.placement.nodes == Some(0) {
+            return Err(parse_err(
+                "[placement] nodes must be at least 1 (leave it out to run on every node)"
+                    .to_string(),
+            ));
+        }
         if manifest.limits.concurrency == Some(0) {
             return Err(parse_err(
                 "[limits] concurrency must be at least 1".to_string(),
@@ -487,6 +505,22 @@ topic = "payments.completed"
         .unwrap_err()
         .to_string();
         assert!(err.contains("at least 1"), "{err}");
+        let err = Manifest::parse(
+            "name = \"a\"\ncomponent = \"x\"\n[placement]\nnodes = 0\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[placement] nodes must be at least 1"),
+            "{err}"
+        );
+        let m = Manifest::parse(
+            "name = \"a\"\ncomponent = \"x\"\n[placement]\nnodes = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(m.placement.nodes, Some(2));
     }
 
     #[test]

@@ -52,6 +52,17 @@ pub struct Failed {
     pub error: String,
 }
 
+/// The state copy a node keeps of one function it hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredState {
+    /// The function.
+    pub function: String,
+    /// Keys held.
+    pub keys: u64,
+    /// Bytes of keys and values held.
+    pub bytes: u64,
+}
+
 /// One load report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
@@ -80,6 +91,9 @@ pub struct NodeReport {
     /// Versions it could not load.
     #[serde(default)]
     pub failed: Vec<Failed>,
+    /// The state copies it keeps (cluster mode), by function.
+    #[serde(default)]
+    pub stored: Vec<StoredState>,
     /// Increases with every report, so that a late one never overwrites a newer one.
     pub seq: u64,
     /// Whether the node reaches NATS now: its writes and event deliveries need it, so a

@@ -1,7 +1,8 @@
 //! How a function's state is named: (function, bucket, key) as redb keys, so that no
 //! name a guest chooses can reach another function's data (the function part is
 //! length-prefixed and set by the host, the bucket part is length-prefixed too, and the
-//! key follows as raw bytes); as NATS subjects of the replicated state log; and as the
+//! key follows as raw bytes); as NATS subjects of the replicated state log, split into
+//! shards by function; and as the
 //! admin API addresses it (`/v1/functions/{name}/kv/{key}?bucket=`). Pure functions of
 //! their input, so the fuzz targets check them without linking the runtime.
 
@@ -68,10 +69,70 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The subject of `key` in `ns`.
-pub fn subject(ns: &Namespace, key: &str) -> String {
+/// How many streams the cluster's replicated state is split across (`--state-shards`,
+/// fixed when the cluster is created). A function's keys all live in one shard, chosen by
+/// a stable hash of its name, so one function's writes stay in order in one stream while
+/// different functions' writes spread over several stream leaders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateShards(u32);
+
+/// The number of shards a new cluster gets.
+pub const DEFAULT_STATE_SHARDS: u32 = 3;
+/// The most shards a cluster may have (each is a replicated stream on every NATS server).
+pub const MAX_STATE_SHARDS: u32 = 64;
+
+impl StateShards {
+    /// `n` shards, if 1 ≤ n ≤ [`MAX_STATE_SHARDS`].
+    pub fn new(n: u32) -> Result<StateShards, String> {
+        if (1..=MAX_STATE_SHARDS).contains(&n) {
+            Ok(StateShards(n))
+        } else {
+            Err(format!(
+                "--state-shards must be between 1 and {MAX_STATE_SHARDS}, not {n}"
+            ))
+        }
+    }
+
+    /// How many there are.
+    pub fn count(self) -> u32 {
+        self.0
+    }
+
+    /// The shard that holds `function`'s keys: the same on every process and version
+    /// (the first 8 bytes of sha256(name), modulo the count).
+    pub fn of(self, function: &str) -> u32 {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(function.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        (u64::from_be_bytes(first) % u64::from(self.0)) as u32
+    }
+
+    /// The subject of `key` in `ns`, in its function's shard.
+    pub fn subject(self, ns: &Namespace, key: &str) -> String {
+        subject(self.of(&ns.function), ns, key)
+    }
+
+    /// The subjects of every key of `function` (a wildcard).
+    pub fn function_subjects(self, function: &str) -> String {
+        format!("state.{}.{function}.>", self.of(function))
+    }
+}
+
+/// The stream that holds shard `shard`.
+pub fn stream_name(shard: u32) -> String {
+    format!("SKIFF_STATE_{shard}")
+}
+
+/// The subjects of shard `shard`'s stream.
+pub fn shard_subjects(shard: u32) -> String {
+    format!("state.{shard}.>")
+}
+
+/// The subject of `key` in `ns`, in shard `shard`.
+pub fn subject(shard: u32, ns: &Namespace, key: &str) -> String {
     format!(
-        "state.{}.b{}.k{}",
+        "state.{shard}.{}.b{}.k{}",
         ns.function,
         hex::encode(ns.bucket.as_bytes()),
         hex::encode(key.as_bytes())
@@ -84,6 +145,7 @@ pub fn parse_subject(subject: &str) -> Option<(Namespace, String)> {
     if parts.next()? != "state" {
         return None;
     }
+    parts.next()?.parse::<u32>().ok()?;
     let function = parts.next()?;
     let bucket = String::from_utf8(hex::decode(parts.next()?.strip_prefix('b')?).ok()?).ok()?;
     let key = String::from_utf8(hex::decode(parts.next()?.strip_prefix('k')?).ok()?).ok()?;
@@ -178,7 +240,7 @@ mod tests {
             ("default", &"k".repeat(1024)),
         ] {
             let ns = Namespace::new("fn-1", bucket);
-            let s = subject(&ns, key);
+            let s = subject(2, &ns, key);
             assert!(
                 s.split('.')
                     .all(|t| !t.is_empty()
@@ -188,6 +250,25 @@ mod tests {
             assert_eq!(parse_subject(&s), Some((ns, key.to_string())));
         }
         assert_eq!(parse_subject("events.x"), None);
-        assert_eq!(parse_subject("state.f.bzz.k00"), None);
+        assert_eq!(parse_subject("state.0.f.bzz.k00"), None);
+        assert_eq!(parse_subject("state.f.b00.k00"), None);
+    }
+
+    #[test]
+    fn a_function_has_one_stable_shard_and_functions_spread() {
+        let k = StateShards::new(3).unwrap();
+        // Fixed forever: a change here would strand every cluster's state.
+        assert_eq!(k.of("counter"), StateShards::new(3).unwrap().of("counter"));
+        let mut seen = [0u32; 3];
+        for i in 0..300 {
+            seen[k.of(&format!("fn-{i}")) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 70), "{seen:?}");
+        let ns = Namespace::new("counter", "default");
+        let s = k.subject(&ns, "n");
+        assert!(s.starts_with(&format!("state.{}.counter.", k.of("counter"))));
+        assert_eq!(StateShards::new(1).unwrap().of("anything"), 0);
+        assert!(StateShards::new(0).is_err());
+        assert!(StateShards::new(MAX_STATE_SHARDS + 1).is_err());
     }
 }

@@ -15,7 +15,11 @@
 //! nats-server), `state` (state writes in this process: embedded redb against cluster
 //! mode's replicated log on three clustered nats-servers), `scale` (deploy to first
 //! response, memory per idle and per loaded function, RSS with 1,000 and 10,000
-//! functions deployed, start-up with 1,000). Default: all.
+//! functions deployed, start-up with 1,000), `placement` (state kept per node with 12
+//! functions on 6 nodes, on every node against `[placement] nodes = 2`). Default: all.
+
+#[path = "shared/placement.rs"]
+mod placement;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -1038,7 +1042,14 @@ async fn events(dir: &Path) {
 }
 
 /// Sequential write latency, then writes/s from concurrent writers, on one store.
+/// Functions the state benchmark's plain writers spread over.
+const BENCH_FUNCTIONS: usize = 6;
+
 async fn state_run(store: Arc<dyn StateBackend>) -> (u128, u128, f64, f64) {
+    store.host("bench").await.expect("host");
+    for f in 0..BENCH_FUNCTIONS {
+        store.host(&format!("bench-{f}")).await.expect("host");
+    }
     let ns = Namespace::new("bench", "default");
     let value = vec![b'v'; 100];
     let mut lat = Vec::with_capacity(1000);
@@ -1065,7 +1076,14 @@ async fn state_run(store: Arc<dyn StateBackend>) -> (u128, u128, f64, f64) {
             let end = Instant::now() + RUN;
             let tasks: Vec<_> = (0..writers)
                 .map(|w| {
-                    let (store, ns, value) = (store.clone(), ns.clone(), value.clone());
+                    // Plain writers spread over BENCH_FUNCTIONS functions (and so over
+                    // the cluster's state shards); the hot key is one function's.
+                    let ns = if hot {
+                        ns.clone()
+                    } else {
+                        Namespace::new(&format!("bench-{}", w % BENCH_FUNCTIONS), "default")
+                    };
+                    let (store, value) = (store.clone(), value.clone());
                     tokio::spawn(async move {
                         let mut n = 0u64;
                         while Instant::now() < end {
@@ -1117,7 +1135,7 @@ async fn open_local(path: &Path) -> Arc<LocalState> {
 async fn state_writes(dir: &Path) {
     println!("\n### state writes (in process; 100-byte values)\n");
     println!(
-        "Latency: 1000 sequential sets. Throughput: 32 writers on their own keys for {}s; increments: 8 writers on one key.\n",
+        "Latency: 1000 sequential sets. Throughput: 32 writers on their own keys, over {BENCH_FUNCTIONS} functions, for {}s; increments: 8 writers on one key.\n",
         RUN.as_secs()
     );
     println!(
@@ -1130,13 +1148,16 @@ async fn state_writes(dir: &Path) {
     let (p50, p99, sets, incs) = state_run(embedded).await;
     let label = "embedded (redb, group commit)";
     println!("| {label:<39} | {p50:>10} | {p99:>10} | {sets:>19.0} | {incs:>22.0} |");
-    // The secured cluster (TLS, NKey users, as deploy/ sets it up) beside an open one, to
-    // show what security costs.
-    for (label, secure) in [
-        ("cluster (JetStream R3, sync always)", true),
-        ("  same, no TLS and no users", false),
+    // The secured cluster (TLS, NKey users, as deploy/ sets it up) with its state in 3
+    // shards, in 1 shard (one stream leader takes every write), and open (what security
+    // costs).
+    for (label, secure, shards) in [
+        ("cluster (JetStream R3, sync always)", true, 3),
+        ("  same, 1 state shard", true, 1),
+        ("  same, no TLS and no users", false, 3),
     ] {
-        let nats_dir = dir.join(format!("nats-cluster-{secure}"));
+        let shards = skiff_core::state_keys::StateShards::new(shards).expect("shards");
+        let nats_dir = dir.join(format!("nats-cluster-{secure}-{}", shards.count()));
         let (nats, auth) = if secure {
             let auth = skiff_core::testkit::secured().auth(skiff_core::testkit::Role::Node);
             (skiff_core::testkit::NatsCluster::start(&nats_dir, 3), auth)
@@ -1151,6 +1172,7 @@ async fn state_writes(dir: &Path) {
         let replica = skiff_core::nats::until_ready("open the state stream", || {
             skiff_runtime::state::Replica::open(
                 async_nats::jetstream::new(client.clone()),
+                shards,
                 3,
                 skiff_core::limits::DedupWindows::default().state,
             )
@@ -1158,8 +1180,16 @@ async fn state_writes(dir: &Path) {
         .await
         .expect("state stream");
         let copy = open_local(&nats_dir.join("bench-cluster.redb")).await;
-        tokio::spawn(replica.clone().apply_forever(copy.clone()));
-        let cluster: Arc<dyn StateBackend> = ReplicatedState::new(copy, replica);
+        let leaders = replica.leaders().await;
+        let cluster: Arc<dyn StateBackend> =
+            ReplicatedState::new(copy, replica, Duration::from_secs(60));
+        let servers: std::collections::BTreeSet<_> =
+            leaders.iter().filter_map(|(_, l)| l.clone()).collect();
+        eprintln!(
+            "{label}: {} shard leader(s) on {} server(s)",
+            leaders.len(),
+            servers.len()
+        );
         let (p50, p99, sets, incs) = state_run(cluster).await;
         println!("| {label:<39} | {p50:>10} | {p99:>10} | {sets:>19.0} | {incs:>22.0} |");
     }
@@ -1286,5 +1316,8 @@ fn main() {
     }
     if want("scale") {
         client_rt.block_on(scale());
+    }
+    if want("placement") {
+        client_rt.block_on(placement::placement());
     }
 }

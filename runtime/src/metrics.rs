@@ -2,7 +2,6 @@
 //! format (prometheus-client). Names follow Prometheus conventions: `_total` counters,
 //! `_seconds` histograms, one `skiff_` prefix.
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -10,82 +9,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
-/// What triggered an invocation.
-pub const HTTP: &str = "http";
-/// What triggered an invocation.
-pub const EVENT: &str = "event";
-
-/// `function`, `trigger`, `outcome`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
-    /// The function.
-    pub function: String,
-    /// `http` or `event`.
-    pub trigger: String,
-    /// `ok`, `error` (5xx answer or handler error), `trap`, `timeout`, `memory`.
-    pub outcome: String,
-}
-
-/// `function`, `trigger`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FnTrigger {
-    /// The function.
-    pub function: String,
-    /// `http` or `event`.
-    pub trigger: String,
-}
-
-/// `function`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Function {
-    /// The function.
-    pub function: String,
-}
-
-/// `function`, `kind`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Rejection {
-    /// The function (empty when none was found).
-    pub function: String,
-    /// `body`, `headers`, `concurrency`, `capacity`.
-    pub kind: String,
-}
-
-/// `function`, `outcome`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outbound {
-    /// The function.
-    pub function: String,
-    /// `sent`, `denied` (by policy) or `failed` (connection or protocol error).
-    pub outcome: String,
-}
-
-/// `function`, `reason`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Retired {
-    /// The function.
-    pub function: String,
-    /// `reuse` (served its quota), `idle`, `trap`, `timeout`, `memory`, `error`.
-    pub reason: String,
-}
-
-/// `function`, `op`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KvOp {
-    /// The function.
-    pub function: String,
-    /// `get`, `set`, `delete`, `exists`, `list`, `increment`, `cas`, `get_many`, ...
-    pub op: String,
-}
-
-/// `function`, `consumer`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Consumer {
-    /// The function.
-    pub function: String,
-    /// The durable consumer.
-    pub consumer: String,
-}
+mod labels;
+pub use labels::*;
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -141,6 +66,11 @@ pub struct Metrics {
     /// `skiff_untrusted_records_total`: registry records refused because their signature
     /// is missing or does not verify with `--trust`.
     pub untrusted: Family<Function, Counter>,
+    /// `skiff_functions_taken_total`: functions this node started hosting after start
+    /// (assigned or moved to it).
+    pub moves_in: Counter,
+    /// `skiff_functions_released_total`: functions moved off this node.
+    pub moves_out: Counter,
     /// Moving average of invocation durations (µs), for load reports.
     pub recent_latency_us: std::sync::atomic::AtomicU64,
     /// Invocations ended since start, for load reports.
@@ -185,6 +115,8 @@ impl Metrics {
             outbound: Family::default(),
             kv_duration: Family::new_with_constructor(latency_histogram),
             untrusted: Family::default(),
+            moves_in: Counter::default(),
+            moves_out: Counter::default(),
             recent_latency_us: std::sync::atomic::AtomicU64::new(0),
             ended: std::sync::atomic::AtomicU64::new(0),
             registry: Registry::default(),
@@ -313,6 +245,16 @@ impl Metrics {
             "skiff_untrusted_records",
             "Cluster registry records refused: unsigned, or signed with a key other than --trust",
             self.untrusted.clone(),
+        );
+        registry.register(
+            "skiff_functions_taken",
+            "Functions this node started hosting from the cluster's assignment",
+            self.moves_in.clone(),
+        );
+        registry.register(
+            "skiff_functions_released",
+            "Functions the cluster's assignment moved off this node",
+            self.moves_out.clone(),
         );
     }
 

@@ -6,9 +6,10 @@ use crate::shared::Scheduler;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
-use skiff_core::api::{ClusterStatus, FunctionInfo, NodeView};
+use skiff_core::api::{ClusterStatus, FunctionInfo, NodeView, PlacementInfo, ShardView};
 use skiff_core::control::ControlError;
 use skiff_core::deploy::record_route;
+use skiff_core::hosting::HostingTable;
 use skiff_core::http::{
     Response, error, full, gate, json, keys_answer, method_not_allowed, no_endpoint, read_body,
     removed_answer, segment, set_answer,
@@ -66,6 +67,9 @@ impl Scheduler {
                 };
                 match self.registry.remove(name).await {
                     Ok(true) => {
+                        if let Err(e) = self.registry.remove_hosting(name).await {
+                            tracing::warn!(function = %name, error = %e, "removed, but its placement stays until the next round");
+                        }
                         if let Some(sha) = artifact {
                             self.drop_if_unused(&sha).await;
                         }
@@ -76,6 +80,18 @@ impl Scheduler {
                 }
             }
             (Method::GET, ["v1", "functions", _, "logs"]) => self.gather_logs(req).await,
+            (Method::POST, ["v1", "functions", name, "move"]) => {
+                let name = name.to_string();
+                self.move_function(&name, req).await
+            }
+            (Method::POST, ["v1", "nodes", node, "drain"]) => {
+                let node = segment(node);
+                self.drain_node(&node, false).await
+            }
+            (Method::POST, ["v1", "nodes", node, "undrain"]) => {
+                let node = segment(node);
+                self.drain_node(&node, true).await
+            }
             (_, ["v1", "functions", name, "secrets"]) => {
                 let name = name.to_string();
                 self.secrets(&name, None, req).await
@@ -183,9 +199,14 @@ impl Scheduler {
     }
 
     pub(crate) fn metrics(&self) -> Response {
+        let placement = crate::metrics::PlacementCounts {
+            moves: self.moves.get(),
+            under_replicated: self.hosting_view().1.len() as u64,
+        };
         let text = crate::metrics::scheduler_metrics(
             &self.live.snapshot(Instant::now()),
             &self.gateway.counts,
+            &placement,
         );
         let mut r = http::Response::new(full(Bytes::from(text)));
         r.headers_mut().insert(
@@ -198,7 +219,10 @@ impl Scheduler {
     pub(crate) async fn status(&self) -> ClusterStatus {
         let now = Instant::now();
         let functions = self.functions().await.unwrap_or_default();
+        let (table, _) = self.hosting_view();
         ClusterStatus {
+            shards: self.shard_leaders().await,
+            drained: table.drained.iter().cloned().collect(),
             mode: "scheduler".into(),
             url: self.url.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -220,10 +244,11 @@ impl Scheduler {
     /// serve them report (their limits, in-flight counts summed).
     pub(crate) async fn functions(&self) -> Result<Vec<FunctionInfo>, ControlError> {
         let records = self.registry.records().await?;
+        let table = self.registry.hosting().await?;
         let from_nodes = self.node_functions().await;
         Ok(records
             .into_iter()
-            .map(|r| self.merge(r, &from_nodes))
+            .map(|r| self.merge(r, &from_nodes, &table))
             .collect())
     }
 
@@ -231,7 +256,11 @@ impl Scheduler {
         match self.registry.record(name).await {
             Ok(Some(r)) => {
                 let from_nodes = self.node_functions().await;
-                json(StatusCode::OK, &self.merge(r, &from_nodes))
+                let table = match self.registry.hosting().await {
+                    Ok(t) => t,
+                    Err(e) => return registry_error(e),
+                };
+                json(StatusCode::OK, &self.merge(r, &from_nodes, &table))
             }
             Ok(None) => self.not_found(name).await,
             Err(e) => registry_error(e),
@@ -259,6 +288,7 @@ impl Scheduler {
         &self,
         record: FunctionRecord,
         from_nodes: &[FunctionInfo],
+        table: &HostingTable,
     ) -> FunctionInfo {
         let serving: Vec<&FunctionInfo> = from_nodes
             .iter()
@@ -285,12 +315,52 @@ impl Scheduler {
                 code: skiff_core::api::CodeSource::Compiled,
                 deployed_at_ms: record.deployed_at_ms,
                 nodes: Vec::new(),
+                placement: None,
             },
         };
         info.url = url;
         info.route = route;
         info.in_flight = serving.iter().map(|f| f.in_flight).sum();
         info.nodes = serving.iter().flat_map(|f| f.nodes.clone()).collect();
+        info.placement = self.placement_of(&record, table);
         info
+    }
+
+    /// Where the cluster places `record`'s function.
+    fn placement_of(&self, record: &FunctionRecord, table: &HostingTable) -> Option<PlacementInfo> {
+        let h = table.of(&record.name);
+        let wanted = crate::rebalance::wanted(&record.manifest, &record.name, self.placement_nodes);
+        let assigned = h.nodes.clone().unwrap_or_default();
+        let live: Vec<String> = self.up_nodes().into_iter().map(|n| n.node).collect();
+        let live_assigned = assigned.iter().filter(|n| live.contains(n)).count();
+        Some(PlacementInfo {
+            wanted,
+            under_replicated: wanted.is_some_and(|n| live_assigned < n as usize),
+            assigned,
+            leaving: h.leaving.clone(),
+            pinned: h.pinned,
+        })
+    }
+
+    /// Each state shard's stream and its leader, as JetStream says now.
+    async fn shard_leaders(&self) -> Vec<ShardView> {
+        let (Some(client), Some(shards)) = (self.nats.get(), self.shards.get()) else {
+            return Vec::new();
+        };
+        let js = async_nats::jetstream::new(client.clone());
+        let mut out = Vec::new();
+        for k in 0..shards.count() {
+            let stream = skiff_core::state_keys::stream_name(k);
+            let leader = match js.get_stream(&stream).await {
+                Ok(mut s) => s
+                    .info()
+                    .await
+                    .ok()
+                    .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone())),
+                Err(_) => None,
+            };
+            out.push(ShardView { stream, leader });
+        }
+        out
     }
 }

@@ -340,6 +340,7 @@ mod tests {
                 })
                 .collect(),
             failed: vec![],
+            stored: vec![],
             seq,
             nats: true,
         }

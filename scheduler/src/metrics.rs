@@ -24,9 +24,22 @@ pub struct GatewayOutcome {
     pub outcome: String,
 }
 
+/// What the scheduler knows of where functions run, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementCounts {
+    /// Functions placed on or moved to a node since start.
+    pub moves: u64,
+    /// Functions hosted on fewer live nodes than they ask for, now.
+    pub under_replicated: u64,
+}
+
 /// The scheduler's `/metrics`: the live nodes' reported load and what the gateway did,
 /// built fresh from `nodes` (report, age, requests sent) at each scrape.
-pub fn scheduler_metrics(nodes: &[(NodeReport, Duration, u64)], counts: &GatewayCounts) -> String {
+pub fn scheduler_metrics(
+    nodes: &[(NodeReport, Duration, u64)],
+    counts: &GatewayCounts,
+    placement: &PlacementCounts,
+) -> String {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     let mut registry = Registry::default();
     let live: Gauge = Gauge::default();
@@ -108,6 +121,20 @@ pub fn scheduler_metrics(nodes: &[(NodeReport, Duration, u64)], counts: &Gateway
         "skiff_scheduler_retries",
         "Requests sent again to another node after a safe failure",
         retried,
+    );
+    let moves: Counter = Counter::default();
+    moves.inc_by(placement.moves);
+    registry.register(
+        "skiff_scheduler_function_moves",
+        "Functions this scheduler placed on or moved to a node (placed, node lost, drained, balance, by hand)",
+        moves,
+    );
+    let under: Gauge = Gauge::default();
+    under.set(i64::try_from(placement.under_replicated).unwrap_or(i64::MAX));
+    registry.register(
+        "skiff_scheduler_under_replicated_functions",
+        "Functions hosted on fewer live nodes than their [placement] nodes asks for",
+        under,
     );
     skiff_core::prom::build_info(&mut registry);
     skiff_core::prom::encode(&registry)

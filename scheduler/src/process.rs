@@ -66,6 +66,10 @@ pub struct SchedulerOptions {
     pub cluster_token: Option<ClusterToken>,
     /// Signs every record it writes into the registry (`--signing-key`).
     pub signer: Option<RecordSigner>,
+    /// How many nodes host a function whose manifest does not say (`None`: all).
+    pub placement_nodes: Option<u32>,
+    /// The state shard count for a new cluster (refused if the cluster has another).
+    pub state_shards: Option<u32>,
 }
 
 /// Runs `skiff scheduler` until Ctrl-C or SIGTERM.
@@ -109,6 +113,11 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         secrets_key,
         max_artifact: opts.max_artifact,
         uploads: Default::default(),
+        placement_nodes: opts.placement_nodes,
+        hosting: Default::default(),
+        moves: Default::default(),
+        replan: tokio::sync::Notify::new(),
+        shards: OnceLock::new(),
     });
     match crate::view::load(&opts.data_dir) {
         Ok(Some(view)) => {
@@ -130,6 +139,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
             auth: opts.nats_auth.clone(),
             replicas: opts.replicas,
             signer: opts.signer.clone(),
+            state_shards: opts.state_shards,
         },
         registry,
         progress_tx,
@@ -140,6 +150,8 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         .await
         .map_err(|why| anyhow::anyhow!("{why}"))?;
     tokio::spawn(follow_registered(scheduler.clone()));
+    tokio::spawn(crate::rebalance::run(scheduler.clone()));
+    tokio::spawn(crate::shards::run(scheduler.clone()));
     tokio::spawn(expire_silent_nodes(scheduler.clone()));
     tokio::spawn(crate::probe::run(scheduler.clone()));
     tokio::spawn(crate::view::keep(scheduler.clone(), opts.data_dir.clone()));
@@ -182,6 +194,7 @@ struct Joining {
     auth: NatsAuth,
     replicas: Option<usize>,
     signer: Option<RecordSigner>,
+    state_shards: Option<u32>,
 }
 
 /// Joins NATS, however long it takes: connects, opens the cluster registry, subscribes to
@@ -202,7 +215,35 @@ async fn join(
         ClusterRegistry::open(&js, replicas)
     })
     .await;
-    registry.set(Arc::new(opened.signed_by(how.signer)));
+    registry.set(Arc::new(opened.clone().signed_by(how.signer)));
+    // The state shard count is fixed once, by the first scheduler of a cluster; a flag
+    // that contradicts it stops this one from starting. Any other failure is retried in
+    // the background (the registry serves meanwhile).
+    match opened.fix_state_shards(how.state_shards).await {
+        Ok(shards) => {
+            let _ = s.shards.set(shards);
+        }
+        Err(skiff_core::control::ControlError::Conflict(why)) => {
+            progress.send_replace(JoinProgress::Refused(why));
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot fix the cluster's state shard count yet; retrying");
+            let (s, want) = (s.clone(), how.state_shards);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match opened.fix_state_shards(want).await {
+                        Ok(shards) => {
+                            let _ = s.shards.set(shards);
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot fix the state shard count yet"),
+                    }
+                }
+            });
+        }
+    }
     let reports = skiff_core::nats::retry_forever("subscribe to load reports", || {
         client.subscribe(format!("{SUBJECT_PREFIX}.*"))
     })
@@ -210,18 +251,22 @@ async fn join(
     let _ = s.nats.set(client);
     tracing::info!(nats = %urls, "joined NATS");
     progress.send_replace(JoinProgress::Joined);
-    follow_reports(reports, s.live.clone()).await;
+    follow_reports(reports, s.clone()).await;
 }
 
 /// Load reports in: each one refreshes its node in the live set.
-async fn follow_reports(mut reports: async_nats::Subscriber, live: Arc<LiveSet>) {
+async fn follow_reports(mut reports: async_nats::Subscriber, s: Arc<Scheduler>) {
     while let Some(msg) = reports.next().await {
         match serde_json::from_slice::<NodeReport>(&msg.payload) {
             Ok(r) => {
                 if r.state == NodeState::Left {
                     tracing::info!(node = %r.node, "node left");
                 }
-                live.report(r, Instant::now());
+                // A node stopping or gone: its functions are placed elsewhere now.
+                if r.state != NodeState::Up {
+                    s.replan.notify_one();
+                }
+                s.live.report(r, Instant::now());
             }
             Err(e) => {
                 tracing::warn!(subject = %msg.subject, error = %e, "unreadable load report")
@@ -276,6 +321,7 @@ async fn expire_silent_nodes(s: Arc<Scheduler>) {
         }
         for node in s.live.expire(Instant::now(), Some(since)) {
             tracing::warn!(node, "node stopped answering; no longer routing to it");
+            s.replan.notify_one();
         }
     }
 }

@@ -68,6 +68,11 @@ impl Scheduler {
             return error(StatusCode::CONFLICT, e.to_string());
         }
         let previous = records.into_iter().find(|r| r.name == name);
+        // Placed before it is recorded, so that nodes not assigned to it never load it.
+        let wanted = crate::rebalance::wanted(&request.manifest, name, self.placement_nodes);
+        if let Err(e) = crate::rebalance::place_new(self, name, wanted).await {
+            return registry_error(e);
+        }
         let record = match self
             .registry
             .deploy(name, &request.manifest, &request.artifact)
@@ -94,8 +99,20 @@ impl Scheduler {
     ) -> Response {
         let deadline = Instant::now() + timeout;
         let (name, version) = (record.name.clone(), record.version);
+        let mut hosting = None;
+        let mut read_at = Instant::now();
         loop {
-            let nodes = self.up_nodes();
+            // Only the nodes assigned to it load it (the assignment may change meanwhile).
+            if hosting.is_none() || read_at.elapsed() >= Duration::from_millis(500) {
+                if let Ok(t) = self.registry.hosting().await {
+                    hosting = Some(t);
+                }
+                read_at = Instant::now();
+            }
+            let mut nodes = self.up_nodes();
+            if let Some(t) = &hosting {
+                nodes.retain(|n| t.hosts(&name, &n.node));
+            }
             let ready: Vec<&NodeReport> = nodes
                 .iter()
                 .filter(|n| {

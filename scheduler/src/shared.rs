@@ -9,6 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use skiff_core::cluster_token::ClusterToken;
 use skiff_core::control::ControlStore;
+use skiff_core::hosting::HostingTable;
 use skiff_core::record::FunctionRecord;
 use skiff_core::report::{NodeReport, NodeState};
 use skiff_core::secrets::SecretKey;
@@ -42,6 +43,16 @@ pub struct Scheduler {
     pub(crate) max_artifact: usize,
     /// Uploads whose deploy is still on its way (spared by artifact collection).
     pub(crate) uploads: skiff_core::control::PendingUploads,
+    /// How many nodes host a function whose manifest does not say (`None`: all).
+    pub(crate) placement_nodes: Option<u32>,
+    /// The assignment as last read, and the functions hosted on too few nodes.
+    pub(crate) hosting: Mutex<(HostingTable, Vec<String>)>,
+    /// Functions placed on or moved to a node since start.
+    pub(crate) moves: prometheus_client::metrics::counter::Counter,
+    /// Woken when a node is lost, so that its functions are placed again at once.
+    pub(crate) replan: tokio::sync::Notify,
+    /// The cluster's state shard count, once fixed.
+    pub(crate) shards: OnceLock<skiff_core::state_keys::StateShards>,
 }
 
 impl Scheduler {
@@ -78,6 +89,15 @@ impl Scheduler {
     }
 
     /// The registry's records as last listed.
+    pub(crate) fn set_hosting(&self, table: HostingTable, under_replicated: Vec<String>) {
+        *lock(&self.hosting) = (table, under_replicated);
+    }
+
+    /// The assignment as last read, and the under-replicated functions.
+    pub(crate) fn hosting_view(&self) -> (HostingTable, Vec<String>) {
+        lock(&self.hosting).clone()
+    }
+
     pub(crate) fn records(&self) -> Vec<FunctionRecord> {
         lock(&self.records).clone()
     }

@@ -18,5 +18,6 @@ mod replicated;
 mod sandbox;
 mod security;
 mod serving;
+mod sharding;
 mod state;
 mod wasi_p3;

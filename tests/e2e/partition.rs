@@ -534,9 +534,15 @@ async fn partitions_lose_no_acknowledged_work_and_errors_stop_within_two_seconds
         .await,
     );
 
-    // (b) A minority NATS server (the state stream's leader) cut off: the majority
-    // keeps acknowledging writes.
-    let leader = c.leader_of("SKIFF_STATE").await;
+    // (b) A minority NATS server (the leader of the counter's state shard) cut off: the
+    // majority keeps acknowledging writes.
+    let shard =
+        skiff_core::state_keys::StateShards::new(skiff_core::state_keys::DEFAULT_STATE_SHARDS)
+            .expect("shards")
+            .of("counter");
+    let leader = c
+        .leader_of(&skiff_core::state_keys::stream_name(shard))
+        .await;
     rows.push(
         scenario(&c, "(b) NATS minority cut off", "b", async || {
             let cut_at = Instant::now();

@@ -162,7 +162,9 @@ async fn losing_nats_servers_loses_no_acknowledged_write() {
         .unwrap();
     let js = async_nats::jetstream::new(client);
     for name in [
-        "SKIFF_STATE",
+        "SKIFF_STATE_0",
+        "SKIFF_STATE_1",
+        "SKIFF_STATE_2",
         "SKIFF_EVENTS",
         "KV_skiff_registry",
         "OBJ_skiff_artifacts",

@@ -272,7 +272,7 @@ async fn nodes_answer_only_the_scheduler() {
 }
 
 /// Runs `skiff ARGS` expecting it to refuse to start: answers its stderr.
-fn refused_start(args: &[String]) -> String {
+pub(crate) fn refused_start(args: &[String]) -> String {
     let mut child = Command::new(skiff_bin())
         .args(args)
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])

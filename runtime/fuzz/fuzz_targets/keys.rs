@@ -6,7 +6,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use skiff_core::manifest::FunctionName;
 use skiff_core::state_keys::{MAX_BUCKET_BYTES, Namespace, function_prefix};
-use skiff_core::state_keys::{parse_subject, subject};
+use skiff_core::state_keys::{StateShards, parse_subject};
 
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {
@@ -30,7 +30,7 @@ fuzz_target!(|input: Input| {
         assert!(k.starts_with(&function_prefix(t.0)));
         assert!(k.starts_with(&ns.prefix()));
         assert_eq!(
-            parse_subject(&subject(&ns, t.2)),
+            parse_subject(&StateShards::new(3).expect("3 shards").subject(&ns, t.2)),
             Some((ns.clone(), t.2.to_string()))
         );
     }

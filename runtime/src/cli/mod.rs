@@ -4,6 +4,7 @@
 //! scheduler's.
 
 pub mod client;
+mod cluster;
 pub mod deploy;
 mod events;
 mod keygen;
@@ -116,6 +117,25 @@ enum Command {
     Status,
     /// Make a key file for a secured cluster: signing key, NATS NKey or cluster token.
     Keygen(keygen::KeygenArgs),
+    /// Move a function to another node (cluster; it stays there: balancing leaves it).
+    Move {
+        /// The function.
+        name: String,
+        /// The node to move it to.
+        #[arg(long)]
+        to: String,
+        /// The node to move it from [default: the busiest of its nodes].
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Move every function off a node (cluster), e.g. before stopping it for good.
+    Drain {
+        /// The node.
+        node: String,
+        /// Take the node back: it receives functions again.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -235,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let raw: serde_json::Value = client()?.get("/v1/status").await?;
             if raw.get("nodes").is_some() {
                 let s: ClusterStatus = serde_json::from_value(raw)?;
-                print_cluster(&s);
+                cluster::print_status(&s);
                 return Ok(ExitCode::SUCCESS);
             }
             let s: NodeStatus = serde_json::from_value(raw)?;
@@ -247,6 +267,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Invoke(args) => return invoke(&client()?, args).await,
         Command::Keygen(args) => keygen::run(args)?,
+        Command::Move { name, to, from } => {
+            cluster::move_function(&client()?, &name, to, from).await?
+        }
+        Command::Drain { node, undo } => cluster::drain(&client()?, &node, undo).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -287,70 +311,34 @@ fn print_trace(spans: &[skiff_core::api::Span]) {
     }
 }
 
-fn print_cluster(s: &ClusterStatus) {
-    println!(
-        "scheduler · {} · up {}s · {} live node(s)",
-        s.url,
-        s.uptime_secs,
-        s.nodes.len()
-    );
-    if s.nodes.is_empty() {
-        println!("no live node; start one with `skiff node --nats URL`");
-    } else {
-        println!(
-            "{:<16} {:<9} {:>9} {:>7} {:>10} {:>9} {:>8}  FUNCTIONS",
-            "NODE", "STATE", "IN-FLIGHT", "QUEUE", "LATENCY", "MEMORY", "SENT"
-        );
-    }
-    for n in &s.nodes {
-        let r = &n.report;
-        let functions: Vec<String> = r
-            .functions
-            .iter()
-            .map(|f| format!("{} v{}", f.name, f.version))
-            .chain(
-                r.failed
-                    .iter()
-                    .map(|f| format!("{} v{} FAILED", f.name, f.version)),
-            )
-            .collect();
-        println!(
-            "{:<16} {:<9} {:>9} {:>7} {:>8.1}ms {:>7}Mi {:>8}  {}",
-            r.node,
-            format!("{:?}", r.state).to_lowercase(),
-            format!("{}/{}", r.in_flight, r.capacity),
-            r.queue,
-            r.latency_us as f64 / 1000.0,
-            r.memory_bytes >> 20,
-            n.sent,
-            functions.join(", ")
-        );
-    }
-    for n in &s.nodes {
-        for f in &n.report.failed {
-            println!(
-                "  {}: {} v{} FAILED: {}",
-                n.report.node, f.name, f.version, f.error
-            );
-        }
-    }
-    println!();
-    print_functions(&s.functions);
-}
-
 fn print_functions(list: &[FunctionInfo]) {
     if list.is_empty() {
         println!("no functions deployed; deploy one with `skiff deploy DIR`");
         return;
     }
+    let placed = list.iter().any(|f| f.placement.is_some());
     println!(
-        "{:<24} {:>7} {:<24} {:<14} {:>9}  URL",
-        "NAME", "VERSION", "ROUTE", "WORLD", "IN-FLIGHT"
+        "{:<24} {:>7} {:<24} {:<14} {:>9}  {}URL",
+        "NAME",
+        "VERSION",
+        "ROUTE",
+        "WORLD",
+        "IN-FLIGHT",
+        if placed {
+            "NODES                    "
+        } else {
+            ""
+        }
     );
     for f in list {
         let world = f.world.map_or("events".to_string(), |w| w.to_string());
+        let nodes = f
+            .placement
+            .as_ref()
+            .map(|p| format!("{:<24} ", cluster::placement_text(p)))
+            .unwrap_or_default();
         println!(
-            "{:<24} {:>7} {:<24} {:<14} {:>9}  {}",
+            "{:<24} {:>7} {:<24} {:<14} {:>9}  {nodes}{}",
             f.name, f.version, f.route, world, f.in_flight, f.url
         );
     }

@@ -14,6 +14,7 @@ use skiff_core::nats_auth::NatsAuth;
 use skiff_core::signing::{RecordSigner, RecordVerifier};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub(super) struct UpArgs {
@@ -154,6 +155,10 @@ pub(super) struct NodeArgs {
     /// the node runs only records signed with its pair (`skiff keygen --signing`).
     #[arg(long, env = "SKIFF_TRUST", value_name = "KEY")]
     trust: Option<String>,
+    /// How long the state copy of a function moved off this node is kept before it is
+    /// deleted (a function that comes back within it resumes from its copy).
+    #[arg(long, default_value = "60s", value_parser = Timeout::parse)]
+    release_grace: Timeout,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +182,14 @@ pub(super) struct SchedulerArgs {
     /// (ignores load; for comparison).
     #[arg(long, default_value = "p2c", value_parser = ["p2c", "round-robin"])]
     placement: String,
+    /// How many nodes host a function whose manifest has no `[placement] nodes`
+    /// [default: every node].
+    #[arg(long, env = "SKIFF_PLACEMENT_NODES", value_parser = clap::value_parser!(u32).range(1..))]
+    placement_nodes: Option<u32>,
+    /// How many JetStream streams the cluster's state is split across; fixed when the
+    /// cluster is created [default: what the cluster has, or 3 for a new one].
+    #[arg(long, env = "SKIFF_STATE_SHARDS", value_parser = clap::value_parser!(u32).range(1..=64))]
+    state_shards: Option<u32>,
     /// Replicas of the JetStream streams and buckets it creates, if they do not exist yet
     /// [default: the NATS cluster's size, at most 3].
     #[arg(long, env = "SKIFF_REPLICAS")]
@@ -253,6 +266,7 @@ impl UpArgs {
             otlp: self.otlp_endpoint,
             replicas: self.replicas,
             secrets_key: self.secrets_key,
+            release_grace: Duration::from_secs(60),
         })
     }
 }
@@ -301,6 +315,7 @@ pub(super) async fn node(args: NodeArgs, token: Option<String>) -> anyhow::Resul
     }
     let mut opts = args.base.options(token, true)?;
     opts.advertise = args.advertise;
+    opts.release_grace = args.release_grace.0;
     opts.cluster_token = args
         .cluster_token_file
         .as_deref()
@@ -352,6 +367,8 @@ pub(super) async fn scheduler(args: SchedulerArgs, token: Option<String>) -> any
                 None
             }
         },
+        placement_nodes: args.placement_nodes,
+        state_shards: args.state_shards,
         placement: if args.placement == "round-robin" {
             skiff_scheduler::live::Placement::RoundRobin
         } else {

@@ -7,7 +7,9 @@
 //! that cannot reach NATS probes the nodes it knows directly.
 
 use crate::node::{Lifecycle, Node};
-use skiff_core::report::{Failed, NodeReport, NodeState, REPORT_EVERY_MS, SUBJECT_PREFIX, Served};
+use skiff_core::report::{
+    Failed, NodeReport, NodeState, REPORT_EVERY_MS, SUBJECT_PREFIX, Served, StoredState,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -89,6 +91,17 @@ impl Reporter {
                     name,
                     version,
                     error,
+                })
+                .collect(),
+            stored: node
+                .state()
+                .stored()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(function, keys, bytes)| StoredState {
+                    function,
+                    keys,
+                    bytes,
                 })
                 .collect(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,

@@ -4,6 +4,11 @@
 //! fetched once, verified and kept locally, so a restarted node serves its last known
 //! functions even while NATS is unreachable.
 //!
+//! A node hosts only the functions the scheduler assigned to it (or those that run
+//! everywhere, unless it is drained): it follows the assignment too, taking a function
+//! when it arrives (fetch, compile, catch its state up, serve) and letting one go when
+//! it leaves (stop serving, stop following its state, drop the copy after a grace).
+//!
 //! A node started with `--trust` runs only records whose signature verifies with that
 //! key: any other record is refused, logged, counted, and reported (so that `skiff status`
 //! and the deploy say why), and the last good version keeps serving.
@@ -11,8 +16,10 @@
 use crate::node::Node;
 use futures::StreamExt;
 use skiff_core::control::{Change, ControlError, ControlStore};
+use skiff_core::hosting::{HostingChange, HostingTable};
 use skiff_core::record::FunctionRecord;
 use skiff_core::signing::RecordVerifier;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,20 +46,26 @@ async fn follow(
     // Watch first, so that nothing that changes while we list is missed; the watch's
     // entries wait until the listing has been applied.
     let mut changes = registry.watch().await?;
-    let records = registry.records().await?;
-    let wanted: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
-    for record in records {
-        apply(node, registry, trust, record).await;
-    }
+    let mut hosting = registry.hosting().await?;
+    let mut records: BTreeMap<String, FunctionRecord> = registry
+        .records()
+        .await?
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect();
     let here: Vec<String> = node
         .snapshot()
         .deployments()
         .map(|d| d.record.name.clone())
         .collect();
     for name in here {
-        if !wanted.contains(&name) {
+        if !records.contains_key(&name) {
             remove(node, &name).await;
         }
+    }
+    let names: Vec<String> = records.keys().cloned().collect();
+    for name in &names {
+        reconcile(node, registry, trust, &records, &hosting, name).await;
     }
     // Secrets: take every one the registry has, drop those it no longer has.
     let secrets = registry.secrets(None).await?;
@@ -70,13 +83,42 @@ async fn follow(
         Err(e) => tracing::error!(error = %e, "cannot list this node's secrets"),
     }
     tracing::info!(
-        functions = wanted.len(),
+        functions = records.len(),
+        hosted = node.snapshot().deployments().count(),
         "in step with the cluster registry"
     );
     while let Some(change) = changes.next().await {
         match change? {
-            Change::Deployed(record) => apply(node, registry, trust, record).await,
-            Change::Removed(name) => remove(node, &name).await,
+            Change::Deployed(record) => {
+                let name = record.name.clone();
+                records.insert(name.clone(), record);
+                reconcile(node, registry, trust, &records, &hosting, &name).await;
+            }
+            Change::Removed(name) => {
+                records.remove(&name);
+                remove(node, &name).await;
+            }
+            Change::Hosting(HostingChange::Placed(name, placed)) => {
+                match placed {
+                    Some(h) => hosting.functions.insert(name.clone(), (h, 0)),
+                    None => hosting.functions.remove(&name),
+                };
+                reconcile(node, registry, trust, &records, &hosting, &name).await;
+            }
+            Change::Hosting(HostingChange::Drained(who, drained)) => {
+                if drained {
+                    hosting.drained.insert(who.clone());
+                } else {
+                    hosting.drained.remove(&who);
+                }
+                if who == node.name() {
+                    tracing::info!(drained, "this node's drain changed");
+                    let names: Vec<String> = records.keys().cloned().collect();
+                    for name in &names {
+                        reconcile(node, registry, trust, &records, &hosting, name).await;
+                    }
+                }
+            }
             Change::SecretSet(function, key, sealed) => {
                 put_secret(node, &function, &key, &sealed).await
             }
@@ -86,6 +128,41 @@ async fn follow(
     Err(ControlError::Unavailable(
         "cluster registry: the watch ended".into(),
     ))
+}
+
+/// Brings `name` in line with the registry here: serves its recorded version when this
+/// node hosts it, and lets it go when it does not.
+async fn reconcile(
+    node: &Arc<Node>,
+    registry: &dyn ControlStore,
+    trust: Option<&RecordVerifier>,
+    records: &BTreeMap<String, FunctionRecord>,
+    hosting: &HostingTable,
+    name: &str,
+) {
+    let serving = node.snapshot().get(name).is_some();
+    match records.get(name) {
+        Some(record) if hosting.hosts(name, node.name()) => {
+            if !serving {
+                tracing::info!(function = name, "hosting a function assigned to this node");
+                node.metrics().moves_in.inc();
+            }
+            apply(node, registry, trust, record.clone()).await
+        }
+        _ if serving && records.contains_key(name) => {
+            tracing::info!(
+                function = name,
+                "no longer hosting a function moved off this node"
+            );
+            node.metrics().moves_out.inc();
+            node.clear_failed(name);
+            if let Err(e) = node.release(name).await {
+                tracing::error!(function = name, error = %e, "cannot let go of a function moved off this node");
+            }
+        }
+        _ if serving => remove(node, name).await,
+        _ => node.clear_failed(name),
+    }
 }
 
 /// Deploys `record` here; a failure is recorded for the load reports (the scheduler turns

@@ -16,6 +16,7 @@ fn event(id: &str, topic: &str) -> Event {
         published_at_ms: 0,
         // Carried through every bus unchanged.
         after: 7,
+        after_of: "f".into(),
     }
 }
 

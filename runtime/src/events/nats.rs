@@ -40,6 +40,8 @@ const H_TOPIC: &str = "Skiff-Topic";
 const H_AT: &str = "Skiff-Published-At";
 const H_USER: &str = "Skiff-H-";
 const H_AFTER: &str = "Skiff-After";
+/// The function whose state position `Skiff-After` is.
+const H_AFTER_OF: &str = "Skiff-After-Of";
 
 /// The JetStream bus.
 pub struct NatsBus {
@@ -68,6 +70,7 @@ fn headers_of(ev: &Event, msg_id: &str) -> HeaderMap {
     h.insert(H_AT, ev.published_at_ms.to_string().as_str());
     if ev.after > 0 {
         h.insert(H_AFTER, ev.after.to_string().as_str());
+        h.insert(H_AFTER_OF, ev.after_of.as_str());
     }
     for (k, v) in &ev.headers {
         h.insert(format!("{H_USER}{k}").as_str(), v.as_str());
@@ -96,6 +99,7 @@ fn event_of(msg: &async_nats::Message) -> Result<Event, BusError> {
         headers: user,
         published_at_ms: get(H_AT).and_then(|v| v.parse().ok()).unwrap_or(0),
         after: get(H_AFTER).and_then(|v| v.parse().ok()).unwrap_or(0),
+        after_of: get(H_AFTER_OF).unwrap_or_default(),
     })
 }
 

@@ -149,6 +149,7 @@ impl EventCtx {
             // Every write this invocation made so far is applied here: its handlers wait
             // until their node has applied as much.
             after: (self.position)(),
+            after_of: self.function.clone(),
         });
         Ok(id)
     }
@@ -174,7 +175,9 @@ impl Capability for Events {
 
     fn configure(cx: &DeployContext<'_>) -> Result<Self::Deployed, CapabilityError> {
         let state = cx.node.state.clone();
-        Ok((cx.function.to_string(), Arc::new(move || state.position())))
+        let function = cx.function.to_string();
+        let of = function.clone();
+        Ok((function, Arc::new(move || state.position(&of))))
     }
 
     fn instantiate((function, position): &Self::Deployed, cx: &InstanceContext<'_>) -> EventCtx {

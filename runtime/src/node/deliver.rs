@@ -25,11 +25,18 @@ impl Node {
         attempt: u32,
     ) -> Result<Vec<Event>, String> {
         // The handler must see what the publisher wrote before publishing: wait until this
-        // node's copy has applied as much (after a partition heals, it may be behind).
-        if !self.state.wait_position(event.after, CAUSAL_WAIT).await {
+        // node's copy has applied as much (after a partition heals, it may be behind). Only
+        // the publisher's own function can read that state.
+        let name = dep.record.name.as_str();
+        if event.after_of == name
+            && !self
+                .state
+                .wait_position(name, event.after, CAUSAL_WAIT)
+                .await
+        {
             return Err(format!(
-                "this node's copy of the state is behind the event's publisher (applied {} of {}); the event is retried, here or on another node",
-                self.state.position(),
+                "this node's copy of `{name}`'s state is behind the event's publisher (applied {} of {}); the event is retried, here or on another node",
+                self.state.position(name),
                 event.after
             ));
         }

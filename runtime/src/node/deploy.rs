@@ -396,6 +396,15 @@ impl Node {
             }
         };
         self.accepted(&record.artifact, &prepared.exports).await?;
+        // A function this node starts hosting serves only once its state copy has caught
+        // up with its shard: never a read older than what the cluster acknowledged.
+        self.state
+            .host(name.as_str())
+            .await
+            .map_err(|source| DeployError::State {
+                name: record.name.clone(),
+                source,
+            })?;
         self.control.put(&record).await?;
         let d = self.install(prepared, record).await;
         self.announce_or_retry(&d).await?;
@@ -424,6 +433,10 @@ impl Node {
                         tracing::warn!(function = %record.name, error = %e, "restored, but its compiled code was not cached");
                     }
                     let name = p.name.clone();
+                    // In a cluster, waits until the copy caught up (when NATS answers).
+                    if let Err(e) = self.state.host(name.as_str()).await {
+                        tracing::warn!(function = %record.name, error = %e, "restored with the state copy it has; it catches up in the background");
+                    }
                     ready.push((name, self.build(p, record).await));
                 }
                 Err(e) => {
@@ -494,6 +507,16 @@ impl Node {
     /// Removes `name`: new requests stop at once, running ones finish. Returns whether
     /// it was deployed.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<bool, ControlError> {
+        self.remove_as(name, true).await
+    }
+
+    /// Lets `name` go from this node (a cluster moved it to other nodes): as
+    /// [`Node::remove`], but what it shares with its other nodes (event consumers) stays.
+    pub async fn release(self: &Arc<Self>, name: &str) -> Result<bool, ControlError> {
+        self.remove_as(name, false).await
+    }
+
+    async fn remove_as(self: &Arc<Self>, name: &str, gone: bool) -> Result<bool, ControlError> {
         let Ok(name) = FunctionName::new(name) else {
             return Ok(false);
         };
@@ -506,7 +529,8 @@ impl Node {
             functions.remove(&name);
             Snapshot { routes, functions }
         });
-        self.announce_removed(name.as_str()).await;
+        self.announce_removed(name.as_str(), gone).await;
+        self.state.release(name.as_str());
         if existed {
             tracing::info!(function = %name, "removed");
             // Its artifact and compiled code, unless another version uses them.

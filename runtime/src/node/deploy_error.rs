@@ -109,6 +109,15 @@ pub enum DeployError {
         /// What the bus said.
         source: crate::events::BusError,
     },
+    /// The function's state copy could not catch up with its shard, so this node does
+    /// not serve it yet.
+    #[error("`{name}` cannot serve here yet: {source}")]
+    State {
+        /// The function.
+        name: String,
+        /// Why its state copy is not caught up.
+        source: crate::state::StateError,
+    },
     /// A background task died.
     #[error("internal error while deploying `{name}`: {detail}")]
     Internal {
@@ -124,7 +133,9 @@ impl DeployError {
     pub fn is_client_error(&self) -> bool {
         match self {
             DeployError::Store(e) => e.is_client_error(),
-            DeployError::Bus { .. } | DeployError::Internal { .. } => false,
+            DeployError::Bus { .. } | DeployError::Internal { .. } | DeployError::State { .. } => {
+                false
+            }
             DeployError::Compile { source, .. } => {
                 !matches!(source, CompileError::Artifact(_) | CompileError::Cache(_))
             }

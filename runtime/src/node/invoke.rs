@@ -69,6 +69,23 @@ impl Node {
         }
         let snapshot = self.snapshot();
         let Some(dep) = snapshot.lookup(req.uri().path()).cloned() else {
+            // A cluster node that just let a function go may still get a request the
+            // scheduler routed by an older report: nothing ran, so it may go elsewhere.
+            if self.is_cluster() {
+                let mut r = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "node `{}` does not host what serves `{}` (any more); the scheduler sends it to a node that does",
+                        self.name(),
+                        req.uri().path()
+                    ),
+                );
+                r.headers_mut().insert(
+                    skiff_core::report::REJECTED_HEADER,
+                    HeaderValue::from_static("not-hosted"),
+                );
+                return r;
+            }
             // What is deployed is the operator's to know, not every client's: the CLI
             // and the admin API name it.
             return reply(

@@ -253,8 +253,9 @@ pub trait DeploymentHook: Send + Sync {
         &'a self,
         d: &'a Arc<Deployment>,
     ) -> futures::future::BoxFuture<'a, Result<(), crate::events::BusError>>;
-    /// `name` no longer serves.
-    fn removed<'a>(&'a self, name: &'a str) -> futures::future::BoxFuture<'a, ()>;
+    /// `name` no longer serves here: removed (`gone`: everywhere, so what it shares with
+    /// other nodes goes too), or moved to other nodes (they carry on with it).
+    fn removed<'a>(&'a self, name: &'a str, gone: bool) -> futures::future::BoxFuture<'a, ()>;
 }
 
 /// Where a node is in its life; cluster mode reports it to the scheduler.
@@ -349,9 +350,9 @@ impl Node {
     }
 
     /// Tells the hook that `name` was removed.
-    pub(crate) async fn announce_removed(&self, name: &str) {
+    pub(crate) async fn announce_removed(&self, name: &str, gone: bool) {
         if let Some(h) = self.hook.get() {
-            h.removed(name).await;
+            h.removed(name, gone).await;
         }
     }
 
@@ -560,6 +561,7 @@ impl Node {
                 .unwrap_or(CodeSource::Unloaded),
             deployed_at_ms: d.record.deployed_at_ms,
             nodes: vec![self.name.clone()],
+            placement: None,
         }
     }
 

@@ -75,6 +75,7 @@ impl Node {
             headers,
             published_at_ms: skiff_core::record::now_ms(),
             after: 0,
+            after_of: String::new(),
         };
         self.bus().publish(vec![event]).await?;
         Ok(id)

@@ -76,6 +76,8 @@ pub struct UpOptions {
     pub cluster_token: Option<ClusterToken>,
     /// A cluster node runs only records signed by this key's pair.
     pub trust: Option<RecordVerifier>,
+    /// How long a cluster node keeps the state copy of a function it no longer hosts.
+    pub release_grace: Duration,
 }
 
 /// Addresses a running server actually bound.
@@ -91,9 +93,6 @@ pub struct Bound {
 /// a few report intervals, so that the scheduler has certainly stopped sending.
 const DRAIN_NOTICE: Duration = Duration::from_millis(600);
 
-/// How long a starting cluster node may take to apply the state log it missed.
-const CATCH_UP: Duration = Duration::from_secs(120);
-
 /// How long a stopping server waits for running invocations.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -101,7 +100,6 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// concrete implementations.
 struct Stores {
     control: Arc<dyn ControlStore>,
-    local: Arc<LocalState>,
     state: Arc<dyn StateBackend>,
     bus: Arc<dyn Bus>,
     /// With NATS: what joins it once it answers.
@@ -143,24 +141,23 @@ async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
         }
         return Ok(Stores {
             control,
-            state: local.clone(),
-            local,
+            state: local,
             bus: Arc::new(EmbeddedBus::open(db, dedup.events).await?),
             nats: None,
         });
     };
     let bus = NatsBus::offline(db).await?;
-    // State goes through the replicated log; this node applies all of it.
+    // State goes through the replicated log; this node applies the part of the
+    // functions it hosts.
     let replicated = opts
         .cluster
-        .then(|| ReplicatedState::offline(local.clone()));
+        .then(|| ReplicatedState::offline(local.clone(), opts.release_grace));
     let state: Arc<dyn StateBackend> = match &replicated {
         Some(r) => r.clone(),
         None => local.clone(),
     };
     Ok(Stores {
         control,
-        local,
         state,
         bus: bus.clone(),
         nats: Some(Joining {
@@ -191,13 +188,26 @@ async fn join(joining: Joining, opts: JoinOptions, progress: watch::Sender<Progr
             ClusterRegistry::open(&js, replicas)
         })
         .await;
+        // The shard count is fixed by the first scheduler. A cluster that has one attaches
+        // now (so that restored functions catch up before serving); a brand-new one, with
+        // no function yet, attaches once a scheduler has joined.
+        let attach = {
+            let (registry, replicated, js) = (opened.clone(), replicated.clone(), js.clone());
+            async move {
+                let shards = state_shards(&registry).await;
+                let replica = skiff_core::nats::retry_forever("open the state streams", || {
+                    Replica::open(js.clone(), shards, replicas, dedup.state)
+                })
+                .await;
+                replicated.attach(replica);
+            }
+        };
+        if matches!(opened.state_shards().await, Ok(Some(_))) {
+            attach.await;
+        } else {
+            tokio::spawn(attach);
+        }
         registry = Some(Arc::new(opened));
-        let replica = skiff_core::nats::retry_forever("open the state stream", || {
-            Replica::open(js.clone(), replicas, dedup.state)
-        })
-        .await;
-        tokio::spawn(replica.clone().apply_forever(replicated.local().clone()));
-        replicated.attach(replica);
     }
     tracing::info!(nats = %joining.url, "joined NATS");
     progress.send_replace(Progress::Joined);
@@ -212,23 +222,22 @@ struct JoinOptions {
     dedup: skiff_core::limits::DedupWindows,
 }
 
-/// Waits until this node has applied the cluster's state log as far as it reached at
-/// start: a node that was away must not answer with old state when NATS can tell it
-/// the new.
-async fn catch_up(local: &LocalState, replicated: &ReplicatedState) -> anyhow::Result<()> {
-    let Some(replica) = replicated.replica() else {
-        return Ok(());
-    };
-    let target = replica.last_seq().await?;
-    let started = std::time::Instant::now();
-    if local.wait_applied(target, CATCH_UP).await {
-        tracing::info!(seq = target, took = ?started.elapsed(), "state caught up with the cluster");
-        return Ok(());
+/// How many shards the cluster's state is split across, once a scheduler has fixed it
+/// (nodes may not write the registry): asked every 250 ms until it answers.
+async fn state_shards(registry: &ClusterRegistry) -> skiff_core::state_keys::StateShards {
+    let mut said = String::new();
+    loop {
+        let why = match registry.state_shards().await {
+            Ok(Some(shards)) => return shards,
+            Ok(None) => "no scheduler has joined this cluster yet to fix how many shards its state is split across; start `skiff scheduler --nats URL`".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if why != said {
+            tracing::warn!("{why}; waiting");
+            said = why;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    anyhow::bail!(
-        "state did not catch up with the cluster's log (at {} of {target}) within {CATCH_UP:?}; check NATS and the disk, then start again",
-        local.log_applied()
-    )
 }
 
 /// Cluster mode, once NATS answered: follows the registry and publishes load reports.
@@ -303,7 +312,6 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
     let mut joined = None;
     if let Some(joining) = stores.nats {
         let (progress_tx, mut progress) = watch::channel(Progress::Connecting);
-        let replicated = joining.replicated.clone();
         let join_opts = JoinOptions {
             name: opts.name.clone(),
             auth: opts.nats_auth.clone(),
@@ -315,11 +323,9 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
             .await
             .map_err(|why| anyhow::anyhow!("{why}"))?;
         if now {
-            let done = (&mut joining).await.context("joining NATS failed")?;
-            if let Some(replicated) = &replicated {
-                catch_up(&stores.local, replicated).await?;
-            }
-            joined = Some(done);
+            // Restoring hosts each function again, which waits until its state copy has
+            // caught up with its shard.
+            joined = Some((&mut joining).await.context("joining NATS failed")?);
         } else {
             let (node, reporter, trust) = (node.clone(), reporter.clone(), opts.trust.clone());
             tokio::spawn(async move {

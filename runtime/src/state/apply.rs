@@ -1,6 +1,8 @@
-//! Following the replicated log: every node applies the state stream, in order, to its
-//! own [`LocalState`], resuming after the last sequence it applied and recording the
-//! answers of idempotency-keyed writes as it goes.
+//! Following the replicated log: a node applies each function it hosts — that function's
+//! subjects in its shard's stream — in order, to its own [`LocalState`], resuming after
+//! the last sequence it applied and recording the answers of idempotency-keyed writes as
+//! it goes. Functions are followed independently, so one that arrives is caught up
+//! without holding up the others.
 
 use super::local::LogEntry;
 use super::replica::{
@@ -13,12 +15,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 impl Replica {
-    /// Applies the stream to `store` for as long as the node runs, resuming after the
-    /// last applied sequence and reconnecting after failures.
-    pub async fn apply_forever(self: Arc<Self>, store: Arc<LocalState>) {
+    /// Starts applying `function`'s state to `store` (nothing if it already is).
+    pub fn follow(self: &Arc<Self>, store: &Arc<LocalState>, function: &str) {
+        let mut followers = match self.followers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if followers.contains_key(function) {
+            return;
+        }
+        let task = tokio::spawn(
+            self.clone()
+                .apply_forever(store.clone(), function.to_string()),
+        );
+        followers.insert(function.to_string(), task.abort_handle());
+    }
+
+    /// Stops applying `function`'s state (this node no longer hosts it).
+    pub fn unfollow(&self, function: &str) {
+        let mut followers = match self.followers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(task) = followers.remove(function) {
+            task.abort();
+        }
+    }
+
+    /// Applies `function`'s state to `store` for as long as the node hosts it, resuming
+    /// after the last applied sequence and reconnecting after failures.
+    async fn apply_forever(self: Arc<Self>, store: Arc<LocalState>, function: String) {
         loop {
-            if let Err(e) = self.apply_from(&store).await {
-                tracing::warn!(error = %e, "state replication interrupted; resuming");
+            if let Err(e) = self.apply_from(&store, &function).await {
+                tracing::warn!(function, error = %e, "state replication interrupted; resuming");
                 if let (StateError::Storage { .. }, Ok(mut last)) = (&e, self.apply_error.lock()) {
                     *last = Some(e.to_string());
                 }
@@ -27,12 +56,12 @@ impl Replica {
         }
     }
 
-    async fn apply_from(&self, store: &LocalState) -> Result<(), StateError> {
-        let start = store.log_applied() + 1;
+    async fn apply_from(&self, store: &LocalState, function: &str) -> Result<(), StateError> {
+        let start = store.log_applied(function) + 1;
         let consumer = self
-            .stream
+            .stream_of(function)
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: "state.>".into(),
+                filter_subject: self.shards.function_subjects(function),
                 // Short pulls mean heartbeats every second, so that a stream leader lost
                 // with its NATS server is noticed (and the consumer recreated) quickly.
                 max_expires: Duration::from_secs(2),
@@ -55,7 +84,7 @@ impl Replica {
                 Err(_) => {
                     // Quiet: idle, or a consumer lost with its NATS server. If the stream has
                     // moved on without us, start a new consumer from where we are.
-                    if self.last_seq().await? > store.log_applied() {
+                    if self.last_seq(function).await? > store.log_applied(function) {
                         return Err(log_err(
                             "follow the state stream",
                             "the consumer stalled behind the stream",
@@ -76,7 +105,9 @@ impl Replica {
                 };
                 let info = m.info().map_err(|e| log_err("read a state message", e))?;
                 let seq = info.stream_sequence;
-                let Some((ns, key)) = parse_subject(&m.subject) else {
+                let Some((ns, key)) =
+                    parse_subject(&m.subject).filter(|(ns, _)| ns.function == function)
+                else {
                     tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped");
                     continue;
                 };
@@ -101,7 +132,7 @@ impl Replica {
                 entries.push(LogEntry { seq, op, answered });
             }
             if !entries.is_empty() {
-                store.apply_log(entries).await?;
+                store.apply_log(function, entries).await?;
                 if let Ok(mut last) = self.apply_error.lock() {
                     *last = None;
                 }

@@ -210,14 +210,16 @@ async fn replicated(nats: &str, path: &std::path::Path) -> Arc<ReplicatedState> 
     .unwrap();
     let replica = Replica::open(
         async_nats::jetstream::new(client),
+        skiff_core::state_keys::StateShards::new(3).unwrap(),
         1,
         skiff_core::limits::DedupWindows::default().state,
     )
     .await
     .unwrap();
     let copy = local(path).await;
-    tokio::spawn(replica.clone().apply_forever(copy.clone()));
-    ReplicatedState::new(copy, replica)
+    let state = ReplicatedState::new(copy, replica, Duration::from_millis(300));
+    state.host("conf").await.unwrap();
+    state
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,12 +231,15 @@ async fn replicated_state_conforms_and_every_node_converges() {
     run(a.as_ref()).await;
     // A second node built from the stream alone holds the same state.
     let b = replicated(&nats.url(), &dir.path().join("b.redb")).await;
-    let target = a.replica().expect("attached").last_seq().await.unwrap();
-    assert!(
-        b.local()
-            .wait_applied(target, Duration::from_secs(10))
-            .await
-    );
+    // Hosting waited until b caught up with the function's shard.
+    let target = a
+        .replica()
+        .expect("attached")
+        .last_seq("conf")
+        .await
+        .unwrap();
+    assert!(target > 0);
+    assert!(b.local().log_applied("conf") >= target);
     let ns = Namespace::new("conf", "default");
     for key in ["n", "c", "once", "a", "b1"] {
         assert_eq!(b.get(&ns, key).unwrap(), a.get(&ns, key).unwrap(), "{key}");
@@ -256,8 +261,12 @@ async fn replicated_state_conforms_and_every_node_converges() {
         replica.get_strong(&ns, "from-b").await.unwrap(),
         Some(b"hi".to_vec())
     );
-    let seq = b.local().log_applied();
-    assert!(a.local().wait_applied(seq, Duration::from_secs(5)).await);
+    let seq = b.local().log_applied("conf");
+    assert!(
+        a.local()
+            .wait_applied("conf", seq, Duration::from_secs(5))
+            .await
+    );
     assert_eq!(a.get(&ns, "from-b").unwrap(), Some(b"hi".to_vec()));
     // Increments from both nodes at once all count.
     let mut tasks = Vec::new();
@@ -299,5 +308,74 @@ async fn replicated_state_conforms_and_every_node_converges() {
     assert_eq!(
         replica.get_strong(&ns, "moved").await.unwrap(),
         Some(b"3".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_keeps_only_the_functions_it_hosts_and_drops_one_it_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats =
+        skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let a = replicated(&nats.url(), &dir.path().join("a.redb")).await;
+    let b = replicated(&nats.url(), &dir.path().join("b.redb")).await;
+    // Functions in different shards, written through a.
+    let names = ["alpha", "beta", "gamma", "delta"];
+    for f in names {
+        a.host(f).await.unwrap();
+        a.write(
+            Op::Set {
+                ns: Namespace::new(f, "default"),
+                key: "k".into(),
+                value: f.as_bytes().to_vec(),
+            },
+            limits(),
+        )
+        .await
+        .unwrap();
+    }
+    let shards = a.replica().unwrap().shards();
+    let used: std::collections::BTreeSet<u32> = names.iter().map(|f| shards.of(f)).collect();
+    assert!(
+        used.len() >= 2,
+        "the functions spread over shards: {used:?}"
+    );
+    // b hosts only beta: it holds beta's key and nothing of the others.
+    b.host("beta").await.unwrap();
+    let held: Vec<String> = b.stored().unwrap().into_iter().map(|(f, _, _)| f).collect();
+    assert_eq!(held, vec!["beta".to_string()]);
+    assert_eq!(
+        b.get(&Namespace::new("beta", "default"), "k").unwrap(),
+        Some(b"beta".to_vec())
+    );
+    assert_eq!(
+        b.get(&Namespace::new("alpha", "default"), "k").unwrap(),
+        None
+    );
+    // Let go, its copy goes after the grace; taken again, it comes back whole.
+    b.release("beta");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let held: Vec<String> = b.stored().unwrap().into_iter().map(|(f, _, _)| f).collect();
+    assert!(held.is_empty(), "{held:?}");
+    b.host("beta").await.unwrap();
+    assert_eq!(
+        b.get(&Namespace::new("beta", "default"), "k").unwrap(),
+        Some(b"beta".to_vec())
+    );
+    // A write through b now is read on a once a applied it, as before.
+    b.write(
+        Op::Set {
+            ns: Namespace::new("beta", "default"),
+            key: "k2".into(),
+            value: b"x".to_vec(),
+        },
+        limits(),
+    )
+    .await
+    .unwrap();
+    let seq = b.position("beta");
+    assert!(a.wait_position("beta", seq, Duration::from_secs(5)).await);
+    assert_eq!(
+        a.get(&Namespace::new("beta", "default"), "k2").unwrap(),
+        Some(b"x".to_vec())
     );
 }

@@ -21,10 +21,6 @@ pub const JOURNAL_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The log name embedded mode applies under.
 pub const LOCAL_LOG: &str = "local";
-/// The log name the replicated log (cluster mode) is applied under.
-pub const CLUSTER_LOG: &str = "SKIFF_STATE";
-/// When (ms since the Unix epoch) the replicated log was last applied.
-const CLUSTER_LOG_AT: &str = "SKIFF_STATE@ms";
 
 /// One entry of the replicated log, applied in order on every node.
 #[derive(Debug, Clone)]
@@ -41,8 +37,8 @@ pub struct LogEntry {
 /// State in the node's local database.
 pub struct LocalState {
     db: Arc<LocalDb>,
-    /// The replicated log's last applied sequence, for waiters.
-    log_applied: tokio::sync::watch::Sender<u64>,
+    /// Cluster mode: how far each hosted function's part of the log is applied here.
+    positions: super::copies::Positions,
     /// How long the first answer of an idempotency-keyed write is kept.
     window: Duration,
     /// How often the journal is swept, and when it last was.
@@ -78,11 +74,12 @@ impl LocalState {
         window: Duration,
         sweep_every: Duration,
     ) -> Result<Arc<LocalState>, StateError> {
-        let log_applied = db.run(init).await?;
-        let (log_tx, _) = tokio::sync::watch::channel(log_applied);
+        let applied = db.run(init).await?;
+        let positions = super::copies::Positions::default();
+        positions.load(applied);
         Ok(Arc::new(LocalState {
             db,
-            log_applied: log_tx,
+            positions,
             window,
             sweep_every,
             swept: Mutex::new(None),
@@ -109,38 +106,62 @@ impl LocalState {
         }
     }
 
-    /// Applies entries of the replicated log, in order, in one durable transaction that
-    /// also records the last applied sequence. Entries at or below it are skipped.
-    pub async fn apply_log(&self, entries: Vec<LogEntry>) -> Result<(), StateError> {
+    /// Applies `function`'s entries of the replicated log, in order, in one durable
+    /// transaction that also records its position. Entries at or below it are skipped.
+    pub async fn apply_log(
+        &self,
+        function: &str,
+        entries: Vec<LogEntry>,
+    ) -> Result<(), StateError> {
         let sweep = self.sweep_due();
+        let f = function.to_string();
         let applied = self
             .db
             .run(move |tx: &WriteTransaction| {
                 sweep_journal(tx, sweep)?;
-                apply_log(tx, &entries)
+                super::copies::apply_log(tx, &f, &entries)
             })
             .await?;
-        self.log_applied.send_if_modified(|seq| {
-            let newer = applied > *seq;
-            if newer {
-                *seq = applied;
-            }
-            newer
-        });
+        self.positions.advance(function, applied);
         Ok(())
     }
 
-    /// The replicated log's last sequence applied here.
-    pub fn log_applied(&self) -> u64 {
-        *self.log_applied.borrow()
+    /// How far `function`'s part of the replicated log is applied here.
+    pub fn log_applied(&self, function: &str) -> u64 {
+        self.positions.get(function)
     }
 
-    /// Waits until the replicated log has been applied here up to `seq`; false on timeout.
-    pub async fn wait_applied(&self, seq: u64, max: std::time::Duration) -> bool {
-        let mut rx = self.log_applied.subscribe();
-        tokio::time::timeout(max, rx.wait_for(|applied| *applied >= seq))
-            .await
-            .is_ok_and(|r| r.is_ok())
+    /// Waits until `function`'s part of the replicated log is applied here up to `seq`;
+    /// false on timeout.
+    pub async fn wait_applied(&self, function: &str, seq: u64, max: std::time::Duration) -> bool {
+        self.positions.wait(function, seq, max).await
+    }
+
+    /// Drops this node's copy of `function` (it no longer hosts it); answers the keys
+    /// dropped.
+    pub async fn forget(&self, function: &str) -> Result<u64, StateError> {
+        let f = function.to_string();
+        let dropped = self
+            .db
+            .run(move |tx: &WriteTransaction| super::copies::forget(tx, &f))
+            .await?;
+        self.positions.reset(function);
+        Ok(dropped)
+    }
+
+    /// (function, keys, bytes) of every function with state on this node's disk.
+    pub fn stored_functions(&self) -> Result<Vec<(String, u64, u64)>, StateError> {
+        let rtx = self.db.read()?;
+        let t = rtx.open_table(USAGE).map_err(|e| self.storage(e))?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(|e| self.storage(e))? {
+            let (k, v) = entry.map_err(|e| self.storage(e))?;
+            let (keys, bytes) = v.value();
+            if keys > 0 {
+                out.push((k.value().to_string(), keys, bytes));
+            }
+        }
+        Ok(out)
     }
 
     /// `key`'s value and the replicated log's sequence of the write that last set or
@@ -258,6 +279,10 @@ impl StateBackend for LocalState {
         Ok((keys, next))
     }
 
+    fn stored(&self) -> Result<Vec<(String, u64, u64)>, StateError> {
+        self.stored_functions()
+    }
+
     fn usage(&self, function: &str) -> Result<(u64, u64), StateError> {
         let rtx = self.db.read()?;
         let t = rtx.open_table(USAGE).map_err(|e| self.storage(e))?;
@@ -266,44 +291,15 @@ impl StateBackend for LocalState {
     }
 }
 
-/// Creates the tables; drops a replicated copy that is too old to catch up (see
-/// [`super::replica::TOMBSTONE_TTL`]). Answers the replicated log's applied sequence.
-fn init(tx: &WriteTransaction) -> Result<u64, String> {
+/// Creates the tables; answers each replicated function's position (see
+/// [`super::copies::init`]).
+fn init(tx: &WriteTransaction) -> Result<std::collections::HashMap<String, u64>, String> {
     tx.open_table(DATA).map_err(err)?;
     tx.open_table(USAGE).map_err(err)?;
     tx.open_table(JOURNAL).map_err(err)?;
     tx.open_table(KEY_SEQ).map_err(err)?;
-    let (log_applied, log_at) = {
-        let t = tx.open_table(APPLIED).map_err(err)?;
-        let get = |log| {
-            t.get(log)
-                .map_err(err)
-                .map(|v| v.map(|v| v.value()).unwrap_or(0))
-        };
-        (get(CLUSTER_LOG)?, get(CLUSTER_LOG_AT)?)
-    };
-    // A node that last applied the replicated log longer ago than a tombstone lives may
-    // have missed deletes whose tombstones have since expired: start its copy over and
-    // rebuild it from the whole stream.
-    let away = now_ms().saturating_sub(log_at);
-    if log_applied > 0 && away > super::replica::TOMBSTONE_TTL.as_millis() as u64 {
-        tracing::warn!(
-            away_hours = away / 3_600_000,
-            "this node last applied the state log longer ago than deletes are remembered; rebuilding its copy from the stream"
-        );
-        tx.delete_table(DATA).map_err(err)?;
-        tx.open_table(DATA).map_err(err)?;
-        tx.delete_table(KEY_SEQ).map_err(err)?;
-        tx.open_table(KEY_SEQ).map_err(err)?;
-        tx.delete_table(USAGE).map_err(err)?;
-        tx.open_table(USAGE).map_err(err)?;
-        tx.open_table(APPLIED)
-            .map_err(err)?
-            .insert(CLUSTER_LOG, 0)
-            .map_err(err)?;
-        return Ok(0);
-    }
-    Ok(log_applied)
+    tx.open_table(APPLIED).map_err(err)?;
+    super::copies::init(tx)
 }
 
 /// Drops the journal's first answers older than `window` (when a sweep is due): past it,
@@ -364,50 +360,6 @@ fn write_op(
         .unwrap_or(0);
     applied.insert(LOCAL_LOG, seq + 1).map_err(err)?;
     Ok(result)
-}
-
-/// Applies the entries after the recorded sequence; answers the new applied sequence.
-fn apply_log(tx: &WriteTransaction, entries: &[LogEntry]) -> Result<u64, String> {
-    let mut applied = tx.open_table(APPLIED).map_err(err)?;
-    let before = applied
-        .get(CLUSTER_LOG)
-        .map_err(err)?
-        .map(|v| v.value())
-        .unwrap_or(0);
-    let mut log_seq = before;
-    let mut tables = Tables {
-        data: tx.open_table(DATA).map_err(err)?,
-        usage: tx.open_table(USAGE).map_err(err)?,
-    };
-    let mut key_seq = tx.open_table(KEY_SEQ).map_err(err)?;
-    let mut journal = tx.open_table(JOURNAL).map_err(err)?;
-    for entry in entries.iter().filter(|e| e.seq > before) {
-        // The log holds only checked writes: every node applies all of it.
-        match apply(&mut tables, &entry.op, &KvLimits::UNLIMITED) {
-            Err(OpError::Storage(detail)) => return Err(detail),
-            Err(e) => {
-                tracing::error!(seq = entry.seq, error = %e, "replicated write refused; skipped")
-            }
-            Ok(_) => {}
-        }
-        if let Op::Set { ns, key, .. } | Op::Delete { ns, key } = &entry.op {
-            key_seq
-                .insert(ns.key(key).as_slice(), entry.seq)
-                .map_err(err)?;
-        }
-        if let Some((idem, answer)) = &entry.answered {
-            let recorded = serde_json::to_vec(&(now_ms(), answer)).map_err(err)?;
-            journal
-                .insert(idem.as_str(), recorded.as_slice())
-                .map_err(err)?;
-        }
-        log_seq = entry.seq;
-    }
-    if log_seq != before {
-        applied.insert(CLUSTER_LOG, log_seq).map_err(err)?;
-        applied.insert(CLUSTER_LOG_AT, now_ms()).map_err(err)?;
-    }
-    Ok(log_seq)
 }
 
 #[cfg(test)]
@@ -474,30 +426,32 @@ mod tests {
             panic!("cannot reopen the store");
         };
         let s = open(&path).await;
-        s.apply_log(vec![LogEntry {
-            seq: 7,
-            op: Op::Set {
-                ns: ns.clone(),
-                key: "k".into(),
-                value: b"v".to_vec(),
-            },
-            answered: None,
-        }])
+        s.apply_log(
+            "f",
+            vec![LogEntry {
+                seq: 7,
+                op: Op::Set {
+                    ns: ns.clone(),
+                    key: "k".into(),
+                    value: b"v".to_vec(),
+                },
+                answered: None,
+            }],
+        )
         .await
         .unwrap();
         drop(s);
         // Back recently: the copy stays and resumes after 7.
         let s = reopen(&path).await;
         assert_eq!(
-            (s.log_applied(), s.get(&ns, "k").unwrap()),
+            (s.log_applied("f"), s.get(&ns, "k").unwrap()),
             (7, Some(b"v".to_vec()))
         );
         let long_ago = now_ms() - super::super::replica::TOMBSTONE_TTL.as_millis() as u64 - 1000;
         s.db()
             .run(move |tx: &WriteTransaction| {
                 let mut t = tx.open_table(APPLIED).map_err(|e| e.to_string())?;
-                t.insert(CLUSTER_LOG_AT, long_ago)
-                    .map_err(|e| e.to_string())?;
+                t.insert("log/f@ms", long_ago).map_err(|e| e.to_string())?;
                 Ok(())
             })
             .await
@@ -505,8 +459,27 @@ mod tests {
         drop(s);
         // Back after tombstones expired: start over from the whole stream.
         let s = reopen(&path).await;
-        assert_eq!((s.log_applied(), s.get(&ns, "k").unwrap()), (0, None));
+        assert_eq!((s.log_applied("f"), s.get(&ns, "k").unwrap()), (0, None));
         assert_eq!(s.usage("f").unwrap(), (0, 0));
+        // A function the node stops hosting leaves nothing behind.
+        s.apply_log(
+            "g",
+            vec![LogEntry {
+                seq: 9,
+                op: Op::Set {
+                    ns: Namespace::new("g", "default"),
+                    key: "k".into(),
+                    value: b"v".to_vec(),
+                },
+                answered: None,
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.stored_functions().unwrap(), vec![("g".to_string(), 1, 2)]);
+        assert_eq!(s.forget("g").await.unwrap(), 1);
+        assert_eq!(s.stored_functions().unwrap(), vec![]);
+        assert_eq!(s.log_applied("g"), 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -15,6 +15,7 @@
 mod apply;
 #[cfg(test)]
 mod conformance;
+mod copies;
 pub use skiff_core::state_keys as keys;
 pub mod local;
 pub mod ops;
@@ -123,16 +124,41 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
     /// (keys, bytes) that `function` holds.
     fn usage(&self, function: &str) -> Result<(u64, u64), StateError>;
 
-    /// How far this node's copy has applied the cluster's log (0 where there is no log):
-    /// every write this node acknowledged is at or below it.
-    fn position(&self) -> u64 {
+    /// How far this node's copy of `function` has applied the cluster's log (0 where
+    /// there is no log): every write to it this node acknowledged is at or below it.
+    fn position(&self, function: &str) -> u64 {
+        let _ = function;
         0
     }
 
-    /// Waits up to `max` until this node's copy has applied the log up to `at`; answers
-    /// whether it has.
-    fn wait_position(&self, at: u64, max: std::time::Duration) -> BoxFuture<'_, bool> {
-        let _ = (at, max);
+    /// Waits up to `max` until this node's copy of `function` has applied the log up to
+    /// `at`; answers whether it has.
+    fn wait_position<'a>(
+        &'a self,
+        function: &'a str,
+        at: u64,
+        max: std::time::Duration,
+    ) -> BoxFuture<'a, bool> {
+        let _ = (function, at, max);
         Box::pin(std::future::ready(true))
+    }
+
+    /// (function, keys, bytes) of every function with state on this node's disk.
+    fn stored(&self) -> Result<Vec<(String, u64, u64)>, StateError> {
+        Ok(Vec::new())
+    }
+
+    /// This node starts hosting `function`: answers once its copy has caught up with
+    /// the cluster (at once where there is no cluster).
+    fn host<'a>(&'a self, function: &'a str) -> BoxFuture<'a, Result<(), StateError>> {
+        let _ = function;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// This node no longer hosts `function`: it stops following it and drops its copy
+    /// after a grace period (nothing where there is no cluster: the state is the only
+    /// copy).
+    fn release(&self, function: &str) {
+        let _ = function;
     }
 }

@@ -2,7 +2,7 @@
 //! while the cluster cannot answer — JetStream's de-duplication makes that safe — and a
 //! write whose fate stays unknown is reported as in doubt, never as not applied.
 
-use super::replica::{H_ANSWER, H_IDEM, H_OP, Replica, TOMBSTONE_TTL, log_err, subject};
+use super::replica::{H_ANSWER, H_IDEM, H_OP, Replica, TOMBSTONE_TTL, log_err};
 use super::{Namespace, OpResult, StateError};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
@@ -93,7 +93,7 @@ impl Replica {
         loop {
             let ack = match self
                 .js
-                .publish_with_headers(subject(ns, key), headers.clone(), payload.clone())
+                .publish_with_headers(self.subject(ns, key), headers.clone(), payload.clone())
                 .await
             {
                 Ok(ack) => ack.await,

@@ -2,9 +2,12 @@
 //! node applies that stream, in order, to its own redb (DESIGN.md, "State = redb + an
 //! ordered log").
 //!
-//! * Stream `SKIFF_STATE`, subjects `state.<function>.b<hex bucket>.k<hex key>` (hex, so
-//!   any key is a safe subject token), replicated on up to 3 NATS servers, keeping only
-//!   the newest message per key. A message is the key's new value, or a tombstone
+//! * Streams `SKIFF_STATE_<shard>` (K of them, `--state-shards`, fixed when the cluster
+//!   is created), subjects `state.<shard>.<function>.b<hex bucket>.k<hex key>` (hex, so
+//!   any key is a safe subject token); a function's keys all live in one shard, chosen
+//!   by a stable hash of its name, so its writes stay in order while different
+//!   functions' writes spread over K stream leaders. Each stream is replicated on up to 3
+//!   NATS servers and keeps only the newest message per key. A message is the key's new value, or a tombstone
 //!   (`Skiff-Op: del`) that expires after [`TOMBSTONE_TTL`], so the stream stays bounded.
 //! * The log holds only plain sets and deletes. An increment or a compare-and-swap reads
 //!   the key's value and sequence, computes the new value, and publishes it with
@@ -17,13 +20,14 @@
 //! * An idempotency-keyed write also carries its key and the answer it gave; every node
 //!   records them when it applies the message, so a redelivered write (JetStream reports
 //!   it as a duplicate) answers what the first one answered, as in embedded mode.
-//! * A write returns once this node has applied it (read-your-writes). Reads are local:
+//! * A node follows only the functions it hosts ([`Replica::follow`]), each from its own
+//!   position; a write returns once this node has applied it (read-your-writes). Reads are local:
 //!   another node sees a write once it has applied it (usually within milliseconds;
 //!   measured in BENCHMARKS.md). [`Replica::get_strong`] reads the key's newest value from
 //!   the stream itself, for when that lag matters.
-//! * Each node records the last applied sequence in the same redb transaction as the data,
-//!   so a restarted node resumes where it stopped, and a node that starts hosting builds
-//!   its state from the stream. A node away longer than [`TOMBSTONE_TTL`] may have missed
+//! * Each node records each function's last applied sequence in the same redb
+//!   transaction as the data ([`super::copies`]), so a restarted node resumes where it
+//!   stopped, and a node that starts hosting a function builds its copy from the stream. A node away longer than [`TOMBSTONE_TTL`] may have missed
 //!   a delete's tombstone, so its copy is dropped when the store opens and rebuilt from
 //!   the start of the stream.
 
@@ -35,10 +39,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use skiff_core::state_keys::{parse_subject, subject};
-
-/// The stream that carries state writes.
-pub const STREAM: &str = "SKIFF_STATE";
+pub use skiff_core::state_keys::{StateShards, parse_subject, stream_name};
 /// How long a delete's tombstone stays in the stream.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a write waits for this node to apply it.
@@ -65,7 +66,13 @@ const KEY_LOCKS: usize = 256;
 /// The replicated log of one node.
 pub struct Replica {
     pub(super) js: jetstream::Context,
-    pub(super) stream: stream::Stream,
+    /// How state is split.
+    pub(super) shards: StateShards,
+    /// Shard k's stream at index k.
+    streams: Vec<stream::Stream>,
+    /// The functions this node follows, with their applying tasks.
+    pub(super) followers:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// One node's increments of a hot key wait for each other here instead of racing each
     /// other in JetStream: conflicts then only arise between nodes.
     key_locks: Vec<tokio::sync::Mutex<Option<Instant>>>,
@@ -102,37 +109,60 @@ enum Update {
 }
 
 impl Replica {
-    /// Creates (or opens) the stream with `replicas` copies, remembering message ids
-    /// for `window` (its `duplicate_window`, set on an existing stream too).
+    /// Creates (or opens) the `shards` streams with `replicas` copies each, remembering
+    /// message ids for `window` (their `duplicate_window`, set on existing streams too).
     pub async fn open(
         js: jetstream::Context,
+        shards: StateShards,
         replicas: usize,
         window: Duration,
     ) -> Result<Arc<Replica>, StateError> {
-        let stream = skiff_core::nats::stream_with_window(
-            &js,
-            stream::Config {
-                name: STREAM.to_string(),
-                subjects: vec!["state.>".into()],
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                max_messages_per_subject: 1,
-                allow_message_ttl: true,
-                duplicate_window: window,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| log_err(&format!("create stream {STREAM}"), e))?;
+        let mut streams = Vec::new();
+        for shard in 0..shards.count() {
+            let name = stream_name(shard);
+            let stream = skiff_core::nats::stream_with_window(
+                &js,
+                stream::Config {
+                    name: name.clone(),
+                    subjects: vec![skiff_core::state_keys::shard_subjects(shard)],
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    max_messages_per_subject: 1,
+                    allow_message_ttl: true,
+                    duplicate_window: window,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| log_err(&format!("create stream {name}"), e))?;
+            streams.push(stream);
+        }
         Ok(Arc::new(Replica {
             js,
-            stream,
+            shards,
+            streams,
+            followers: Default::default(),
             key_locks: (0..KEY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             apply_error: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// The stream that holds `function`'s keys.
+    pub(super) fn stream_of(&self, function: &str) -> &stream::Stream {
+        &self.streams[self.shards.of(function) as usize % self.streams.len()]
+    }
+
+    /// The subject of `key` in `ns`.
+    pub(super) fn subject(&self, ns: &Namespace, key: &str) -> String {
+        self.shards.subject(ns, key)
+    }
+
+    /// How state is split.
+    pub fn shards(&self) -> StateShards {
+        self.shards
     }
 
     /// The newest value of `key` and the sequence of its last write, from the stream.
@@ -147,8 +177,8 @@ impl Replica {
         let mut wait = Duration::from_millis(50);
         loop {
             match self
-                .stream
-                .get_last_raw_message_by_subject(&subject(ns, key))
+                .stream_of(&ns.function)
+                .get_last_raw_message_by_subject(&self.subject(ns, key))
                 .await
             {
                 Ok(m) => {
@@ -179,8 +209,8 @@ impl Replica {
         Ok(self.newest(ns, key).await?.0)
     }
 
-    async fn settle(&self, store: &LocalState, seq: u64) -> Result<(), StateError> {
-        if store.wait_applied(seq, APPLY_WAIT).await {
+    async fn settle(&self, store: &LocalState, function: &str, seq: u64) -> Result<(), StateError> {
+        if store.wait_applied(function, seq, APPLY_WAIT).await {
             return Ok(());
         }
         match self.apply_error.lock().ok().and_then(|e| e.clone()) {
@@ -218,12 +248,12 @@ impl Replica {
                 check_sizes(&limits, &key, Some(&value))?;
                 self.check_quota(store, &ns, &[(&key, Some(value.len()))], &limits)?;
                 let seq = self.plain(&ns, &key, Some(&value), &id(0), done).await?;
-                self.settle(store, seq).await?;
+                self.settle(store, &ns.function, seq).await?;
                 Ok(OpResult::Done)
             }
             Op::Delete { ns, key } => {
                 let seq = self.plain(&ns, &key, None, &id(0), done).await?;
-                self.settle(store, seq).await?;
+                self.settle(store, &ns.function, seq).await?;
                 Ok(OpResult::Done)
             }
             Op::SetMany { ns, items } => {
@@ -240,7 +270,7 @@ impl Replica {
                     let answered = done.filter(|_| i + 1 == items.len());
                     last = self.plain(&ns, k, Some(v), &id(i), answered).await?;
                 }
-                self.settle(store, last).await?;
+                self.settle(store, &ns.function, last).await?;
                 Ok(OpResult::Done)
             }
             Op::DeleteMany { ns, keys } => {
@@ -249,7 +279,7 @@ impl Replica {
                     let answered = done.filter(|_| i + 1 == keys.len());
                     last = self.plain(&ns, k, None, &id(i), answered).await?;
                 }
-                self.settle(store, last).await?;
+                self.settle(store, &ns.function, last).await?;
                 Ok(OpResult::Done)
             }
             Op::Increment { ns, key, delta } => {
@@ -325,7 +355,7 @@ impl Replica {
         keyed: Keyed<'_>,
         compute: impl Fn(Option<&[u8]>) -> Result<Update, OpError>,
     ) -> Result<OpResult, StateError> {
-        let subject = subject(ns, key);
+        let subject = self.subject(ns, key);
         let stripe = (self.hasher.hash_one(&subject) as usize) % KEY_LOCKS;
         let mut last_conflict = self.key_locks[stripe].lock().await;
         // From the local copy (usually current, and one round trip cheaper), unless the key
@@ -352,7 +382,9 @@ impl Replica {
             let (value, seq) = &current;
             match compute(value.as_deref())? {
                 Update::Answer(r) if from_stream => {
-                    return self.first_answer(store, keyed.idem, *seq, r).await;
+                    return self
+                        .first_answer(store, &ns.function, keyed.idem, *seq, r)
+                        .await;
                 }
                 // A "no" from a possibly stale local copy is checked against the stream.
                 Update::Answer(_) => {}
@@ -365,11 +397,13 @@ impl Replica {
                     match published {
                         Ok(p) if p.duplicate => {
                             drop(last_conflict);
-                            return self.first_answer(store, keyed.idem, p.seq, result).await;
+                            return self
+                                .first_answer(store, &ns.function, keyed.idem, p.seq, result)
+                                .await;
                         }
                         Ok(p) => {
                             drop(last_conflict);
-                            self.settle(store, p.seq).await?;
+                            self.settle(store, &ns.function, p.seq).await?;
                             return Ok(result);
                         }
                         Err(Publish::Conflict { maybe_sent }) => {
@@ -399,6 +433,7 @@ impl Replica {
     async fn first_answer(
         &self,
         store: &LocalState,
+        function: &str,
         idem: Option<&str>,
         seq: u64,
         otherwise: OpResult,
@@ -406,7 +441,7 @@ impl Replica {
         let Some(idem) = idem else {
             return Ok(otherwise);
         };
-        self.settle(store, seq).await?;
+        self.settle(store, function, seq).await?;
         Ok(store.answered(idem)?.unwrap_or(otherwise))
     }
 
@@ -453,14 +488,42 @@ impl Replica {
         Ok(())
     }
 
-    /// The stream's last sequence now (what a starting node must reach before serving).
-    pub async fn last_seq(&self) -> Result<u64, StateError> {
-        let mut stream = self.stream.clone();
-        stream
-            .info()
+    /// The sequence of `function`'s newest write in its shard (0: none): what a node
+    /// that starts hosting it must reach before serving it.
+    pub async fn last_seq(&self, function: &str) -> Result<u64, StateError> {
+        let filter = self.shards.function_subjects(function);
+        match self
+            .stream_of(function)
+            .get_last_raw_message_by_subject(&filter)
             .await
-            .map(|i| i.state.last_sequence)
-            .map_err(|e| log_err("read the state stream's position", e))
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(log_err(
+                &format!("read the position of `{function}`'s state"),
+                e,
+            )),
+        }
+    }
+
+    /// Each shard's stream with the NATS server that leads it now (`None`: no leader).
+    pub async fn leaders(&self) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        for s in &self.streams {
+            let mut s = s.clone();
+            let leader = s
+                .info()
+                .await
+                .ok()
+                .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone()));
+            out.push((s.cached_info().config.name.clone(), leader));
+        }
+        out
     }
 }
 

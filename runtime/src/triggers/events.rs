@@ -139,13 +139,17 @@ impl EventTriggers {
         Ok(())
     }
 
-    /// Stops `name`'s trigger loops and deletes its consumers and their pending
-    /// deliveries (the function was removed).
-    async fn stop(&self, name: &str) {
+    /// Stops `name`'s trigger loops; when it is `gone` (removed, not moved to other
+    /// nodes), also deletes its consumers and their pending deliveries. A function moved
+    /// away keeps them: its consumers are shared, and its new nodes fetch from them.
+    async fn stop(&self, name: &str, gone: bool) {
         let Some(old) = self.take_loops(name) else {
             return;
         };
         let _ = old.stop.send(true);
+        if !gone {
+            return;
+        }
         for c in &old.consumers {
             if let Err(e) = self.bus.delete_consumer(c).await {
                 tracing::warn!(function = name, consumer = %c, error = %e, "cannot delete consumer");
@@ -166,8 +170,8 @@ impl DeploymentHook for EventTriggers {
         Box::pin(self.start(d))
     }
 
-    fn removed<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(self.stop(name))
+    fn removed<'a>(&'a self, name: &'a str, gone: bool) -> BoxFuture<'a, ()> {
+        Box::pin(self.stop(name, gone))
     }
 }
 
@@ -220,6 +224,11 @@ async fn run_trigger(l: Loop, concurrency: usize, mut stop: watch::Receiver<bool
             Err(e) => {
                 tracing::warn!(function = %l.function, consumer = %l.consumer.name, error = %e, "fetch failed; retrying");
                 tokio::time::sleep(FETCH_WAIT).await;
+                // The shared consumer may be gone (deleted by a node that saw a removal
+                // this node has not seen yet): make sure it exists.
+                if let Err(e) = l.bus.ensure_consumer(&l.consumer).await {
+                    tracing::debug!(function = %l.function, error = %e, "cannot ensure the consumer");
+                }
                 continue;
             }
         };
@@ -306,6 +315,7 @@ fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> Event {
         headers: Vec::new(),
         published_at_ms: skiff_core::record::now_ms(),
         after: 0,
+        after_of: String::new(),
     }
 }
 
