@@ -238,7 +238,9 @@ async fn join(
                             let _ = s.shards.set(shards);
                             return;
                         }
-                        Err(e) => tracing::debug!(error = %e, "cannot fix the state shard count yet"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot fix the state shard count yet")
+                        }
                     }
                 }
             });

@@ -38,8 +38,13 @@ pub fn rebalance(shards: &[ShardLeader]) -> Option<(String, String)> {
             led.entry(r).or_default();
         }
     }
-    let (busiest, most) = led.iter().max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))?;
-    for s in shards.iter().filter(|s| s.leader.as_deref() == Some(*busiest)) {
+    let (busiest, most) = led
+        .iter()
+        .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))?;
+    for s in shards
+        .iter()
+        .filter(|s| s.leader.as_deref() == Some(*busiest))
+    {
         let emptiest = s
             .current
             .iter()
@@ -94,10 +99,18 @@ pub(crate) async fn run(s: Arc<Scheduler>) {
             .await;
         match answer {
             Ok(v) if v["success"] == true => {
-                tracing::info!(stream, to, "asked JetStream to move a state shard's leader, to spread writes over the NATS servers")
+                tracing::info!(
+                    stream,
+                    to,
+                    "asked JetStream to move a state shard's leader, to spread writes over the NATS servers"
+                )
             }
-            Ok(v) => tracing::warn!(stream, to, answer = %v, "JetStream did not move a state shard's leader"),
-            Err(e) => tracing::warn!(stream, to, error = %e, "cannot ask JetStream to move a state shard's leader"),
+            Ok(v) => {
+                tracing::warn!(stream, to, answer = %v, "JetStream did not move a state shard's leader")
+            }
+            Err(e) => {
+                tracing::warn!(stream, to, error = %e, "cannot ask JetStream to move a state shard's leader")
+            }
         }
     }
 }

@@ -326,7 +326,11 @@ async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
         out
     };
     let deadline = Instant::now() + Duration::from_secs(15);
-    while leaders_now().await.iter().any(|l| l.as_deref() != Some(one.as_str())) {
+    while leaders_now()
+        .await
+        .iter()
+        .any(|l| l.as_deref() != Some(one.as_str()))
+    {
         for k in 0..3 {
             let stream = skiff_core::state_keys::stream_name(k);
             let _: Result<serde_json::Value, _> = js
@@ -347,7 +351,10 @@ async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
     loop {
         let now: BTreeSet<Option<String>> = leaders_now().await.into_iter().collect();
         if now.len() >= 2 && !now.contains(&None) {
-            eprintln!("shard leaders all on {one}: spread again after {:?}", gathered.elapsed());
+            eprintln!(
+                "shard leaders all on {one}: spread again after {:?}",
+                gathered.elapsed()
+            );
             break;
         }
         assert!(
@@ -391,7 +398,11 @@ async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
         let hits = task.await.unwrap();
         let (acked, doubt) = acked_and_doubt(&hits);
         in_doubt += doubt;
-        for h in hits.iter().filter(|h| h.status == 0 || h.status >= 500).take(2) {
+        for h in hits
+            .iter()
+            .filter(|h| h.status == 0 || h.status >= 500)
+            .take(2)
+        {
             eprintln!(
                 "{name}: in doubt {:?} after the kill: {} {}",
                 h.at.saturating_duration_since(killed_at),

@@ -84,8 +84,8 @@ pub async fn placement() {
         let bytes = per_node(&|k| k.bytes);
         let disk = per_node(&|k| k.disk);
         let total: u64 = kept.iter().map(|k| k.disk).sum();
-        let fns_per_node = kept.iter().map(|k| k.keys).sum::<u64>() as f64
-            / (KEYS as f64 * kept.len() as f64);
+        let fns_per_node =
+            kept.iter().map(|k| k.keys).sum::<u64>() as f64 / (KEYS as f64 * kept.len() as f64);
         println!(
             "| {label} | {fns_per_node:.1} | {}/{}/{} | {:.1} MiB | {:.1}/{:.1}/{:.1} MiB | {:.1} MiB |",
             keys.0,

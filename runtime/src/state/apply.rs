@@ -1,8 +1,13 @@
-//! Following the replicated log: a node applies each function it hosts — that function's
-//! subjects in its shard's stream — in order, to its own [`LocalState`], resuming after
-//! the last sequence it applied and recording the answers of idempotency-keyed writes as
-//! it goes. Functions are followed independently, so one that arrives is caught up
-//! without holding up the others.
+//! Following the replicated log: a node applies the functions it hosts — their subjects
+//! in their shards' streams — in order, to its own [`LocalState`], each resuming after
+//! the last sequence applied for it, and records the answers of idempotency-keyed writes
+//! as it goes.
+//!
+//! One ordered consumer per shard carries every hosted function of that shard (filtered
+//! by their subjects), so that a node hosting many functions pulls through K consumers,
+//! not one per function. When the functions of a shard change, its consumer starts over
+//! from the lowest position among them: a function that arrives is caught up from the
+//! start of the shard, and the others skip what they applied already.
 
 use super::local::LogEntry;
 use super::replica::{
@@ -11,43 +16,98 @@ use super::replica::{
 use super::{LocalState, Op, OpResult, StateError};
 use async_nats::jetstream::consumer;
 use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What one shard's follower applies.
+pub(super) struct ShardFollower {
+    functions: BTreeSet<String>,
+    task: tokio::task::AbortHandle,
+}
 
 impl Replica {
     /// Starts applying `function`'s state to `store` (nothing if it already is).
     pub fn follow(self: &Arc<Self>, store: &Arc<LocalState>, function: &str) {
+        let shard = self.shards.of(function);
         let mut followers = match self.followers.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if followers.contains_key(function) {
-            return;
-        }
-        let task = tokio::spawn(
-            self.clone()
-                .apply_forever(store.clone(), function.to_string()),
-        );
-        followers.insert(function.to_string(), task.abort_handle());
+        let mut functions = match followers.remove(&shard) {
+            Some(f) if f.functions.contains(function) => {
+                followers.insert(shard, f);
+                return;
+            }
+            Some(f) => {
+                f.task.abort();
+                f.functions
+            }
+            None => BTreeSet::new(),
+        };
+        functions.insert(function.to_string());
+        self.start_shard(&mut followers, store, shard, functions);
     }
 
     /// Stops applying `function`'s state (this node no longer hosts it).
-    pub fn unfollow(&self, function: &str) {
+    pub fn unfollow(self: &Arc<Self>, store: &Arc<LocalState>, function: &str) {
+        let shard = self.shards.of(function);
         let mut followers = match self.followers.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let Some(task) = followers.remove(function) {
-            task.abort();
+        let Some(f) = followers.remove(&shard) else {
+            return;
+        };
+        let mut functions = f.functions;
+        if !functions.remove(function) {
+            followers.insert(
+                shard,
+                ShardFollower {
+                    functions,
+                    task: f.task,
+                },
+            );
+            return;
+        }
+        f.task.abort();
+        if !functions.is_empty() {
+            self.start_shard(&mut followers, store, shard, functions);
         }
     }
 
-    /// Applies `function`'s state to `store` for as long as the node hosts it, resuming
-    /// after the last applied sequence and reconnecting after failures.
-    async fn apply_forever(self: Arc<Self>, store: Arc<LocalState>, function: String) {
+    fn start_shard(
+        self: &Arc<Self>,
+        followers: &mut BTreeMap<u32, ShardFollower>,
+        store: &Arc<LocalState>,
+        shard: u32,
+        functions: BTreeSet<String>,
+    ) {
+        let task = tokio::spawn(self.clone().apply_forever(
+            store.clone(),
+            shard,
+            functions.iter().cloned().collect(),
+        ));
+        followers.insert(
+            shard,
+            ShardFollower {
+                functions,
+                task: task.abort_handle(),
+            },
+        );
+    }
+
+    /// Applies `functions` (all of shard `shard`) to `store` until stopped, resuming
+    /// after what each applied and reconnecting after failures.
+    async fn apply_forever(
+        self: Arc<Self>,
+        store: Arc<LocalState>,
+        shard: u32,
+        functions: Vec<String>,
+    ) {
         loop {
-            if let Err(e) = self.apply_from(&store, &function).await {
-                tracing::warn!(function, error = %e, "state replication interrupted; resuming");
+            if let Err(e) = self.apply_from(&store, shard, &functions).await {
+                tracing::warn!(shard, error = %e, "state replication interrupted; resuming");
                 if let (StateError::Storage { .. }, Ok(mut last)) = (&e, self.apply_error.lock()) {
                     *last = Some(e.to_string());
                 }
@@ -56,12 +116,38 @@ impl Replica {
         }
     }
 
-    async fn apply_from(&self, store: &LocalState, function: &str) -> Result<(), StateError> {
-        let start = store.log_applied(function) + 1;
+    /// Whether some function's newest write is past what this node applied of it.
+    async fn behind(&self, store: &LocalState, functions: &[String]) -> Result<bool, StateError> {
+        for f in functions {
+            if self.last_seq(f).await? > store.log_applied(f) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn apply_from(
+        &self,
+        store: &LocalState,
+        shard: u32,
+        functions: &[String],
+    ) -> Result<(), StateError> {
+        let start = functions
+            .iter()
+            .map(|f| store.log_applied(f))
+            .min()
+            .unwrap_or(0)
+            + 1;
+        let Some(first) = functions.first() else {
+            return Ok(());
+        };
         let consumer = self
-            .stream_of(function)
+            .stream_of(first)
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.shards.function_subjects(function),
+                filter_subjects: functions
+                    .iter()
+                    .map(|f| self.shards.function_subjects(f))
+                    .collect(),
                 // Short pulls mean heartbeats every second, so that a stream leader lost
                 // with its NATS server is noticed (and the consumer recreated) quickly.
                 max_expires: Duration::from_secs(2),
@@ -71,7 +157,7 @@ impl Replica {
                 ..Default::default()
             })
             .await
-            .map_err(|e| log_err("follow the state stream", e))?;
+            .map_err(|e| log_err(&format!("follow state shard {shard}"), e))?;
         let messages = consumer
             .messages()
             .await
@@ -84,7 +170,7 @@ impl Replica {
                 Err(_) => {
                     // Quiet: idle, or a consumer lost with its NATS server. If the stream has
                     // moved on without us, start a new consumer from where we are.
-                    if self.last_seq(function).await? > store.log_applied(function) {
+                    if self.behind(store, functions).await? {
                         return Err(log_err(
                             "follow the state stream",
                             "the consumer stalled behind the stream",
@@ -106,7 +192,7 @@ impl Replica {
                 let info = m.info().map_err(|e| log_err("read a state message", e))?;
                 let seq = info.stream_sequence;
                 let Some((ns, key)) =
-                    parse_subject(&m.subject).filter(|(ns, _)| ns.function == function)
+                    parse_subject(&m.subject).filter(|(ns, _)| functions.contains(&ns.function))
                 else {
                     tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped");
                     continue;
@@ -120,6 +206,7 @@ impl Replica {
                 let deleted = header(H_OP).is_some_and(|v| v == "del");
                 let answered = header(H_IDEM)
                     .zip(header(H_ANSWER).and_then(|a| serde_json::from_str::<OpResult>(&a).ok()));
+                let ns_function = ns.function.clone();
                 let op = if deleted {
                     Op::Delete { ns, key }
                 } else {
@@ -129,10 +216,10 @@ impl Replica {
                         value: m.payload.to_vec(),
                     }
                 };
-                entries.push(LogEntry { seq, op, answered });
+                entries.push((ns_function, LogEntry { seq, op, answered }));
             }
             if !entries.is_empty() {
-                store.apply_log(function, entries).await?;
+                store.apply_logs(entries).await?;
                 if let Ok(mut last) = self.apply_error.lock() {
                     *last = None;
                 }

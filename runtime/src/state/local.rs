@@ -126,6 +126,33 @@ impl LocalState {
         Ok(())
     }
 
+    /// Applies entries of several functions (one shard's, in log order) in one durable
+    /// transaction; each function skips what it applied already.
+    pub async fn apply_logs(&self, entries: Vec<(String, LogEntry)>) -> Result<(), StateError> {
+        let sweep = self.sweep_due();
+        let mut by_function: std::collections::BTreeMap<String, Vec<LogEntry>> =
+            std::collections::BTreeMap::new();
+        for (f, e) in entries {
+            by_function.entry(f).or_default().push(e);
+        }
+        let applied = self
+            .db
+            .run(move |tx: &WriteTransaction| {
+                sweep_journal(tx, sweep)?;
+                by_function
+                    .iter()
+                    .map(|(f, entries)| {
+                        super::copies::apply_log(tx, f, entries).map(|seq| (f.clone(), seq))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await?;
+        for (function, seq) in applied {
+            self.positions.advance(&function, seq);
+        }
+        Ok(())
+    }
+
     /// How far `function`'s part of the replicated log is applied here.
     pub fn log_applied(&self, function: &str) -> u64 {
         self.positions.get(function)

@@ -70,9 +70,9 @@ pub struct Replica {
     pub(super) shards: StateShards,
     /// Shard k's stream at index k.
     streams: Vec<stream::Stream>,
-    /// The functions this node follows, with their applying tasks.
+    /// Each shard's followed functions, with the task applying them.
     pub(super) followers:
-        std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
+        std::sync::Mutex<std::collections::BTreeMap<u32, super::apply::ShardFollower>>,
     /// One node's increments of a hot key wait for each other here instead of racing each
     /// other in JetStream: conflicts then only arise between nodes.
     key_locks: Vec<tokio::sync::Mutex<Option<Instant>>>,

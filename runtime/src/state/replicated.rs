@@ -220,7 +220,7 @@ impl StateBackend for ReplicatedState {
                 return;
             }
             if let Some(replica) = replica {
-                replica.unfollow(&function);
+                replica.unfollow(&local, &function);
             }
             match local.forget(&function).await {
                 Ok(keys) => {
