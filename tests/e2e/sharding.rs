@@ -238,7 +238,7 @@ fn load_all(
 async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
     let _serial = one_at_a_time().await;
     let tmp = tempfile::tempdir().unwrap();
-    let nats = NatsCluster::start(&tmp.path().join("nats"), 3).expect("nats cluster");
+    let mut nats = NatsCluster::start(&tmp.path().join("nats"), 3).expect("nats cluster");
     let mut c = Sharded::start(nats.urls(), tmp, 6, "3");
     let sched = c.scheduler.listen.clone();
     let counters: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
@@ -590,7 +590,62 @@ async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
     }
     let p = c.placements().await;
     assert!(p["orders"].0.contains(&target), "{p:?}");
-    drop(nats);
+
+    // The NATS server leading c2's shard is killed under load: writes are acknowledged
+    // again once JetStream elected a new leader, and none acknowledged is lost.
+    let stream = skiff_core::state_keys::stream_name(
+        skiff_core::state_keys::StateShards::new(3)
+            .unwrap()
+            .of("c2"),
+    );
+    let mut s = js.get_stream(&stream).await.unwrap();
+    let leader = s
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a leader");
+    let index: usize = leader.trim_start_matches('s').parse().expect("server sN");
+    let until = Instant::now() + Duration::from_secs(14);
+    let load = tokio::spawn({
+        let url = format!("{sched}/c2/leader-lost");
+        async move { hammer_with("POST", &url, 4, usize::MAX, Some(until)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
+    nats.servers[index].kill();
+    let hits = load.await.unwrap();
+    let (acked, doubt) = acked_and_doubt(&hits);
+    let mut after: Vec<&Hit> = hits.iter().filter(|h| h.at >= killed_at).collect();
+    after.sort_by_key(|h| h.at);
+    let first_ack = after
+        .iter()
+        .find(|h| h.status == 200 && h.at + h.latency > killed_at)
+        .map(|h| (h.at + h.latency).saturating_duration_since(killed_at));
+    let (mut gap, mut last_ok) = (Duration::ZERO, killed_at);
+    for h in after.iter().filter(|h| h.status == 200) {
+        let done = h.at + h.latency;
+        gap = gap.max(done.saturating_duration_since(last_ok));
+        last_ok = last_ok.max(done);
+    }
+    let late = after
+        .iter()
+        .filter(|h| h.status == 200 && h.at > until - Duration::from_secs(3))
+        .count();
+    eprintln!(
+        "killed NATS server {leader} (leader of {stream}): first write acknowledged {first_ack:?} after, longest gap between acknowledgements {gap:?}; {acked} acknowledged, {doubt} failed"
+    );
+    assert!(
+        late > 0,
+        "writes did not resume after the leader of {stream} died"
+    );
+    let value = counter_value(&sched, "c2/leader-lost").await;
+    assert!(
+        value >= acked as u64 && value <= (acked + doubt) as u64,
+        "{acked} acknowledged, {doubt} failed, counter {value}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 /// How long a write keeps sending itself again while the cluster cannot confirm it.
 pub(super) const PUBLISH_BUDGET: Duration = Duration::from_secs(10);
+/// How long one try waits for the cluster's acknowledgement before sending the write
+/// again (same message id): a write sent to a stream leader that just died is sent to
+/// the new one moments after it is elected, not after a client-wide timeout.
+const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Whether a JetStream error is one a leader election causes, gone in moments: the
 /// request was not carried out and may be repeated.
@@ -96,7 +100,10 @@ impl Replica {
                 .publish_with_headers(self.subject(ns, key), headers.clone(), payload.clone())
                 .await
             {
-                Ok(ack) => ack.await,
+                Ok(ack) => match tokio::time::timeout(ACK_WAIT, ack).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(PublishErrorKind::TimedOut.into()),
+                },
                 Err(e) => {
                     return Err(Publish::Failed(log_err("send the write to the cluster", e)));
                 }
