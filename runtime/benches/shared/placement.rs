@@ -44,7 +44,16 @@ pub async fn placement() {
                 let data = dir.path().join(&name);
                 let node = Skiff::spawn(
                     &["node"],
-                    &["--nats", &urls, "--name", &name, "--replicas", "3"],
+                    &[
+                        "--nats",
+                        &urls,
+                        "--name",
+                        &name,
+                        "--replicas",
+                        "3",
+                        "--release-grace",
+                        "1s",
+                    ],
                     Some(&data),
                 );
                 (name, node)
@@ -69,8 +78,11 @@ pub async fn placement() {
                 put(&client, &url, value.clone()).await;
             }
         }
-        // Every copy caught up: each node's reported keys stop changing.
-        let kept = settle(&scheduler, &nodes, dir.path()).await;
+        // Every copy caught up, and copies of functions moved while deploying dropped:
+        // each function's keys on exactly its nodes.
+        let copies = placement.map_or(NODES, |n| n.parse().unwrap_or(NODES));
+        let want = (FUNCTIONS * copies * KEYS) as u64;
+        let kept = settle(&scheduler, &nodes, dir.path(), want).await;
         let per_node = |f: &dyn Fn(&Kept) -> u64| -> (u64, u64, u64) {
             let v: Vec<u64> = kept.iter().map(f).collect();
             let sum: u64 = v.iter().sum();
@@ -123,8 +135,9 @@ async fn put(client: &Client, url: &str, value: Vec<u8>) {
     assert!(resp.status().is_success(), "{url}: {}", resp.status());
 }
 
-/// Waits until every node's reported state stops changing; answers each node's copy.
-async fn settle(scheduler: &Skiff, nodes: &[(String, Skiff)], dir: &Path) -> Vec<Kept> {
+/// Waits until the nodes' reported keys add up to `want` and stop changing; answers each
+/// node's copy.
+async fn settle(scheduler: &Skiff, nodes: &[(String, Skiff)], dir: &Path, want: u64) -> Vec<Kept> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = Vec::new();
     loop {
@@ -158,7 +171,8 @@ async fn settle(scheduler: &Skiff, nodes: &[(String, Skiff)], dir: &Path) -> Vec
                     .unwrap_or((0, 0))
             })
             .collect();
-        if now == last && now.iter().all(|(k, _)| *k > 0) || Instant::now() > deadline {
+        let total: u64 = now.iter().map(|(k, _)| k).sum();
+        if now == last && total == want || Instant::now() > deadline {
             return nodes
                 .iter()
                 .zip(now)
