@@ -62,7 +62,7 @@ enum Command {
         /// Deploy the component as it is; do not run the manifest's build command.
         #[arg(long)]
         no_build: bool,
-        /// In a cluster, wait until every live node serves the new version (not just one).
+        /// In a cluster, wait until every live node that hosts the function serves the new version (not just one).
         #[arg(long)]
         wait_all: bool,
         /// In a cluster, how long to wait for nodes to serve the new version.
