@@ -156,6 +156,50 @@ impl Sharded {
     }
 }
 
+/// Moves `function` from `from` to `to` under load, and SIGKILLs the old node (`kill_old`)
+/// or the new one 100 ms later; answers the longest time without an answer after the
+/// kill. Killing the old node, the move must succeed.
+async fn move_and_kill(
+    c: &mut Sharded,
+    function: &str,
+    from: &str,
+    to: &str,
+    kill_old: bool,
+) -> Duration {
+    let sched = c.scheduler.listen.clone();
+    let until = Instant::now() + Duration::from_secs(8);
+    let load = tokio::spawn({
+        let url = format!("{sched}/{function}/x");
+        async move { hammer_with("GET", &url, 4, usize::MAX, Some(until)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = format!("{}/v1/functions/{function}/move", c.scheduler.admin);
+    let ask = format!("{{\"to\": \"{to}\"}}");
+    let mover = tokio::spawn(async move { request("POST", &url, &[], ask.into()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed_at = Instant::now();
+    c.nodes
+        .get_mut(if kill_old { from } else { to })
+        .unwrap()
+        .kill();
+    if kill_old {
+        let moved = mover.await.unwrap();
+        assert_eq!(moved.status, 200, "{}", moved.text());
+    } else {
+        mover.abort();
+    }
+    let hits = load.await.unwrap();
+    let mut after: Vec<&Hit> = hits.iter().filter(|h| h.at >= killed_at).collect();
+    after.sort_by_key(|h| h.at);
+    let (mut gap, mut last_ok) = (Duration::ZERO, killed_at);
+    for h in after.iter().filter(|h| h.status == 200) {
+        gap = gap.max(h.at.saturating_duration_since(last_ok));
+        last_ok = h.at;
+    }
+    // Never served again counts to the end of the load.
+    gap.max(until.saturating_duration_since(last_ok))
+}
+
 /// (acknowledged, in doubt: sent but no answer, or a 5xx after sending) of `hits`.
 fn acked_and_doubt(hits: &[Hit]) -> (usize, usize) {
     let acked = hits.iter().filter(|h| h.status == 200).count();
@@ -701,48 +745,39 @@ async fn placement_refuses_bad_requests_and_a_move_survives_a_killed_node() {
     let err = c.scheduler.cli_err(&["move", "wide", "--to", "n1"]);
     assert!(err.contains("`wide` already runs on `n1`"), "{err}");
 
+    // A move whose new node is killed at once: the old node keeps serving it.
+    c.deploy_counter("solo2", "[placement]\nnodes = 1\n");
+    increment(&sched, "solo2/x", 5).await;
+    let from = c.placements().await["solo2"]
+        .0
+        .iter()
+        .next()
+        .unwrap()
+        .clone();
+    let to = if from == "n1" { "n2" } else { "n1" }.to_string();
+    let gap = move_and_kill(&mut c, "solo2", &from, &to, false).await;
+    let killed = to.clone();
+    eprintln!("solo2 moving {from} → {to} with {to} killed: longest gap without an answer {gap:?}");
+    assert!(gap <= Duration::from_secs(2), "solo2 unserved for {gap:?}");
+    assert_eq!(counter_value(&sched, "solo2/x").await, 5);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.placements().await["solo2"] != ([from.clone()].into(), [from.clone()].into()) {
+        assert!(Instant::now() < deadline, "{:?}", c.placements().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A move whose old node is killed at once: the new node serves within 2 s.
+    c.add_node("n3");
     c.deploy_counter("solo", "[placement]\nnodes = 1\n");
     increment(&sched, "solo/x", 5).await;
     let p = c.placements().await;
     let from = p["solo"].0.iter().next().unwrap().clone();
-    let to = if from == "n1" { "n2" } else { "n1" }.to_string();
-    let until = Instant::now() + Duration::from_secs(8);
-    let load = tokio::spawn({
-        let url = format!("{sched}/solo/x");
-        async move { hammer_with("GET", &url, 4, usize::MAX, Some(until)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let admin = c.scheduler.admin.clone();
-    let mover = std::thread::spawn({
-        let to = to.clone();
-        move || {
-            std::process::Command::new(skiff_bin())
-                .args(["move", "solo", "--to", &to, "--server", &admin])
-                .output()
-                .expect("skiff move")
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let killed_at = Instant::now();
-    c.nodes.get_mut(&from).unwrap().kill();
-    let moved = mover.join().unwrap();
-    assert!(
-        moved.status.success(),
-        "{}",
-        String::from_utf8_lossy(&moved.stderr)
-    );
-    let hits = load.await.unwrap();
-    let mut gap = Duration::ZERO;
-    let mut last_ok = killed_at;
-    let mut sorted: Vec<&Hit> = hits.iter().filter(|h| h.at >= killed_at).collect();
-    sorted.sort_by_key(|h| h.at);
-    for h in sorted {
-        if h.status == 200 {
-            gap = gap.max(h.at.saturating_duration_since(last_ok));
-            last_ok = h.at;
-        }
-    }
+    let to = ["n1", "n2", "n3"]
+        .iter()
+        .find(|n| **n != from && **n != killed)
+        .unwrap()
+        .to_string();
+    let gap = move_and_kill(&mut c, "solo", &from, &to, true).await;
     eprintln!("solo moved {from} → {to} with {from} killed: longest gap without an answer {gap:?}");
     assert!(gap <= Duration::from_secs(2), "solo unserved for {gap:?}");
     assert_eq!(counter_value(&sched, "solo/x").await, 5);
