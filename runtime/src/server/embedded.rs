@@ -119,6 +119,9 @@ struct Joined {
     client: async_nats::Client,
     /// Cluster mode: the cluster registry.
     registry: Option<Arc<dyn ControlStore>>,
+    /// Cluster mode: the replicated state, attached now or once a scheduler fixed the
+    /// shard count (a brand-new cluster).
+    state: Option<Arc<ReplicatedState>>,
 }
 
 /// Opens the local stores and the NATS-backed ones, which work from this node's disk
@@ -211,7 +214,11 @@ async fn join(joining: Joining, opts: JoinOptions, progress: watch::Sender<Progr
     }
     tracing::info!(nats = %joining.url, "joined NATS");
     progress.send_replace(Progress::Joined);
-    Joined { client, registry }
+    Joined {
+        client,
+        registry,
+        state: joining.replicated.clone(),
+    }
 }
 
 /// What [`join`] needs of the options.
@@ -248,7 +255,15 @@ fn follow_cluster(
     trust: Option<RecordVerifier>,
 ) {
     if let Some(registry) = joined.registry {
-        tokio::spawn(crate::cluster::sync::run(node.clone(), registry, trust));
+        let (node, state) = (node.clone(), joined.state);
+        tokio::spawn(async move {
+            // Functions are taken from the registry only once writes can reach the state
+            // log: a function served before would refuse every write.
+            if let Some(state) = state {
+                state.until_attached().await;
+            }
+            crate::cluster::sync::run(node, registry, trust).await
+        });
     }
     if let Some(reporter) = reporter {
         reporter.attach(joined.client);

@@ -32,6 +32,8 @@ pub struct ReplicatedState {
     /// Held while a copy is dropped, so that a function hosted again meanwhile is
     /// followed only once its old copy is gone (never half of it).
     dropping: Arc<tokio::sync::Mutex<()>>,
+    /// Becomes true once attached.
+    attached: tokio::sync::watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,6 +73,7 @@ impl ReplicatedState {
             hosted: Default::default(),
             grace,
             dropping: Default::default(),
+            attached: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -81,7 +84,14 @@ impl ReplicatedState {
             for function in lock(&self.hosted).iter() {
                 replica.follow(&self.local, function);
             }
+            self.attached.send_replace(true);
         }
+    }
+
+    /// Answers once writes go through the replicated log ([`ReplicatedState::attach`]).
+    pub async fn until_attached(&self) {
+        let mut rx = self.attached.subscribe();
+        let _ = rx.wait_for(|a| *a).await;
     }
 
     /// Waits until every hosted function's copy has reached its shard's position now:
