@@ -142,16 +142,23 @@ mod tests {
             shard("S2", "c", &["a", "b"]),
         ];
         assert_eq!(rebalance(&spread), None);
-        // Two on one, one on another: within one, left alone.
-        let nearly = [
+        // Two on one, one on another, none on the third: the third takes one.
+        let uneven = [
             shard("S0", "a", &["b", "c"]),
             shard("S1", "a", &["b", "c"]),
             shard("S2", "b", &["a", "c"]),
         ];
+        assert_eq!(rebalance(&uneven), Some(("S0".into(), "c".into())));
+        // Within one of each other: left alone.
+        let nearly = [
+            shard("S0", "a", &["b"]),
+            shard("S1", "a", &["b"]),
+            shard("S2", "b", &["a"]),
+        ];
         assert_eq!(rebalance(&nearly), None);
-        // The idle server holds no current replica: it cannot take one.
-        let behind = [shard("S0", "a", &["b"]), shard("S1", "a", &["b"])];
-        assert_eq!(rebalance(&behind), Some(("S0".into(), "b".into())));
+        // Only current replicas can take a leader: a server that is behind is not asked.
+        let behind = [shard("S0", "a", &[]), shard("S1", "a", &["b"])];
+        assert_eq!(rebalance(&behind), Some(("S1".into(), "b".into())));
         assert_eq!(rebalance(&[shard("S0", "a", &[])]), None);
         assert_eq!(rebalance(&[]), None);
     }
