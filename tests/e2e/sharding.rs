@@ -772,7 +772,17 @@ async fn placement_refuses_bad_requests_and_a_move_survives_a_killed_node() {
     c.add_node("n3");
     c.deploy_counter("solo", "[placement]\nnodes = 1\n");
     increment(&sched, "solo/x", 5).await;
-    let p = c.placements().await;
+    // n3 just joined: balancing may still move solo to it; pick once it stays put.
+    let mut p = c.placements().await;
+    let mut still = Instant::now();
+    while still.elapsed() < Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = c.placements().await;
+        if now["solo"] != p["solo"] {
+            still = Instant::now();
+        }
+        p = now;
+    }
     let from = p["solo"].0.iter().next().unwrap().clone();
     let to = ["n1", "n2", "n3"]
         .iter()
