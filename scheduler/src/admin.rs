@@ -246,9 +246,10 @@ impl Scheduler {
         let records = self.registry.records().await?;
         let table = self.registry.hosting().await?;
         let from_nodes = self.node_functions().await;
+        let live = self.up_node_names();
         Ok(records
             .into_iter()
-            .map(|r| self.merge(r, &from_nodes, &table))
+            .map(|r| self.merge(r, &from_nodes, &table, &live))
             .collect())
     }
 
@@ -260,7 +261,8 @@ impl Scheduler {
                     Ok(t) => t,
                     Err(e) => return registry_error(e),
                 };
-                json(StatusCode::OK, &self.merge(r, &from_nodes, &table))
+                let live = self.up_node_names();
+                json(StatusCode::OK, &self.merge(r, &from_nodes, &table, &live))
             }
             Ok(None) => self.not_found(name).await,
             Err(e) => registry_error(e),
@@ -289,6 +291,7 @@ impl Scheduler {
         record: FunctionRecord,
         from_nodes: &[FunctionInfo],
         table: &HostingTable,
+        live: &[String],
     ) -> FunctionInfo {
         let serving: Vec<&FunctionInfo> = from_nodes
             .iter()
@@ -322,16 +325,20 @@ impl Scheduler {
         info.route = route;
         info.in_flight = serving.iter().map(|f| f.in_flight).sum();
         info.nodes = serving.iter().flat_map(|f| f.nodes.clone()).collect();
-        info.placement = self.placement_of(&record, table);
+        info.placement = self.placement_of(&record, table, live);
         info
     }
 
     /// Where the cluster places `record`'s function.
-    fn placement_of(&self, record: &FunctionRecord, table: &HostingTable) -> Option<PlacementInfo> {
+    fn placement_of(
+        &self,
+        record: &FunctionRecord,
+        table: &HostingTable,
+        live: &[String],
+    ) -> Option<PlacementInfo> {
         let h = table.of(&record.name);
         let wanted = crate::rebalance::wanted(&record.manifest, &record.name, self.placement_nodes);
         let assigned = h.nodes.clone().unwrap_or_default();
-        let live: Vec<String> = self.up_nodes().into_iter().map(|n| n.node).collect();
         let live_assigned = assigned.iter().filter(|n| live.contains(n)).count();
         Some(PlacementInfo {
             wanted,
@@ -342,25 +349,24 @@ impl Scheduler {
         })
     }
 
+    /// The names of the live nodes that take work.
+    fn up_node_names(&self) -> Vec<String> {
+        self.up_nodes().into_iter().map(|n| n.node).collect()
+    }
+
     /// Each state shard's stream and its leader, as JetStream says now.
     async fn shard_leaders(&self) -> Vec<ShardView> {
         let (Some(client), Some(shards)) = (self.nats.get(), self.shards.get()) else {
             return Vec::new();
         };
         let js = async_nats::jetstream::new(client.clone());
-        let mut out = Vec::new();
-        for k in 0..shards.count() {
-            let stream = skiff_core::state_keys::stream_name(k);
-            let leader = match js.get_stream(&stream).await {
-                Ok(mut s) => s
-                    .info()
-                    .await
-                    .ok()
-                    .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone())),
-                Err(_) => None,
-            };
-            out.push(ShardView { stream, leader });
-        }
-        out
+        crate::shards::read(&js, *shards)
+            .await
+            .into_iter()
+            .map(|s| ShardView {
+                stream: s.stream,
+                leader: s.leader,
+            })
+            .collect()
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::assign::{self, FunctionFacts, NodeFacts};
 use crate::shared::Scheduler;
-use skiff_core::control::{ControlError, ControlStore};
+use skiff_core::control::ControlError;
 use skiff_core::hosting::{Hosting, HostingTable};
 use skiff_core::manifest::Manifest;
 use skiff_core::record::FunctionRecord;
@@ -100,7 +100,7 @@ async fn round(s: &Scheduler) -> Result<(), ControlError> {
     for (name, change) in &plan.changes {
         let revision = table.functions.get(name).map_or(0, |(_, r)| *r);
         let written = match change {
-            Some(h) => write(s.registry.as_ref(), name, h, revision).await,
+            Some(h) => s.registry.put_hosting(name, h, revision).await.map(drop),
             None => s.registry.remove_hosting(name).await,
         };
         if let Err(e) = written {
@@ -126,18 +126,6 @@ async fn round(s: &Scheduler) -> Result<(), ControlError> {
         }
     }
     Ok(())
-}
-
-async fn write(
-    registry: &dyn ControlStore,
-    name: &str,
-    hosting: &Hosting,
-    revision: u64,
-) -> Result<(), ControlError> {
-    registry
-        .put_hosting(name, hosting, revision)
-        .await
-        .map(drop)
 }
 
 /// Places a function about to be deployed (before its record is written, so that nodes

@@ -59,6 +59,38 @@ pub fn rebalance(shards: &[ShardLeader]) -> Option<(String, String)> {
     None
 }
 
+/// Each state shard's stream, its leader and its current replicas, as JetStream says
+/// now (a stream it cannot read is left out).
+pub(crate) async fn read(
+    js: &async_nats::jetstream::Context,
+    shards: skiff_core::state_keys::StateShards,
+) -> Vec<ShardLeader> {
+    let mut seen = Vec::new();
+    for k in 0..shards.count() {
+        let stream = skiff_core::state_keys::stream_name(k);
+        let Ok(mut handle) = js.get_stream(&stream).await else {
+            continue;
+        };
+        let Ok(info) = handle.info().await else {
+            continue;
+        };
+        let Some(cluster) = info.cluster.clone() else {
+            continue;
+        };
+        seen.push(ShardLeader {
+            stream,
+            leader: cluster.leader,
+            current: cluster
+                .replicas
+                .iter()
+                .filter(|r| r.current && !r.offline)
+                .map(|r| r.name.clone())
+                .collect(),
+        });
+    }
+    seen
+}
+
 /// Checks and spreads the leaders for as long as the scheduler runs.
 pub(crate) async fn run(s: Arc<Scheduler>) {
     loop {
@@ -67,29 +99,7 @@ pub(crate) async fn run(s: Arc<Scheduler>) {
             continue;
         };
         let js = async_nats::jetstream::new(client.clone());
-        let mut seen = Vec::new();
-        for k in 0..shards.count() {
-            let stream = skiff_core::state_keys::stream_name(k);
-            let Ok(mut handle) = js.get_stream(&stream).await else {
-                continue;
-            };
-            let Ok(info) = handle.info().await else {
-                continue;
-            };
-            let Some(cluster) = info.cluster.clone() else {
-                continue;
-            };
-            seen.push(ShardLeader {
-                stream,
-                leader: cluster.leader,
-                current: cluster
-                    .replicas
-                    .iter()
-                    .filter(|r| r.current && !r.offline)
-                    .map(|r| r.name.clone())
-                    .collect(),
-            });
-        }
+        let seen = read(&js, *shards).await;
         let Some((stream, to)) = rebalance(&seen) else {
             continue;
         };

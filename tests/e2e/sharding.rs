@@ -189,15 +189,25 @@ async fn move_and_kill(
         mover.abort();
     }
     let hits = load.await.unwrap();
-    let mut after: Vec<&Hit> = hits.iter().filter(|h| h.at >= killed_at).collect();
-    after.sort_by_key(|h| h.at);
-    let (mut gap, mut last_ok) = (Duration::ZERO, killed_at);
-    for h in after.iter().filter(|h| h.status == 200) {
-        gap = gap.max(h.at.saturating_duration_since(last_ok));
-        last_ok = h.at;
+    longest_gap(&hits, killed_at, Some(until))
+}
+
+/// The longest time after `since` without an acknowledged answer among `hits` (by when
+/// each answer came); with `until`, no answer after the last one counts to `until`.
+fn longest_gap(hits: &[Hit], since: Instant, until: Option<Instant>) -> Duration {
+    let mut done: Vec<Instant> = hits
+        .iter()
+        .filter(|h| h.status == 200)
+        .map(|h| h.at + h.latency)
+        .filter(|t| *t >= since)
+        .collect();
+    done.sort();
+    let (mut gap, mut last) = (Duration::ZERO, since);
+    for t in done {
+        gap = gap.max(t.saturating_duration_since(last));
+        last = t;
     }
-    // Never served again counts to the end of the load.
-    gap.max(until.saturating_duration_since(last_ok))
+    until.map_or(gap, |u| gap.max(u.saturating_duration_since(last)))
 }
 
 /// (acknowledged, in doubt: sent but no answer, or a 5xx after sending) of `hits`.
@@ -459,13 +469,7 @@ async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
             .filter(|h| h.at >= killed_at && h.status != 200)
             .count();
         if hosted.contains(&name) {
-            let mut after: Vec<&Hit> = hits.iter().filter(|h| h.at >= killed_at).collect();
-            after.sort_by_key(|h| h.at);
-            let (mut gap, mut last_ok) = (Duration::ZERO, killed_at);
-            for h in after.iter().filter(|h| h.status == 200) {
-                gap = gap.max(h.at.saturating_duration_since(last_ok));
-                last_ok = h.at;
-            }
+            let gap = longest_gap(&hits, killed_at, None);
             assert!(
                 gap <= Duration::from_secs(5),
                 "{name} went unserved for {gap:?} after {victim} was killed"
@@ -670,12 +674,7 @@ async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
         .iter()
         .find(|h| h.status == 200 && h.at + h.latency > killed_at)
         .map(|h| (h.at + h.latency).saturating_duration_since(killed_at));
-    let (mut gap, mut last_ok) = (Duration::ZERO, killed_at);
-    for h in after.iter().filter(|h| h.status == 200) {
-        let done = h.at + h.latency;
-        gap = gap.max(done.saturating_duration_since(last_ok));
-        last_ok = last_ok.max(done);
-    }
+    let gap = longest_gap(&hits, killed_at, None);
     let late = after
         .iter()
         .filter(|h| h.status == 200 && h.at > until - Duration::from_secs(3))

@@ -353,8 +353,14 @@ async fn a_node_keeps_only_the_functions_it_hosts_and_drops_one_it_lets_go() {
     );
     // Let go, its copy goes after the grace; taken again, it comes back whole.
     b.release("beta");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let held: Vec<String> = b.stored().unwrap().into_iter().map(|(f, _, _)| f).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let held = loop {
+        let held: Vec<String> = b.stored().unwrap().into_iter().map(|(f, _, _)| f).collect();
+        if held.is_empty() || std::time::Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(held.is_empty(), "{held:?}");
     b.host("beta").await.unwrap();
     assert_eq!(

@@ -113,17 +113,13 @@ impl LocalState {
         function: &str,
         entries: Vec<LogEntry>,
     ) -> Result<(), StateError> {
-        let sweep = self.sweep_due();
-        let f = function.to_string();
-        let applied = self
-            .db
-            .run(move |tx: &WriteTransaction| {
-                sweep_journal(tx, sweep)?;
-                super::copies::apply_log(tx, &f, &entries)
-            })
-            .await?;
-        self.positions.advance(function, applied);
-        Ok(())
+        self.apply_logs(
+            entries
+                .into_iter()
+                .map(|e| (function.to_string(), e))
+                .collect(),
+        )
+        .await
     }
 
     /// Applies entries of several functions (one shard's, in log order) in one durable
