@@ -266,6 +266,58 @@ pub struct Event {
     /// The function whose position `after` is (empty: none).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub after_of: String,
+    /// Deliver no earlier than this (ms since the epoch); 0: at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deliver_at_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// What a node keeps of one schedule: whether it is paused, and its last fire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// Fires are skipped while paused.
+    #[serde(default)]
+    pub paused: bool,
+    /// The slot of the last fire that came from the timer (ms; 0: none yet).
+    #[serde(default)]
+    pub last_slot_ms: u64,
+    /// When the timer fired it.
+    #[serde(default)]
+    pub last_fired_ms: u64,
+    /// `running`, `ok`, `failed: <why>`, `dead-lettered: <why>`, `missed` or `paused`.
+    #[serde(default)]
+    pub last_outcome: String,
+    /// When the last fire settled.
+    #[serde(default)]
+    pub last_done_ms: u64,
+    /// Fires whose handler succeeded (made-up slots included).
+    #[serde(default)]
+    pub fires: u64,
+    /// Slots the catch-up policy dropped.
+    #[serde(default)]
+    pub misses: u64,
+}
+
+/// One schedule as `skiff schedules` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    /// The function.
+    pub function: String,
+    /// Its position among the function's `[[schedule]]` tables (0-based; the topic's
+    /// last token).
+    pub index: usize,
+    /// `cron … (zone)` or `every …`.
+    pub schedule: String,
+    /// `latest`, `all` or `none`.
+    pub catch_up: String,
+    /// The next slots (ms since the epoch).
+    pub next_ms: Vec<u64>,
+    /// Pause state and the last fire.
+    #[serde(flatten)]
+    pub record: ScheduleRecord,
 }
 
 /// An event that ran out of attempts.

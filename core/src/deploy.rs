@@ -56,10 +56,11 @@ impl Checked {
         &self.manifest.name
     }
 
-    /// Whether the manifest claims HTTP: it names a route, or has no event triggers.
-    /// (A node also requires the component to export an HTTP handler then.)
+    /// Whether the manifest claims HTTP: it names a route, or has no event or schedule
+    /// triggers. (A node also requires the component to export an HTTP handler then.)
     pub fn claims_http(&self) -> bool {
-        self.manifest.events.is_empty() || self.manifest.http.route.is_some()
+        (self.manifest.events.is_empty() && self.manifest.schedule.is_empty())
+            || self.manifest.http.route.is_some()
     }
 }
 

@@ -4,7 +4,8 @@
 //! * [`record`] — function records, artifact hashes and the component header check.
 //! * [`topic`], [`routes`], [`secrets`] — validated names: event topics, HTTP routes,
 //!   config and secret keys (and how secrets are sealed).
-//! * [`manifest`] — `skiff.toml`, parsed strictly into those types.
+//! * [`manifest`] — `skiff.toml`, parsed strictly into those types; [`schedule`] —
+//!   its `[[schedule]]` tables, their slots and the events their fires become.
 //! * [`limits`] — invocation and key-value limits, resolved against a node's maxima;
 //!   [`instances`] — instance reuse (`[instances]`), resolved per HTTP world.
 //! * [`deploy`] — the one deploy check both the node and the scheduler run.
@@ -37,6 +38,7 @@ pub mod prom;
 pub mod record;
 pub mod report;
 pub mod routes;
+pub mod schedule;
 pub mod secrets;
 pub mod serve;
 pub mod signing;

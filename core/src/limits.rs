@@ -79,6 +79,53 @@ pub struct NodeLimits {
     pub instances: crate::instances::InstanceMaxima,
     /// How long idempotency records are kept.
     pub dedup: DedupWindows,
+    /// Bounds on schedules and delayed events.
+    pub timers: TimerLimits,
+}
+
+/// Bounds on schedules and delayed events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerLimits {
+    /// The fastest a `[[schedule]]` may fire (`--min-schedule-interval`, default 1s).
+    pub min_interval: Duration,
+    /// The furthest ahead an event may be published (`--max-event-delay`, default 30 days).
+    pub max_delay: Duration,
+    /// How far in the past a delivery time may lie and still be taken as "now".
+    pub past_grace: Duration,
+}
+
+impl Default for TimerLimits {
+    fn default() -> Self {
+        TimerLimits {
+            min_interval: crate::schedule::DEFAULT_MIN_INTERVAL,
+            max_delay: Duration::from_secs(30 * 86_400),
+            past_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TimerLimits {
+    /// Checks a delivery time `at_ms` asked for at `now_ms`; answers the time to use.
+    pub fn check_delivery(&self, at_ms: u64, now_ms: u64) -> Result<u64, String> {
+        let grace = self.past_grace.as_millis() as u64;
+        if at_ms + grace < now_ms {
+            return Err(format!(
+                "the delivery time {} is {} in the past; give a future time or a delay",
+                crate::schedule::rfc3339(at_ms),
+                humantime::format_duration(Duration::from_millis((now_ms - at_ms) / 1000 * 1000))
+            ));
+        }
+        let max = self.max_delay.as_millis() as u64;
+        if at_ms > now_ms + max {
+            return Err(format!(
+                "the delivery time {} is {} ahead, beyond this node's maximum delay of {} (`--max-event-delay`)",
+                crate::schedule::rfc3339(at_ms),
+                humantime::format_duration(Duration::from_millis((at_ms - now_ms) / 1000 * 1000)),
+                humantime::format_duration(self.max_delay)
+            ));
+        }
+        Ok(at_ms.max(now_ms))
+    }
 }
 
 /// How long each kind of idempotency record is kept, in both modes: past its window, a
@@ -133,6 +180,7 @@ impl Default for NodeLimits {
             code_cache: 512,
             instances: crate::instances::InstanceMaxima::default(),
             dedup: DedupWindows::default(),
+            timers: TimerLimits::default(),
         }
     }
 }

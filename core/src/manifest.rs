@@ -257,6 +257,9 @@ pub struct Manifest {
     /// Event triggers.
     #[serde(default)]
     pub events: Vec<EventTrigger>,
+    /// Schedule triggers (`[[schedule]]`), delivered to the event handler.
+    #[serde(default)]
+    pub schedule: Vec<crate::schedule::ScheduleSection>,
 }
 
 impl Manifest {
@@ -299,6 +302,7 @@ impl Manifest {
                 )));
             }
         }
+        manifest.schedules().map_err(|e| parse_err(e.to_string()))?;
         for key in manifest.config.keys() {
             crate::secrets::check_key(key).map_err(|e| parse_err(format!("[config] {e}")))?;
         }
@@ -325,6 +329,17 @@ impl Manifest {
         })?;
         let manifest = Manifest::parse(&text, &file.display().to_string())?;
         Ok((manifest, file, text))
+    }
+
+    /// The checked `[[schedule]]` tables, in order.
+    pub fn schedules(
+        &self,
+    ) -> Result<Vec<crate::schedule::Schedule>, crate::schedule::ScheduleError> {
+        self.schedule
+            .iter()
+            .enumerate()
+            .map(|(i, s)| crate::schedule::Schedule::parse(i + 1, s))
+            .collect()
     }
 
     /// The route this function serves.

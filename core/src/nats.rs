@@ -262,7 +262,8 @@ pub fn replicas(client: &async_nats::Client, chosen: Option<usize>) -> usize {
 
 /// Creates the stream `config` describes, or opens it; an existing stream whose
 /// de-duplication window differs from `config`'s gets `config`'s (the operator changed
-/// `--dedup-window-*`). Answers the stream, or what failed.
+/// `--dedup-window-*`), and `config`'s subjects and message schedules if it lacks them
+/// (a newer Skiff). Answers the stream, or what failed.
 pub async fn stream_with_window(
     js: &async_nats::jetstream::Context,
     config: async_nats::jetstream::stream::Config,
@@ -270,7 +271,7 @@ pub async fn stream_with_window(
     let window = config.duplicate_window;
     let name = config.name.clone();
     let mut stream = js
-        .get_or_create_stream(config)
+        .get_or_create_stream(config.clone())
         .await
         .map_err(|e| e.to_string())?;
     let mut current = stream
@@ -279,12 +280,31 @@ pub async fn stream_with_window(
         .map_err(|e| e.to_string())?
         .config
         .clone();
+    let mut changed = false;
     if current.duplicate_window != window {
         tracing::info!(stream = %name, from = ?current.duplicate_window, to = ?window, "de-duplication window changed");
         current.duplicate_window = window;
+        changed = true;
+    }
+    // A newer Skiff may add subjects and features to a stream an older one created.
+    for subject in &config.subjects {
+        if !current.subjects.contains(subject) {
+            tracing::info!(stream = %name, %subject, "stream takes a new subject");
+            current.subjects.push(subject.clone());
+            changed = true;
+        }
+    }
+    if config.allow_message_schedules && !current.allow_message_schedules {
+        tracing::info!(stream = %name, "stream takes message schedules");
+        current.allow_message_schedules = true;
+        current.allow_rollup = true;
+        current.deny_purge = false;
+        changed = true;
+    }
+    if changed {
         js.update_stream(&current)
             .await
-            .map_err(|e| format!("cannot set the de-duplication window: {e}"))?;
+            .map_err(|e| format!("cannot update the stream's configuration: {e}"))?;
         stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
     }
     Ok(stream)

@@ -10,7 +10,10 @@ use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
 mod labels;
+mod schedules;
+
 pub use labels::*;
+pub use schedules::ScheduleMetrics;
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -71,6 +74,8 @@ pub struct Metrics {
     pub moves_in: Counter,
     /// `skiff_functions_released_total`: functions moved off this node.
     pub moves_out: Counter,
+    /// Schedule fires, misses and lateness.
+    pub schedules: ScheduleMetrics,
     /// Moving average of invocation durations (µs), for load reports.
     pub recent_latency_us: std::sync::atomic::AtomicU64,
     /// Invocations ended since start, for load reports.
@@ -117,6 +122,7 @@ impl Metrics {
             untrusted: Family::default(),
             moves_in: Counter::default(),
             moves_out: Counter::default(),
+            schedules: ScheduleMetrics::default(),
             recent_latency_us: std::sync::atomic::AtomicU64::new(0),
             ended: std::sync::atomic::AtomicU64::new(0),
             registry: Registry::default(),
@@ -124,6 +130,7 @@ impl Metrics {
         m.register_invocations(&mut registry);
         m.register_events(&mut registry);
         m.register_node_and_host(&mut registry);
+        m.schedules.register(&mut registry);
         skiff_core::prom::build_info(&mut registry);
         Metrics { registry, ..m }
     }

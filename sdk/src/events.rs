@@ -1,5 +1,9 @@
 //! Publishing events and handling them.
 //!
+//! [`publish_at`] and [`publish_after`] publish for later. A function's `[[schedule]]`
+//! tables fire its event handler too, on topic `schedule.<function>.<index>`; see
+//! [`Event::scheduled_at_ms`].
+//!
 //! [`publish`] queues an event that is published when the current invocation succeeds
 //! (and dropped if it fails or times out). A handler exported with
 //! [`crate::event_handler!`] receives each delivery of the function's `[[events]]`
@@ -34,6 +38,19 @@ impl Event {
     /// The payload decoded as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.data).map_err(|e| Error(format!("event {}: {e}", self.id)))
+    }
+
+    /// For a schedule's fire (topic `schedule.<function>.<index>`): the slot it fires
+    /// for, in ms since the Unix epoch. The same on every redelivery and every node; key
+    /// what the fire does by it.
+    pub fn scheduled_at_ms(&self) -> Option<u64> {
+        self.header("skiff-scheduled-at-ms")?.parse().ok()
+    }
+
+    /// For a schedule's fire: its index among the function's `[[schedule]]` tables.
+    pub fn schedule_index(&self) -> Option<usize> {
+        let rest = self.topic.strip_prefix("schedule.")?;
+        rest.rsplit('.').next()?.parse().ok()
     }
 
     /// A header's value.
@@ -96,6 +113,43 @@ pub fn publish_json_keyed<T: serde::Serialize>(
 ) -> Result<String, Error> {
     let data = serde_json::to_vec(value).map_err(|e| Error(format!("JSON: {e}")))?;
     publish_keyed(key, topic, data)
+}
+
+/// Publishes `data` to `topic` for delivery no earlier than `at`, once this invocation
+/// succeeds. Durable from then on: the event is delivered even if this node goes down.
+/// A time in the past or beyond the node's maximum delay (30 days by default) is refused.
+pub fn publish_at(
+    topic: &str,
+    data: impl AsRef<[u8]>,
+    at: std::time::SystemTime,
+) -> Result<String, Error> {
+    wit::publish_at(None, topic, data.as_ref(), &[], millis(at)?).map_err(Error)
+}
+
+/// [`publish_at`], `delay` from now.
+pub fn publish_after(
+    topic: &str,
+    data: impl AsRef<[u8]>,
+    delay: std::time::Duration,
+) -> Result<String, Error> {
+    publish_at(topic, data, std::time::SystemTime::now() + delay)
+}
+
+/// [`publish_at`] with an idempotency key, as [`publish_keyed`]: publishing the same
+/// key again is dropped as a duplicate.
+pub fn publish_keyed_at(
+    key: &str,
+    topic: &str,
+    data: impl AsRef<[u8]>,
+    at: std::time::SystemTime,
+) -> Result<String, Error> {
+    wit::publish_at(Some(key), topic, data.as_ref(), &[], millis(at)?).map_err(Error)
+}
+
+fn millis(at: std::time::SystemTime) -> Result<u64, Error> {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| Error("the delivery time is before 1970".into()))
 }
 
 /// Publishes `value` as JSON.

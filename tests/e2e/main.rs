@@ -16,6 +16,7 @@ mod partition;
 mod polyglot;
 mod replicated;
 mod sandbox;
+mod schedules;
 mod security;
 mod serving;
 mod sharding;

@@ -35,21 +35,32 @@ pub enum DeadLetterCommand {
     },
 }
 
-/// `skiff publish TOPIC DATA|@FILE`.
-pub async fn publish(client: &AdminClient, topic: &str, data: &str) -> anyhow::Result<ExitCode> {
+/// `skiff publish TOPIC DATA|@FILE [--at TIME | --after DELAY]`; `at_ms` 0: at once.
+pub async fn publish(
+    client: &AdminClient,
+    topic: &str,
+    data: &str,
+    at_ms: u64,
+) -> anyhow::Result<ExitCode> {
     let bytes = match data.strip_prefix('@') {
         Some(file) => tokio::fs::read(file)
             .await
             .with_context(|| format!("cannot read event data from `{file}`"))?,
         None => data.as_bytes().to_vec(),
     };
-    let answer: serde_json::Value = client
-        .call(Method::POST, &format!("/v1/events/{topic}"), full(bytes))
-        .await?;
-    println!(
-        "published {} to {topic}",
-        answer["id"].as_str().unwrap_or("?")
-    );
+    let path = match at_ms {
+        0 => format!("/v1/events/{topic}"),
+        at => format!("/v1/events/{topic}?at_ms={at}"),
+    };
+    let answer: serde_json::Value = client.call(Method::POST, &path, full(bytes)).await?;
+    let id = answer["id"].as_str().unwrap_or("?");
+    match answer["at_ms"].as_u64().unwrap_or(0) {
+        0 => println!("published {id} to {topic}"),
+        at => println!(
+            "published {id} to {topic}, delivered at {}",
+            skiff_core::schedule::rfc3339(at)
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

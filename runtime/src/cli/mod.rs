@@ -10,6 +10,7 @@ mod events;
 mod keygen;
 mod kv;
 mod logs;
+mod schedules;
 mod secret;
 mod servers;
 
@@ -101,13 +102,17 @@ enum Command {
         /// The trace id.
         id: String,
     },
-    /// Publish an event.
+    /// Publish an event, now or for later (--at, --after).
     Publish {
         /// The topic, e.g. orders.created.
         topic: String,
         /// The payload, or @FILE to read it from a file.
         data: String,
+        #[command(flatten)]
+        when: schedules::When,
     },
+    /// List schedules (next slots, last fire and outcome), or pause and resume them.
+    Schedules(schedules::SchedulesArgs),
     /// Inspect and replay events that ran out of attempts.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(events::DeadLetterCommand),
@@ -247,9 +252,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client()?.get(&format!("/v1/traces/{id}")).await?;
             print_trace(&spans);
         }
-        Command::Publish { topic, data } => {
-            return events::publish(&client()?, &topic, &data).await;
+        Command::Publish { topic, data, when } => {
+            return events::publish(&client()?, &topic, &data, when.at_ms()).await;
         }
+        Command::Schedules(args) => return schedules::run(&client()?, args).await,
         Command::DeadLetters(cmd) => return events::dead_letters(&client()?, cmd).await,
         Command::Status => {
             let raw: serde_json::Value = client()?.get("/v1/status").await?;

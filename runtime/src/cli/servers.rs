@@ -97,6 +97,13 @@ pub(super) struct UpArgs {
     /// writing twice (with NATS: the state stream's duplicate window).
     #[arg(long, default_value = "2h", value_parser = Timeout::parse)]
     dedup_window_state: Timeout,
+    /// The fastest a function's `[[schedule]]` may fire.
+    #[arg(long, default_value = "1s", value_parser = Timeout::parse)]
+    min_schedule_interval: Timeout,
+    /// The furthest ahead an event may be published for later (`publish_at`,
+    /// `skiff publish --at/--after`).
+    #[arg(long, default_value = "30days", value_parser = Timeout::parse)]
+    max_event_delay: Timeout,
 }
 
 /// How a process authenticates to NATS and verifies it: every secret comes from a file.
@@ -233,6 +240,11 @@ impl UpArgs {
             dedup: skiff_core::limits::DedupWindows {
                 events: self.dedup_window_events.0,
                 state: self.dedup_window_state.0,
+            },
+            timers: skiff_core::limits::TimerLimits {
+                min_interval: self.min_schedule_interval.0,
+                max_delay: self.max_event_delay.0,
+                ..Default::default()
             },
             ..defaults
         };

@@ -17,6 +17,7 @@ fn event(id: &str, topic: &str) -> Event {
         // Carried through every bus unchanged.
         after: 7,
         after_of: "f".into(),
+        deliver_at_ms: 0,
     }
 }
 
@@ -34,6 +35,102 @@ pub async fn run(bus: &dyn Bus) {
     lapsed_lease_redelivers(bus).await;
     dead_letters_and_replay(bus).await;
     deleted_consumer_gets_nothing(bus).await;
+    delivers_delayed_events_at_their_time(bus).await;
+    fires_installed_schedules_once_per_slot(bus).await;
+}
+
+async fn delivers_delayed_events_at_their_time(bus: &dyn Bus) {
+    let c = spec("later", "later.x", WAIT);
+    bus.ensure_consumer(&c).await.unwrap();
+    let at = skiff_core::record::now_ms() + 1_500;
+    let mut e = event("late-1", "later.x");
+    e.deliver_at_ms = at;
+    // A keyed (same id) delayed publish is de-duplicated like any other.
+    bus.publish(vec![e.clone()]).await.unwrap();
+    bus.publish(vec![e]).await.unwrap();
+    assert!(
+        bus.fetch(&c.name, 10, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "delivered before its time"
+    );
+    let got = bus
+        .fetch(&c.name, 10, Duration::from_secs(4))
+        .await
+        .unwrap();
+    let now = skiff_core::record::now_ms();
+    assert_eq!(got.len(), 1, "one delivery of the delayed event");
+    assert_eq!(got[0].event.id, "late-1");
+    assert!(now >= at, "delivered {} ms early", at - now);
+    assert!(now < at + 1_500, "delivered {} ms late", now - at);
+    bus.ack(&got[0]).await.unwrap();
+    assert!(
+        bus.fetch(&c.name, 10, Duration::from_millis(1_500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a delayed event came twice"
+    );
+    bus.delete_consumer(&c.name).await.unwrap();
+}
+
+async fn fires_installed_schedules_once_per_slot(bus: &dyn Bus) {
+    use skiff_core::schedule::{H_SCHEDULED, Schedule, ScheduleSection, header_ms};
+    let every: ScheduleSection = toml::from_str("every = \"1s\"").unwrap();
+    let schedules = vec![Schedule::parse(1, &every).unwrap()];
+    let c = spec("tick", "schedule.tick.0", WAIT);
+    bus.ensure_consumer(&c).await.unwrap();
+    bus.install_schedules("tick", 1, &schedules).await.unwrap();
+    // Installing again (another node, a restart) changes nothing.
+    bus.install_schedules("tick", 1, &schedules).await.unwrap();
+    let mut slots = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while slots.len() < 3 && tokio::time::Instant::now() < deadline {
+        for d in bus
+            .fetch(&c.name, 10, Duration::from_millis(500))
+            .await
+            .unwrap()
+        {
+            assert_eq!(d.event.topic, "schedule.tick.0");
+            let slot = header_ms(&d.event, H_SCHEDULED).expect("a fire names its slot");
+            assert_eq!(d.event.id, skiff_core::schedule::fire_id("tick", 0, slot));
+            slots.push(slot);
+            bus.ack(&d).await.unwrap();
+        }
+    }
+    assert!(slots.len() >= 3, "fires: {slots:?}");
+    for w in slots.windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            1_000,
+            "slots a second apart, each once: {slots:?}"
+        );
+    }
+    // Records change atomically and read back.
+    let edit: super::RecordEdit = std::sync::Arc::new(|r| r.fires += 1);
+    bus.update_schedule("tick", 0, edit.clone()).await.unwrap();
+    let (before, after) = bus.update_schedule("tick", 0, edit).await.unwrap();
+    assert_eq!((before.fires, after.fires), (1, 2));
+    assert_eq!(bus.schedule_record("tick", 0).await.unwrap().fires, 2);
+    // Removed: no more fires, and the record is gone.
+    bus.remove_schedules("tick").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    while !bus
+        .fetch(&c.name, 10, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    assert!(
+        bus.fetch(&c.name, 10, Duration::from_millis(2_500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a removed schedule still fires"
+    );
+    assert_eq!(bus.schedule_record("tick", 0).await.unwrap().fires, 0);
+    bus.delete_consumer(&c.name).await.unwrap();
 }
 
 async fn delivers_matching_events_once_acked(bus: &dyn Bus) {
@@ -201,10 +298,13 @@ async fn deleted_consumer_gets_nothing(bus: &dyn Bus) {
 async fn embedded_bus_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::localdb::LocalDb::open(&dir.path().join("state.redb")).unwrap();
-    let bus = super::embedded::EmbeddedBus::open(store, DedupWindows::default().events)
-        .await
-        .unwrap();
-    run(&bus).await;
+    let bus = std::sync::Arc::new(
+        super::embedded::EmbeddedBus::open(store, DedupWindows::default().events)
+            .await
+            .unwrap(),
+    );
+    tokio::spawn(super::embedded::run_timers(std::sync::Arc::downgrade(&bus)));
+    run(bus.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,10 @@
 //! de-duplication (kept for the node's events window, `--dedup-window-events`; swept
 //! every ten minutes).
 
+mod timers;
+
+pub use timers::run_timers;
+
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
 use crate::localdb::LocalDb;
 use futures::future::BoxFuture;
@@ -40,6 +44,8 @@ pub struct EmbeddedBus {
     wake: Arc<Notify>,
     /// How long a published id is remembered for de-duplication.
     window: Duration,
+    /// Wakes the schedule timer (a schedule was installed).
+    timers: Arc<Notify>,
 }
 
 fn e(err: impl std::fmt::Display) -> String {
@@ -61,6 +67,7 @@ impl EmbeddedBus {
             db,
             wake: Arc::new(Notify::new()),
             window,
+            timers: Arc::new(Notify::new()),
         };
         bus.job(|tx| {
             tx.open_table(LOG).map_err(e)?;
@@ -69,6 +76,7 @@ impl EmbeddedBus {
             tx.open_table(DEDUP).map_err(e)?;
             tx.open_table(CONSUMERS).map_err(e)?;
             tx.open_table(DEAD).map_err(e)?;
+            timers::open_tables(tx)?;
             let mut pending = tx.open_table(PENDING).map_err(e)?;
             let leased: Vec<(PendingKey, PendingValue)> = pending
                 .iter()
@@ -171,6 +179,54 @@ fn sweep_dedup(tx: &WriteTransaction, now: u64, window: Duration) -> Result<(), 
     Ok(())
 }
 
+/// Publishes `events` in `tx`: each id not seen within `window` goes to the log and to
+/// every consumer whose pattern matches, due at its `deliver_at_ms` (0: at once).
+fn publish_in(
+    tx: &WriteTransaction,
+    events: &[Event],
+    now: u64,
+    window: Duration,
+) -> Result<(), String> {
+    sweep_dedup(tx, now, window)?;
+    let consumers: Vec<ConsumerSpec> = {
+        let t = tx.open_table(CONSUMERS).map_err(e)?;
+        let mut out = Vec::new();
+        for r in t.iter().map_err(e)? {
+            let (_, v) = r.map_err(e)?;
+            out.push(serde_json::from_slice(v.value()).map_err(e)?);
+        }
+        out
+    };
+    let mut dedup = tx.open_table(DEDUP).map_err(e)?;
+    let mut log = tx.open_table(LOG).map_err(e)?;
+    let mut refs = tx.open_table(REFS).map_err(e)?;
+    let mut pending = tx.open_table(PENDING).map_err(e)?;
+    for ev in events {
+        if dedup.get(ev.id.as_str()).map_err(e)?.is_some() {
+            continue;
+        }
+        dedup.insert(ev.id.as_str(), now).map_err(e)?;
+        #[cfg(test)]
+        failpoint::after_dedup(&ev.topic)?;
+        let targets: Vec<&ConsumerSpec> = consumers
+            .iter()
+            .filter(|c| matches(&c.pattern, &ev.topic))
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        let seq = next_seq(tx)?;
+        log.insert(seq, json(ev)?.as_slice()).map_err(e)?;
+        refs.insert(seq, targets.len() as u32).map_err(e)?;
+        for c in targets {
+            pending
+                .insert((c.name.as_str(), seq), (0, ev.deliver_at_ms, 0))
+                .map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
 /// This bus's delivery token: the event's sequence in the log.
 struct EmbeddedSeq(u64);
 
@@ -197,48 +253,8 @@ impl Bus for EmbeddedBus {
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let window = self.window;
-            self.job(move |tx| {
-                let now = now_ms();
-                sweep_dedup(tx, now, window)?;
-                let consumers: Vec<ConsumerSpec> = {
-                    let t = tx.open_table(CONSUMERS).map_err(e)?;
-                    let mut out = Vec::new();
-                    for r in t.iter().map_err(e)? {
-                        let (_, v) = r.map_err(e)?;
-                        out.push(serde_json::from_slice(v.value()).map_err(e)?);
-                    }
-                    out
-                };
-                let mut dedup = tx.open_table(DEDUP).map_err(e)?;
-                let mut log = tx.open_table(LOG).map_err(e)?;
-                let mut refs = tx.open_table(REFS).map_err(e)?;
-                let mut pending = tx.open_table(PENDING).map_err(e)?;
-                for ev in &events {
-                    if dedup.get(ev.id.as_str()).map_err(e)?.is_some() {
-                        continue;
-                    }
-                    dedup.insert(ev.id.as_str(), now).map_err(e)?;
-                    #[cfg(test)]
-                    failpoint::after_dedup(&ev.topic)?;
-                    let targets: Vec<&ConsumerSpec> = consumers
-                        .iter()
-                        .filter(|c| matches(&c.pattern, &ev.topic))
-                        .collect();
-                    if targets.is_empty() {
-                        continue;
-                    }
-                    let seq = next_seq(tx)?;
-                    log.insert(seq, json(ev)?.as_slice()).map_err(e)?;
-                    refs.insert(seq, targets.len() as u32).map_err(e)?;
-                    for c in targets {
-                        pending
-                            .insert((c.name.as_str(), seq), (0, 0, 0))
-                            .map_err(e)?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
+            self.job(move |tx| publish_in(tx, &events, now_ms(), window))
+                .await?;
             self.wake.notify_waiters();
             Ok(())
         })

@@ -7,6 +7,11 @@
 //! retried with backoff when it fails, and dead-lettered after the trigger's last
 //! attempt. Effects apply once because a handler's writes and publications are keyed by
 //! the event's id (see `crate::triggers::events`).
+//!
+//! Time is the bus's too: an event may be published for later (`deliver_at_ms`), and a
+//! function's `[[schedule]]` tables are installed in the bus, which fires each slot as an
+//! event on `schedule.<function>.<index>` (redb timers on one machine, NATS message
+//! schedules in a cluster) and keeps each schedule's record (paused, last fire).
 
 #[cfg(test)]
 mod conformance;
@@ -15,8 +20,12 @@ pub mod nats;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-pub use skiff_core::api::{DeadLetter, Event};
+pub use skiff_core::api::{DeadLetter, Event, ScheduleRecord};
+use skiff_core::schedule::Schedule;
 use std::time::Duration;
+
+/// A change to a schedule's record (see [`Bus::update_schedule`]).
+pub type RecordEdit = std::sync::Arc<dyn Fn(&mut ScheduleRecord) + Send + Sync>;
 
 /// A durable consumer: one per function and trigger, shared by every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,8 +100,39 @@ pub enum BusError {
     NoConsumer(String),
 }
 
+/// Time on the bus: installed schedules and their records. (An event for later is an
+/// event with `deliver_at_ms`, published like any other.)
+pub trait Timers: Send + Sync {
+    /// Makes `function`'s schedules these, as of its version `version`: each fires its
+    /// slots as events on `schedule.<function>.<index>`; schedules past the end stop.
+    /// Installing what is installed changes nothing, and an older version never
+    /// replaces a newer one (nodes roll a deploy out one by one).
+    fn install_schedules<'a>(
+        &'a self,
+        function: &'a str,
+        version: u64,
+        schedules: &'a [Schedule],
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+    /// Stops every schedule of `function` and forgets their records.
+    fn remove_schedules<'a>(&'a self, function: &'a str) -> BoxFuture<'a, Result<(), BusError>>;
+    /// The record of `function`'s schedule `index` (the default if it never fired).
+    fn schedule_record<'a>(
+        &'a self,
+        function: &'a str,
+        index: usize,
+    ) -> BoxFuture<'a, Result<ScheduleRecord, BusError>>;
+    /// Changes one schedule's record atomically (`edit` may run more than once);
+    /// returns the record before and after.
+    fn update_schedule<'a>(
+        &'a self,
+        function: &'a str,
+        index: usize,
+        edit: RecordEdit,
+    ) -> BoxFuture<'a, Result<(ScheduleRecord, ScheduleRecord), BusError>>;
+}
+
 /// The engine that carries events. Every method's success is durable.
-pub trait Bus: Send + Sync {
+pub trait Bus: Timers {
     /// Publishes events (an id already published is dropped as a duplicate).
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>>;
     /// Creates the consumer if it does not exist; it receives events published from now on.

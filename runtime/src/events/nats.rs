@@ -1,18 +1,25 @@
 //! The NATS JetStream event bus (`--nats URL`), shared by every node of a cluster.
 //!
-//! * One stream, `SKIFF_EVENTS`, on subjects `events.<topic>` and `replay.<consumer>`,
-//!   with interest retention (an event is kept until every consumer that wants it has
-//!   settled it) and de-duplication by `Nats-Msg-Id` = the event id.
+//! * One stream, `SKIFF_EVENTS`, on subjects `events.<topic>`, `replay.<consumer>` and
+//!   `schedules.>`, with interest retention (an event is kept until every consumer that
+//!   wants it has settled it), de-duplication by `Nats-Msg-Id` = the event id, and NATS
+//!   message schedules: a function's `[[schedule]]` and an event for later are schedule
+//!   messages that NATS fires into `events.<topic>` ([`timers`]).
 //! * One durable pull consumer per function and trigger, filtered on `events.<pattern>`
 //!   and its own `replay.<consumer>` subject, so that replaying a dead letter reaches only
 //!   the function it failed in. Explicit acks, confirmed by the server (double ack);
 //!   redelivery after the ack wait; attempts are JetStream's delivery count.
 //! * Dead letters in the KV bucket `skiff_dead_letters`, keyed `<function>.<event id>`.
-//! * Publishing is local first: events go to a durable outbox in the node's redb and a
+//! * Publishing is local first ([`outbox`]): events go to a durable outbox in the node's redb and a
 //!   forwarder moves them to JetStream, so a node keeps accepting work while NATS is
 //!   unreachable and delivers it once NATS is back. Nothing acknowledged is lost.
 //! * A node may start while NATS is unreachable: [`NatsBus::offline`] takes events into
 //!   the outbox at once, and [`NatsBus::attach`] joins JetStream whenever it answers.
+
+mod outbox;
+mod timers;
+
+pub use timers::{KEEPER, RECORDS_BUCKET};
 
 use super::{Bus, BusError, ConsumerSpec, DeadLetter, Delivery, DeliveryToken, Event};
 use crate::localdb::LocalDb;
@@ -20,7 +27,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::pull, kv, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use redb::{ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use skiff_core::record::now_ms;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,10 +63,33 @@ pub struct NatsBus {
 struct Remote {
     js: jetstream::Context,
     dead: kv::Store,
+    /// Schedule records ([`timers`]).
+    schedules: kv::Store,
 }
 
 fn backend(e: impl std::fmt::Display) -> BusError {
     BusError::Backend(e.to_string())
+}
+
+/// Opens the KV bucket `name`, creating it (one value per key) if it does not exist.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<kv::Store, BusError> {
+    match js.get_key_value(name).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.to_string(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| backend(format!("cannot create bucket {name}: {e}"))),
+    }
 }
 
 fn headers_of(ev: &Event, msg_id: &str) -> HeaderMap {
@@ -100,6 +130,7 @@ fn event_of(msg: &async_nats::Message) -> Result<Event, BusError> {
         published_at_ms: get(H_AT).and_then(|v| v.parse().ok()).unwrap_or(0),
         after: get(H_AFTER).and_then(|v| v.parse().ok()).unwrap_or(0),
         after_of: get(H_AFTER_OF).unwrap_or_default(),
+        deliver_at_ms: 0,
     })
 }
 
@@ -149,7 +180,7 @@ impl NatsBus {
             consumers: Mutex::new(HashMap::new()),
             forward: Arc::new(Notify::new()),
         });
-        tokio::spawn(forwarder(Arc::downgrade(&bus)));
+        tokio::spawn(outbox::forwarder(Arc::downgrade(&bus)));
         Ok(bus)
     }
 
@@ -171,30 +202,45 @@ impl NatsBus {
             &js,
             stream::Config {
                 name: STREAM.to_string(),
-                subjects: vec!["events.>".into(), "replay.>".into()],
+                subjects: vec![
+                    "events.>".into(),
+                    "replay.>".into(),
+                    timers::SUBJECTS.into(),
+                ],
                 retention: stream::RetentionPolicy::Interest,
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 duplicate_window: window,
+                allow_message_schedules: true,
+                allow_rollup: true,
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| backend(format!("cannot create stream {STREAM}: {e}")))?;
-        let dead = match js.get_key_value(DEAD_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: DEAD_BUCKET.to_string(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
+        // Schedules stay in the stream only while a consumer wants them: this one does,
+        // and never fetches.
+        js.get_stream(STREAM)
+            .await
+            .map_err(backend)?
+            .get_or_create_consumer::<pull::Config>(
+                timers::KEEPER,
+                pull::Config {
+                    durable_name: Some(timers::KEEPER.to_string()),
+                    filter_subject: timers::SUBJECTS.to_string(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ..Default::default()
-                })
-                .await
-                .map_err(|e| backend(format!("cannot create bucket {DEAD_BUCKET}: {e}")))?,
-        };
-        let _ = self.remote.set(Remote { js, dead });
+                },
+            )
+            .await
+            .map_err(|e| backend(format!("cannot create consumer {}: {e}", timers::KEEPER)))?;
+        let dead = bucket(&js, DEAD_BUCKET, replicas).await?;
+        let schedules = bucket(&js, timers::RECORDS_BUCKET, replicas).await?;
+        let _ = self.remote.set(Remote {
+            js,
+            dead,
+            schedules,
+        });
         self.forward.notify_one();
         Ok(())
     }
@@ -229,93 +275,6 @@ impl NatsBus {
         }
         Ok(c)
     }
-
-    /// The outbox entries waiting to go out, oldest first.
-    fn pending_outbox(&self, max: usize) -> Result<Vec<(u64, Event)>, BusError> {
-        let rtx = self.db.read().map_err(backend)?;
-        let t = rtx.open_table(OUTBOX).map_err(backend)?;
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(backend)?.take(max) {
-            let (k, v) = entry.map_err(backend)?;
-            let ev: Event = serde_json::from_slice(v.value()).map_err(backend)?;
-            out.push((k.value(), ev));
-        }
-        Ok(out)
-    }
-
-    /// Sends what waits in the outbox; returns how many went out.
-    async fn forward_once(&self) -> Result<usize, BusError> {
-        let Some(remote) = self.remote.get() else {
-            // Not attached yet: the events wait; attaching wakes the forwarder.
-            return Ok(0);
-        };
-        let batch = self.pending_outbox(256)?;
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let mut acks = Vec::with_capacity(batch.len());
-        for (seq, ev) in &batch {
-            let ack = remote
-                .js
-                .publish_with_headers(
-                    format!("events.{}", ev.topic),
-                    headers_of(ev, &ev.id),
-                    ev.data.clone().into(),
-                )
-                .await
-                .map_err(backend)?;
-            acks.push((*seq, ack));
-        }
-        let mut sent = Vec::new();
-        for (seq, ack) in acks {
-            ack.await.map_err(backend)?;
-            sent.push(seq);
-        }
-        let n = sent.len();
-        self.db
-            .run(move |tx: &redb::WriteTransaction| {
-                let mut t = tx.open_table(OUTBOX).map_err(|e| e.to_string())?;
-                for &seq in &sent {
-                    t.remove(seq).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(backend)?;
-        Ok(n)
-    }
-}
-
-/// Moves outbox entries to JetStream, retrying while NATS is unreachable.
-async fn forwarder(bus: std::sync::Weak<NatsBus>) {
-    let mut failing = false;
-    loop {
-        let Some(b) = bus.upgrade() else {
-            return;
-        };
-        let woken = b.forward.clone();
-        let notified = woken.notified();
-        match b.forward_once().await {
-            Ok(0) => {
-                drop(b);
-                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
-            }
-            Ok(_) => {
-                if failing {
-                    tracing::info!("NATS reachable again; outbox forwarding resumed");
-                    failing = false;
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot forward events to NATS; they wait in the local outbox");
-                    failing = true;
-                }
-                drop(b);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
 }
 
 fn token(d: &Delivery) -> Result<&jetstream::Message, BusError> {
@@ -334,30 +293,7 @@ impl Bus for NatsBus {
     }
 
     fn publish<'a>(&'a self, events: Vec<Event>) -> BoxFuture<'a, Result<(), BusError>> {
-        Box::pin(async move {
-            self.db
-                .run(move |tx: &redb::WriteTransaction| {
-                    let e = |x: &dyn std::fmt::Display| x.to_string();
-                    let mut meta = tx.open_table(OUTBOX_META).map_err(|x| e(&x))?;
-                    let mut seq = meta
-                        .get("seq")
-                        .map_err(|x| e(&x))?
-                        .map(|v| v.value())
-                        .unwrap_or(0);
-                    let mut t = tx.open_table(OUTBOX).map_err(|x| e(&x))?;
-                    for ev in &events {
-                        seq += 1;
-                        let bytes = serde_json::to_vec(ev).map_err(|x| e(&x))?;
-                        t.insert(seq, bytes.as_slice()).map_err(|x| e(&x))?;
-                    }
-                    meta.insert("seq", seq).map_err(|x| e(&x))?;
-                    Ok(())
-                })
-                .await
-                .map_err(backend)?;
-            self.forward.notify_one();
-            Ok(())
-        })
+        Box::pin(self.enqueue(events))
     }
 
     fn ensure_consumer<'a>(
@@ -426,7 +362,8 @@ impl Bus for NatsBus {
             while let Some(msg) = batch.next().await {
                 let msg = msg.map_err(backend)?;
                 let attempt = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-                match event_of(&msg) {
+                let event = timers::fire_of(&msg).unwrap_or_else(|| event_of(&msg));
+                match event {
                     Ok(event) => out.push(Delivery {
                         event,
                         attempt,

@@ -23,6 +23,8 @@ pub struct NodeServices {
     pub metrics: Arc<Metrics>,
     /// The node's admin API, which no function may reach.
     pub admin: Option<SocketAddr>,
+    /// Bounds on delayed events.
+    pub timers: skiff_core::limits::TimerLimits,
 }
 
 /// What a capability sees of a deploy.

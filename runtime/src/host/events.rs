@@ -8,6 +8,7 @@ use super::bindings::skiff::function::events;
 use super::capability::{Capability, CapabilityError, DeployContext, InstanceContext};
 use crate::events::Event;
 use crate::ids::{derived_id, random_id};
+use skiff_core::limits::TimerLimits;
 use skiff_core::record::now_ms;
 use skiff_core::topic::check_topic;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +23,11 @@ pub const MAX_EVENTS_PER_INVOCATION: usize = 1000;
 /// API): a valid topic, and data and headers within [`MAX_EVENT_BYTES`].
 pub fn check_event(topic: &str, data: &[u8], headers: &[(String, String)]) -> Result<(), String> {
     check_topic(topic).map_err(|e| e.to_string())?;
+    if topic.split('.').next() == Some(skiff_core::schedule::TOPIC_PREFIX) {
+        return Err(format!(
+            "topic `{topic}` is reserved for schedule fires; publish under another first token"
+        ));
+    }
     let size = data.len()
         + headers
             .iter()
@@ -76,6 +82,8 @@ pub struct EventCtx {
     position: Position,
     cause: Option<String>,
     traceparent: String,
+    /// Bounds on delivery times.
+    timers: TimerLimits,
     /// Waiting for the invocation to succeed.
     pub outbox: Outbox,
 }
@@ -94,8 +102,15 @@ impl EventCtx {
             position,
             cause: cause.map(String::from),
             traceparent,
+            timers: TimerLimits::default(),
             outbox: Outbox::default(),
         }
+    }
+
+    /// The same, bounding delivery times by `timers`.
+    pub fn with_timers(mut self, timers: TimerLimits) -> Self {
+        self.timers = timers;
+        self
     }
 
     /// A reused instance begins a request: what it publishes from now on carries
@@ -120,7 +135,24 @@ impl EventCtx {
         data: Vec<u8>,
         headers: Vec<(String, String)>,
     ) -> Result<String, String> {
+        self.publish_at(key, topic, data, headers, 0)
+    }
+
+    /// [`EventCtx::publish`], delivered no earlier than `at_ms` (0: at once); a time
+    /// in the past or beyond the node's maximum delay is refused.
+    pub fn publish_at(
+        &mut self,
+        key: Option<&str>,
+        topic: String,
+        data: Vec<u8>,
+        headers: Vec<(String, String)>,
+        at_ms: u64,
+    ) -> Result<String, String> {
         check_event(&topic, &data, &headers)?;
+        let deliver_at_ms = match at_ms {
+            0 => 0,
+            at => self.timers.check_delivery(at, now_ms())?,
+        };
         let mut outbox = self.outbox.lock();
         if outbox.len() >= MAX_EVENTS_PER_INVOCATION {
             return Err(format!(
@@ -150,6 +182,7 @@ impl EventCtx {
             // until their node has applied as much.
             after: (self.position)(),
             after_of: self.function.clone(),
+            deliver_at_ms,
         });
         Ok(id)
     }
@@ -165,8 +198,8 @@ impl HasData for HasEvents {
 pub struct Events;
 
 impl Capability for Events {
-    /// The function's name and the node's state position.
-    type Deployed = (String, Position);
+    /// The function's name, the node's state position and its bounds on delays.
+    type Deployed = (String, Position, TimerLimits);
     type Instance = EventCtx;
 
     fn link(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
@@ -177,16 +210,21 @@ impl Capability for Events {
         let state = cx.node.state.clone();
         let function = cx.function.to_string();
         let of = function.clone();
-        Ok((function, Arc::new(move || state.position(&of))))
+        let position: Position = Arc::new(move || state.position(&of));
+        Ok((function, position, cx.node.timers))
     }
 
-    fn instantiate((function, position): &Self::Deployed, cx: &InstanceContext<'_>) -> EventCtx {
+    fn instantiate(
+        (function, position, timers): &Self::Deployed,
+        cx: &InstanceContext<'_>,
+    ) -> EventCtx {
         EventCtx::new(
             function,
             position.clone(),
             cx.cause,
             cx.traceparent.to_string(),
         )
+        .with_timers(*timers)
     }
 }
 
@@ -208,6 +246,26 @@ impl events::Host for &mut EventCtx {
         headers: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<String, String>> {
         Ok(EventCtx::publish(self, Some(&key), topic, data, headers))
+    }
+
+    async fn publish_at(
+        &mut self,
+        key: Option<String>,
+        topic: String,
+        data: Vec<u8>,
+        headers: Vec<(String, String)>,
+        at_ms: u64,
+    ) -> wasmtime::Result<Result<String, String>> {
+        // 0 would mean "at once"; a guest asking for the epoch asks for the past.
+        let at_ms = at_ms.max(1);
+        Ok(EventCtx::publish_at(
+            self,
+            key.as_deref(),
+            topic,
+            data,
+            headers,
+            at_ms,
+        ))
     }
 }
 

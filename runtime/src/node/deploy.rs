@@ -23,8 +23,10 @@ use skiff_core::deploy::{Checked, check_manifest};
 use skiff_core::instances::HttpWorld;
 use skiff_core::instances::InstancePolicy;
 use skiff_core::limits::FunctionLimits;
+use skiff_core::manifest::EventTrigger;
 use skiff_core::manifest::{FunctionName, Manifest};
 use skiff_core::record::FunctionRecord;
+use skiff_core::schedule::Schedule;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -38,6 +40,13 @@ struct Prepared {
     policy: InstancePolicy,
     caps: Deployed,
     exports: Exports,
+    schedules: Vec<Schedule>,
+}
+
+impl Prepared {
+    fn triggers_empty(&self) -> bool {
+        self.manifest.events.is_empty() && self.schedules.is_empty()
+    }
 }
 
 /// A compiled-code cache failure while deploying `name`.
@@ -90,9 +99,9 @@ fn pooled(exports: &Exports, policy: &InstancePolicy) -> bool {
 /// What a manifest asks its component to export.
 #[derive(Clone, Copy)]
 pub(crate) struct Wants {
-    /// An HTTP handler (no `[[events]]`, or a route).
+    /// An HTTP handler (no `[[events]]` or `[[schedule]]`, or a route).
     pub http: bool,
-    /// An event handler (`[[events]]`).
+    /// An event handler (`[[events]]` or `[[schedule]]`).
     pub events: bool,
 }
 
@@ -114,6 +123,11 @@ impl Node {
         let Checked { manifest, route } = check_manifest(expected.as_str(), manifest_text)?;
         let name = manifest.name.clone();
         let limits = self.limits.resolve(&manifest.limits)?;
+        let schedules = manifest.schedules().map_err(DeployError::Schedule)?;
+        for (i, s) in schedules.iter().enumerate() {
+            s.check_interval(i + 1, self.limits.timers.min_interval)
+                .map_err(DeployError::Schedule)?;
+        }
         let secrets = self.function_secrets(name.as_str()).await;
         let caps = Deployed::configure(&DeployContext {
             function: name.as_str(),
@@ -124,15 +138,17 @@ impl Node {
                 state: self.state.clone(),
                 metrics: self.metrics.clone(),
                 admin: self.admin,
+                timers: self.limits.timers,
             },
         })?;
         if !self.control.has_artifact(artifact).await? {
             return Err(ControlError::MissingArtifact(artifact.to_string()).into());
         }
         // A function handles HTTP, events, or both: whichever it exports.
+        let triggered = !manifest.events.is_empty() || !manifest.schedule.is_empty();
         let wants = Wants {
-            http: manifest.events.is_empty() || manifest.http.route.is_some(),
-            events: !manifest.events.is_empty(),
+            http: !triggered || manifest.http.route.is_some(),
+            events: triggered,
         };
         let exports = self.exports(&name, artifact, !lazy, wants).await?;
         if wants.events && !exports.events {
@@ -181,6 +197,7 @@ impl Node {
             policy,
             caps,
             exports,
+            schedules,
         })
     }
 
@@ -266,7 +283,7 @@ impl Node {
 
     /// The deployment a prepared version becomes (not yet serving).
     async fn build(&self, p: Prepared, record: FunctionRecord) -> Arc<Deployment> {
-        let triggers = p
+        let mut triggers: Vec<(EventTrigger, ConsumerSpec)> = p
             .manifest
             .events
             .iter()
@@ -275,6 +292,19 @@ impl Node {
                 (t.clone(), spec)
             })
             .collect();
+        // Each schedule's fires come through a consumer of its own topic, with its own
+        // attempts and backoff.
+        for (i, s) in p.schedules.iter().enumerate() {
+            let trigger = EventTrigger {
+                topic: skiff_core::schedule::topic(&record.name, i),
+                max_attempts: s.max_attempts,
+                backoff: skiff_core::manifest::Timeout(s.backoff),
+                concurrency: None,
+            };
+            let spec = ConsumerSpec::new(&record.name, &trigger.topic, ack_wait(&p.limits));
+            triggers.push((trigger, spec));
+        }
+        let handles_events = !p.triggers_empty();
         let spec = Arc::new(SandboxSpec {
             function: record.name.clone(),
             version: record.version,
@@ -286,12 +316,7 @@ impl Node {
             &record.artifact,
             Flavor::needed(p.exports.concurrent, pooled),
         );
-        let metrics = FnMetrics::new(
-            &self.metrics,
-            &record.name,
-            p.exports.http,
-            !p.manifest.events.is_empty(),
-        );
+        let metrics = FnMetrics::new(&self.metrics, &record.name, p.exports.http, handles_events);
         let pool = pooled.then(|| {
             HttpPool::new(
                 spec.clone(),
@@ -314,6 +339,7 @@ impl Node {
             route: p.route,
             exports: p.exports,
             triggers,
+            schedules: p.schedules,
         })
     }
 

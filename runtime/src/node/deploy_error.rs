@@ -22,6 +22,9 @@ pub enum DeployError {
     /// A limit exceeds the node's maximum.
     #[error(transparent)]
     Limits(#[from] LimitError),
+    /// A `[[schedule]]` is invalid or fires faster than the node allows.
+    #[error("{0}")]
+    Schedule(skiff_core::schedule::ScheduleError),
     /// A capability refused its part of the manifest.
     #[error(transparent)]
     Capability(#[from] CapabilityError),

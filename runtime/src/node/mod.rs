@@ -67,8 +67,10 @@ pub struct Deployment {
     pub pool: Option<pool::HttpPool>,
     /// What its component exports; the linked code itself is in the node's code cache.
     pub exports: Exports,
-    /// Its event triggers and their durable consumers.
+    /// Its event triggers and their durable consumers (one per schedule among them).
     pub triggers: Vec<(EventTrigger, ConsumerSpec)>,
+    /// Its `[[schedule]]` tables, checked.
+    pub schedules: Vec<skiff_core::schedule::Schedule>,
     /// Bounds this version's concurrent invocations.
     pub slots: Arc<Semaphore>,
 }

@@ -59,14 +59,24 @@ impl Node {
         }
     }
 
-    /// Publishes an event as an operator; answers its id.
+    /// Publishes an event as an operator, for delivery at `at_ms` (0: at once); answers
+    /// its id.
     pub async fn publish(
         &self,
         topic: &str,
         data: Vec<u8>,
         headers: Vec<(String, String)>,
+        at_ms: u64,
     ) -> Result<String, PublishError> {
         crate::host::events::check_event(topic, &data, &headers).map_err(PublishError::Refused)?;
+        let deliver_at_ms = match at_ms {
+            0 => 0,
+            at => self
+                .limits()
+                .timers
+                .check_delivery(at, skiff_core::record::now_ms())
+                .map_err(PublishError::Refused)?,
+        };
         let id = crate::ids::random_id();
         let event = Event {
             id: id.clone(),
@@ -76,6 +86,7 @@ impl Node {
             published_at_ms: skiff_core::record::now_ms(),
             after: 0,
             after_of: String::new(),
+            deliver_at_ms,
         };
         self.bus().publish(vec![event]).await?;
         Ok(id)

@@ -142,10 +142,13 @@ async fn open_stores(opts: &UpOptions) -> anyhow::Result<Stores> {
                 "a cluster node needs NATS: pass --nats nats://HOST:4222 (or set SKIFF_NATS)"
             );
         }
+        let bus = Arc::new(EmbeddedBus::open(db, dedup.events).await?);
+        // Schedules fire from this node's redb; the task ends with the bus.
+        tokio::spawn(crate::events::embedded::run_timers(Arc::downgrade(&bus)));
         return Ok(Stores {
             control,
             state: local,
-            bus: Arc::new(EmbeddedBus::open(db, dedup.events).await?),
+            bus,
             nats: None,
         });
     };

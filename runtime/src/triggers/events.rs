@@ -3,11 +3,13 @@
 //! settles each delivery: ack on success (after publishing what the handler published),
 //! nak with exponential backoff on failure, dead letter after `max_attempts`.
 
+use super::schedules::{self, Gate, Outcome};
 use crate::events::{Bus, BusError, ConsumerSpec, Delivery, Event};
 use crate::metrics::Metrics;
 use crate::node::{Deployment, DeploymentHook, Node};
 use futures::future::BoxFuture;
 use skiff_core::manifest::EventTrigger;
+use skiff_core::schedule::Schedule;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -104,11 +106,19 @@ impl EventTriggers {
             }
         }
         if d.triggers.is_empty() {
-            return Ok(());
+            // Schedules of an earlier version stop.
+            return self
+                .bus
+                .install_schedules(&name, d.record.version, &[])
+                .await;
         }
         for (_, spec) in &d.triggers {
             self.bus.ensure_consumer(spec).await?;
         }
+        // Once its consumers exist, so that no fire finds nobody to take it.
+        self.bus
+            .install_schedules(&name, d.record.version, &d.schedules)
+            .await?;
         let (stop, rx) = watch::channel(false);
         for (trigger, spec) in &d.triggers {
             let concurrency = trigger
@@ -122,6 +132,7 @@ impl EventTriggers {
                     function: name.clone(),
                     trigger: trigger.clone(),
                     consumer: spec.clone(),
+                    schedule: schedule_of(d, &trigger.topic),
                 },
                 concurrency,
                 rx.clone(),
@@ -149,6 +160,9 @@ impl EventTriggers {
         let _ = old.stop.send(true);
         if !gone {
             return;
+        }
+        if let Err(e) = self.bus.remove_schedules(name).await {
+            tracing::warn!(function = name, error = %e, "cannot remove the function's schedules");
         }
         for c in &old.consumers {
             if let Err(e) = self.bus.delete_consumer(c).await {
@@ -182,6 +196,17 @@ struct Loop {
     function: String,
     trigger: EventTrigger,
     consumer: ConsumerSpec,
+    /// The schedule whose fires this trigger takes, with its index.
+    schedule: Option<(usize, Schedule)>,
+}
+
+/// The schedule behind trigger `topic` of `d`, if it is one of its schedules'.
+fn schedule_of(d: &Deployment, topic: &str) -> Option<(usize, Schedule)> {
+    let (function, index) = skiff_core::schedule::parse_topic(topic)?;
+    if function != d.record.name {
+        return None;
+    }
+    Some((index, d.schedules.get(index)?.clone()))
 }
 
 async fn run_trigger(l: Loop, concurrency: usize, mut stop: watch::Receiver<bool>) {
@@ -250,8 +275,32 @@ async fn settle(l: &Loop, d: Delivery) {
         return;
     };
     let (function, trigger, bus) = (l.function.as_str(), &l.trigger, &l.bus);
-    let result = invoker.invoke_event(function, &d.event, d.attempt).await;
     let m = invoker.metrics();
+    if let Some((index, schedule)) = &l.schedule {
+        match schedules::open(bus.as_ref(), m, function, *index, schedule, &d).await {
+            Ok(Gate::Run) => Metrics::count(&m.schedules.fires, function, 1),
+            Ok(Gate::Skip) => {
+                if let Err(e) = bus.ack(&d).await {
+                    tracing::warn!(function, event = %d.event.id, error = %e, "cannot settle a skipped fire");
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(function, event = %d.event.id, error = %e, "cannot record a schedule fire; will retry");
+                let _ = bus.nak(&d, backoff(trigger.backoff.0, 1)).await;
+                return;
+            }
+        }
+    }
+    let result = invoker.invoke_event(function, &d.event, d.attempt).await;
+    if let Some((index, _)) = &l.schedule {
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(why) if d.attempt >= trigger.max_attempts => Outcome::DeadLettered(why),
+            Err(why) => Outcome::Failed(why),
+        };
+        schedules::close(bus.as_ref(), function, *index, outcome).await;
+    }
     let settled = match result {
         Ok(outbox) => {
             let n = outbox.len() as u64;
@@ -316,6 +365,7 @@ fn dead_letter_event(function: &str, d: &Delivery, error: &str) -> Event {
         published_at_ms: skiff_core::record::now_ms(),
         after: 0,
         after_of: String::new(),
+        deliver_at_ms: 0,
     }
 }
 

@@ -1,6 +1,7 @@
 //! What makes a function run: HTTP requests ([`http`], the function listener) and events
-//! ([`events`], the consumer loops). Both sit on top of the node and reach it through
+//! ([`events`], the consumer loops), including schedule fires ([`schedules`]). Both sit on top of the node and reach it through
 //! narrow handles; the node announces deployment changes and knows nothing of triggers.
 
 pub mod events;
 pub mod http;
+pub mod schedules;

@@ -1,7 +1,8 @@
 //! Admin endpoints for events:
 //!
-//! * `POST /v1/events/{topic}` — publish the request body (headers `x-skiff-header-NAME`
-//!   become event headers) → `{"id": ...}`
+//! * `POST /v1/events/{topic}[?at_ms=T]` — publish the request body (headers
+//!   `x-skiff-header-NAME` become event headers), delivered at `T` (ms since the epoch)
+//!   if given → `{"id": ...}`
 //! * `GET  /v1/functions/{name}/dead-letters` — the function's dead letters
 //! * `GET  /v1/functions/{name}/dead-letters/{id}` — one, with its payload
 //! * `POST /v1/functions/{name}/dead-letters/{id}/replay` — deliver it again
@@ -29,14 +30,29 @@ pub async fn publish(node: &Node, topic: &str, req: http::Request<Incoming>) -> 
             Some((name.to_string(), v.to_str().ok()?.to_string()))
         })
         .collect();
+    let at = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "at_ms")
+            .map(|(_, v)| v.to_string())
+    });
+    let at_ms = match at.map(|v| v.parse::<u64>()) {
+        None => 0,
+        Some(Ok(at)) => at.max(1),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "at_ms must be a time in milliseconds since the Unix epoch".to_string(),
+            );
+        }
+    };
     let data = match read_body(req, MAX_EVENT_BYTES).await {
         Ok(b) => b.to_vec(),
         Err(resp) => return resp,
     };
-    match node.publish(topic, data, headers).await {
+    match node.publish(topic, data, headers, at_ms).await {
         Ok(id) => json(
             StatusCode::OK,
-            &serde_json::json!({ "id": id, "topic": topic }),
+            &serde_json::json!({ "id": id, "topic": topic, "at_ms": at_ms }),
         ),
         Err(PublishError::Refused(why)) => error(StatusCode::BAD_REQUEST, why),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

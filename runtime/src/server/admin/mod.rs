@@ -6,6 +6,7 @@
 pub mod events;
 pub mod kv;
 pub mod logs;
+pub mod schedules;
 pub mod secrets;
 
 use crate::cluster::reporter::Reporter;
@@ -133,6 +134,10 @@ impl Admin {
             }
             (_, ["v1", "functions", name, "dead-letters", rest @ ..]) => {
                 events::dead_letters(&self.node, name, rest, req.method()).await
+            }
+            (_, ["v1", "functions", name, "schedules", rest @ ..]) => {
+                let d = self.node.snapshot().get(name).cloned();
+                schedules::schedules(&self.node, d, name, rest, req.method()).await
             }
             (_, ["v1", "functions", name, "secrets"]) => {
                 let name = name.to_string();
