@@ -422,3 +422,30 @@ async fn bad_schedules_and_delays_are_refused_with_the_reason() {
     let err = skiff.cli_err(&["schedules", "pause", "ticker"]);
     assert!(err.contains("has no [[schedule]]"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sessions_example_expires_keys_by_a_delayed_event() {
+    let skiff = Skiff::start(&[]);
+    let dir = repo().join("functions/sessions");
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    let url = format!("{}/sessions/s1", skiff.listen);
+    let r = request("PUT", &url, &[], bytes::Bytes::from_static(b"2")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&url).await.status, 200);
+    // Two seconds on, the delayed event deletes it (not just hides it).
+    let key = format!("{}/v1/functions/sessions/kv/session:s1", skiff.admin);
+    assert_eq!(get(&key).await.status, 200);
+    let deleted = wait_until(Duration::from_secs(5), async || {
+        get(&key).await.status == 404
+    })
+    .await;
+    assert!(deleted, "the session outlived its expiry:\n{}", skiff.log());
+    assert_eq!(get(&url).await.status, 404);
+    // Its sweep is listed, with the next minute's slot.
+    let listing = skiff.cli_ok(&["schedules"]);
+    assert!(
+        listing.contains("sessions") && listing.contains("cron 0 * * * * * (UTC)"),
+        "{listing}"
+    );
+    assert!(listing.contains(":00.000Z"), "{listing}");
+}
