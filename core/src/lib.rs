@@ -1,11 +1,12 @@
 //! What Skiff's node, scheduler and CLI share; never links wasmtime.
 //!
 //! The layer map (each module uses only those above it):
-//! * [`record`] — function records, artifact hashes and the component header check.
+//! * [`units`] — sizes and durations as written; [`record`] — function records, artifact
+//!   hashes and the component header check.
 //! * [`topic`], [`routes`], [`secrets`] — validated names: event topics, HTTP routes,
 //!   config and secret keys (and how secrets are sealed).
 //! * [`manifest`] — `skiff.toml`, parsed strictly into those types; [`schedule`] —
-//!   its `[[schedule]]` tables, their slots and the events their fires become.
+//!   its `[[schedule]]` tables and their slots; [`fire`] — the event a fire becomes.
 //! * [`limits`] — invocation and key-value limits, resolved against a node's maxima;
 //!   [`instances`] — instance reuse (`[instances]`), resolved per HTTP world.
 //! * [`deploy`] — the one deploy check both the node and the scheduler run.
@@ -26,6 +27,7 @@ pub mod cluster_token;
 pub mod control;
 pub mod deferred;
 pub mod deploy;
+pub mod fire;
 pub mod hosting;
 pub mod http;
 pub mod instances;
@@ -46,5 +48,6 @@ pub mod state_keys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod topic;
+pub mod units;
 
 pub use routes::{Route, RouteError, RouteTable};

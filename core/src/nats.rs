@@ -304,7 +304,11 @@ pub async fn stream_with_window(
     if changed {
         js.update_stream(&current)
             .await
-            .map_err(|e| format!("cannot update the stream's configuration: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot update the stream's configuration: {e} (message schedules need nats-server 2.14 or newer)"
+                )
+            })?;
         stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
     }
     Ok(stream)

@@ -11,8 +11,7 @@
 //! 0–6 from Sunday), checked here and evaluated with `croner`, so that a pattern that
 //! deploys fires at the same times in a cluster (NATS) and on one machine (redb).
 
-use crate::api::Event;
-use crate::manifest::Timeout;
+use crate::units::Timeout;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -449,44 +448,6 @@ pub fn fire_id(function: &str, index: usize, slot: u64) -> String {
     let digest =
         crate::record::sha256_hex(format!("schedule/{function}/{index}/{slot}").as_bytes());
     digest[..32].to_string()
-}
-
-/// The event of one fire. Its data is JSON: function, schedule (index), scheduled_at
-/// (RFC 3339) and scheduled_at_ms; the slot and firing time are headers too.
-pub fn fire_event(function: &str, index: usize, slot: u64, fired: u64, catch_up: bool) -> Event {
-    let scheduled_at = rfc3339(slot);
-    let data = serde_json::json!({
-        "function": function,
-        "schedule": index,
-        "scheduled_at": scheduled_at,
-        "scheduled_at_ms": slot,
-    });
-    let mut headers = vec![
-        (H_SCHEDULED.to_string(), slot.to_string()),
-        (H_FIRED.to_string(), fired.to_string()),
-    ];
-    if catch_up {
-        headers.push((H_CATCH_UP.to_string(), "1".to_string()));
-    }
-    Event {
-        id: fire_id(function, index, slot),
-        topic: topic(function, index),
-        data: data.to_string().into_bytes(),
-        headers,
-        published_at_ms: fired,
-        after: 0,
-        after_of: String::new(),
-        deliver_at_ms: 0,
-    }
-}
-
-/// A header of `event` as a number.
-pub fn header_ms(event: &Event, name: &str) -> Option<u64> {
-    event
-        .headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// What to do with a fire that reached its function.

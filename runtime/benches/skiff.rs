@@ -16,10 +16,14 @@
 //! mode's replicated log on three clustered nats-servers), `scale` (deploy to first
 //! response, memory per idle and per loaded function, RSS with 1,000 and 10,000
 //! functions deployed, start-up with 1,000), `placement` (state kept per node with 12
-//! functions on 6 nodes, on every node against `[placement] nodes = 2`). Default: all.
+//! functions on 6 nodes, on every node against `[placement] nodes = 2`), `schedules` (how
+//! late schedule fires and delayed events come, against a timer in this process).
+//! Default: all.
 
 #[path = "shared/placement.rs"]
 mod placement;
+#[path = "shared/schedules.rs"]
+mod schedules;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -1319,5 +1323,8 @@ fn main() {
     }
     if want("placement") {
         client_rt.block_on(placement::placement());
+    }
+    if want("schedules") {
+        server_rt.block_on(schedules::schedules());
     }
 }

@@ -157,7 +157,7 @@ fn exposes(text: &str, name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_metric_the_dashboard_queries_exists_on_a_live_node() {
     let skiff = Skiff::start(&[]);
-    for f in ["functions/hello", "functions/orders"] {
+    for f in ["functions/hello", "functions/orders", "functions/sessions"] {
         skiff.cli_ok(&["deploy", repo().join(f).to_str().unwrap(), "--no-build"]);
     }
     assert_eq!(get(&format!("{}/hello/x", skiff.listen)).await.status, 200);

@@ -111,22 +111,6 @@ fn the_minimum_interval_is_held() {
 }
 
 #[test]
-fn fires_have_stable_ids_and_topics() {
-    let a = fire_event("nightly", 0, T0, T0 + 5, false);
-    let b = fire_event("nightly", 0, T0, T0 + 900, true);
-    assert_eq!(a.id, b.id);
-    assert_ne!(a.id, fire_event("nightly", 1, T0, T0, false).id);
-    assert_ne!(a.id, fire_event("nightly", 0, T0 + 1000, T0, false).id);
-    assert_eq!(a.topic, "schedule.nightly.0");
-    assert_eq!(parse_topic(&a.topic), Some(("nightly", 0)));
-    assert_eq!(header_ms(&a, H_SCHEDULED), Some(T0));
-    assert_eq!(header_ms(&b, H_FIRED), Some(T0 + 900));
-    let data: serde_json::Value = serde_json::from_slice(&a.data).unwrap();
-    assert_eq!(data["scheduled_at"], "2026-01-01T00:00:00.000Z");
-    assert!(crate::topic::check_pattern(&pattern("nightly")).is_ok());
-}
-
-#[test]
 fn catch_up_policies_decide_late_fires() {
     let every = |policy: &str| parse(&format!("every = \"2s\"\ncatch_up = \"{policy}\"")).unwrap();
     let run = |make_up: Vec<u64>, dropped: u64| Admission {

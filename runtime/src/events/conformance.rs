@@ -76,7 +76,8 @@ async fn delivers_delayed_events_at_their_time(bus: &dyn Bus) {
 }
 
 async fn fires_installed_schedules_once_per_slot(bus: &dyn Bus) {
-    use skiff_core::schedule::{H_SCHEDULED, Schedule, ScheduleSection, header_ms};
+    use skiff_core::fire::header_ms;
+    use skiff_core::schedule::{H_SCHEDULED, Schedule, ScheduleSection};
     let every: ScheduleSection = toml::from_str("every = \"1s\"").unwrap();
     let schedules = vec![Schedule::parse(1, &every).unwrap()];
     let c = spec("tick", "schedule.tick.0", WAIT);

@@ -217,7 +217,11 @@ impl NatsBus {
             },
         )
         .await
-        .map_err(|e| backend(format!("cannot create stream {STREAM}: {e}")))?;
+        .map_err(|e| {
+            backend(format!(
+                "cannot create stream {STREAM}: {e} (its schedules need nats-server 2.14 or newer)"
+            ))
+        })?;
         // Schedules stay in the stream only while a consumer wants them: this one does,
         // and never fetches.
         js.get_stream(STREAM)

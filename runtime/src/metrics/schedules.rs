@@ -55,6 +55,16 @@ impl ScheduleMetrics {
         );
     }
 
+    /// Creates `function`'s series at zero, so dashboards see them before the first fire.
+    pub fn prepare(&self, function: &str) {
+        let f = Function {
+            function: function.into(),
+        };
+        let _ = self.fires.get_or_create(&f);
+        let _ = self.misses.get_or_create(&f);
+        let _ = self.lateness.get_or_create(&f);
+    }
+
     /// A fire of `function` started `seconds` after its slot.
     pub fn late(&self, function: &str, seconds: f64) {
         self.lateness

@@ -305,6 +305,9 @@ impl Node {
             triggers.push((trigger, spec));
         }
         let handles_events = !p.triggers_empty();
+        if !p.schedules.is_empty() {
+            self.metrics.schedules.prepare(&record.name);
+        }
         let spec = Arc::new(SandboxSpec {
             function: record.name.clone(),
             version: record.version,

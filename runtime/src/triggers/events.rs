@@ -106,11 +106,14 @@ impl EventTriggers {
             }
         }
         if d.triggers.is_empty() {
-            // Schedules of an earlier version stop.
-            return self
-                .bus
-                .install_schedules(&name, d.record.version, &[])
-                .await;
+            // An earlier version's schedules stop. Best effort: an HTTP-only function must
+            // not wait for the bus, and until this succeeds (the next deploy or start)
+            // their fires find no consumer and are dropped.
+            let version = d.record.version;
+            if let Err(e) = self.bus.install_schedules(&name, version, &[]).await {
+                tracing::debug!(function = %name, error = %e, "cannot stop earlier schedules yet");
+            }
+            return Ok(());
         }
         for (_, spec) in &d.triggers {
             self.bus.ensure_consumer(spec).await?;

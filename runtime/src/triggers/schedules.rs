@@ -6,10 +6,9 @@
 
 use crate::events::{Bus, BusError, Delivery, RecordEdit, ScheduleRecord};
 use crate::metrics::Metrics;
+use skiff_core::fire::{fire_event, header_ms};
 use skiff_core::record::now_ms;
-use skiff_core::schedule::{
-    self, H_CATCH_UP, H_FIRED, H_SCHEDULED, Schedule, fire_event, header_ms,
-};
+use skiff_core::schedule::{self, H_CATCH_UP, H_FIRED, H_SCHEDULED, Schedule};
 use std::sync::Arc;
 
 /// Whether the handler runs on a fire.

@@ -12,8 +12,9 @@ use crate::events::{RecordEdit, ScheduleRecord, Timers};
 use futures::future::BoxFuture;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use skiff_core::fire::fire_event;
 use skiff_core::record::now_ms;
-use skiff_core::schedule::{Schedule, fire_event};
+use skiff_core::schedule::Schedule;
 use std::sync::Weak;
 use std::time::Duration;
 

@@ -86,7 +86,7 @@ pub(super) fn fire_of(msg: &jetstream::Message) -> Option<Result<Event, BusError
         .and_then(|n| schedule::parse_rfc3339(&n))
         .and_then(|next| schedule.slot_before_next(next))
         .unwrap_or(fired);
-    Some(Ok(schedule::fire_event(
+    Some(Ok(skiff_core::fire::fire_event(
         &function, index, slot, fired, false,
     )))
 }
