@@ -27,6 +27,20 @@ fn ticker_manifest(name: &str, extra: &str) -> String {
     )
 }
 
+/// `url`'s answer, asked again while the scheduler forwards to a node that just died
+/// (502 until it notices).
+async fn answered(url: &str) -> Resp {
+    let mut r = get(url).await;
+    for _ in 0..50 {
+        if r.status != 502 && r.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        r = get(url).await;
+    }
+    r
+}
+
 /// `prefix`'d keys of `function`'s kv with their values, read through `admin`
 /// (consistent reads: in a cluster, as last written anywhere).
 async fn kv_map(admin: &str, function: &str, prefix: &str) -> BTreeMap<String, String> {
@@ -37,12 +51,12 @@ async fn kv_map(admin: &str, function: &str, prefix: &str) -> BTreeMap<String, S
         if let Some(c) = cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let r = get(&url).await;
+        let r = answered(&url).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let page: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         for key in page["keys"].as_array().unwrap() {
             let key = key.as_str().unwrap().to_string();
-            let v = get(&format!(
+            let v = answered(&format!(
                 "{admin}/v1/functions/{function}/kv/{}?consistent=true",
                 enc(&key)
             ))
@@ -139,9 +153,9 @@ async fn a_cluster_fires_each_slot_once_through_a_node_kill_and_delays_events() 
         late[late.len() - 1]
     );
     // The listing shows it, with its last fire.
-    let listing = cluster.scheduler.cli_ok(&["schedules", "ticker"]);
+    let listing = cluster.scheduler.cli_ok(&["schedules"]);
     assert!(
-        listing.contains("every 1s") && listing.contains(" ok "),
+        listing.contains("ticker") && listing.contains("every 1s") && listing.contains(" ok "),
         "{listing}"
     );
 
@@ -361,6 +375,37 @@ async fn an_embedded_node_catches_up_by_each_policy_after_downtime() {
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     let listing = skiff.cli_ok(&["schedules", "ticker"]);
     assert!(!listing.contains("PAUSED"), "{listing}");
+    // A redeploy with other schedules replaces them.
+    let other = ticker_manifest("ticker", "[[schedule]]\ncron = \"*/5 * * * * *\"\n");
+    let dir = function_dir(tmp.path(), "ticker", &other);
+    skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
+    let listing = skiff.cli_ok(&["schedules", "ticker"]);
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    assert!(listing.contains("cron */5 * * * * * (UTC)"), "{listing}");
+    let since = now_ms();
+    let fired = wait_until(Duration::from_secs(8), async || {
+        by_slot(&admin, "ticker", "fires", 0)
+            .await
+            .range(since..)
+            .next()
+            .is_some()
+    })
+    .await;
+    assert!(fired, "the new schedule did not fire");
+    let slots: Vec<u64> = by_slot(&admin, "ticker", "fires", 0)
+        .await
+        .range(since..)
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(slots.iter().all(|s| s % 5_000 == 0), "{slots:?}");
+    assert!(
+        by_slot(&admin, "ticker", "fires", 1)
+            .await
+            .range(since + 2_000..)
+            .next()
+            .is_none(),
+        "a dropped schedule still fires"
+    );
     skiff.kill();
 }
 

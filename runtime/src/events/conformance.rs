@@ -108,6 +108,33 @@ async fn fires_installed_schedules_once_per_slot(bus: &dyn Bus) {
             "slots a second apart, each once: {slots:?}"
         );
     }
+    // A newer version's schedule replaces it; an older version's never does.
+    let every2: ScheduleSection = toml::from_str("every = \"2s\"").unwrap();
+    let slower = vec![Schedule::parse(1, &every2).unwrap()];
+    bus.install_schedules("tick", 2, &slower).await.unwrap();
+    bus.install_schedules("tick", 1, &schedules).await.unwrap();
+    while !bus
+        .fetch(&c.name, 10, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    let mut later = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
+    while later.len() < 3 && tokio::time::Instant::now() < deadline {
+        for d in bus
+            .fetch(&c.name, 10, Duration::from_millis(500))
+            .await
+            .unwrap()
+        {
+            later.push(header_ms(&d.event, H_SCHEDULED).expect("slot"));
+            bus.ack(&d).await.unwrap();
+        }
+    }
+    assert!(later.len() >= 2, "fires after the update: {later:?}");
+    for w in later[later.len() - 2..].windows(2) {
+        assert_eq!(w[1] - w[0], 2_000, "the newer schedule fires: {later:?}");
+    }
     // Records change atomically and read back.
     let edit: super::RecordEdit = std::sync::Arc::new(|r| r.fires += 1);
     bus.update_schedule("tick", 0, edit.clone()).await.unwrap();
