@@ -57,6 +57,9 @@ pub struct NatsBus {
     db: Arc<LocalDb>,
     consumers: Mutex<HashMap<String, jetstream::consumer::PullConsumer>>,
     forward: Arc<Notify>,
+    /// The forwarder is failing (NATS unreachable): a delayed publish does not wait for
+    /// it, and stays in the outbox like any event.
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 /// What the bus holds in JetStream.
@@ -179,6 +182,7 @@ impl NatsBus {
             db,
             consumers: Mutex::new(HashMap::new()),
             forward: Arc::new(Notify::new()),
+            stalled: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(outbox::forwarder(Arc::downgrade(&bus)));
         Ok(bus)

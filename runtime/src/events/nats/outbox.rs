@@ -5,6 +5,7 @@
 use super::{BusError, Event, NatsBus, OUTBOX, OUTBOX_META, backend, headers_of, timers};
 use redb::ReadableTable;
 use skiff_core::record::now_ms;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How long publishing a delayed event waits for JetStream to hold it.
@@ -40,7 +41,7 @@ impl NatsBus {
                 .await
                 .map_err(backend)?;
             self.forward.notify_one();
-            if delayed {
+            if delayed && self.remote.get().is_some() && !self.stalled.load(Ordering::Relaxed) {
                 // A delayed event must outlive this node: while NATS answers, return once
                 // it holds the event, not just this node's outbox.
                 self.until_forwarded(seqs, FORWARD_WAIT).await;
@@ -151,12 +152,14 @@ pub(super) async fn forwarder(bus: std::sync::Weak<NatsBus>) {
                 if failing {
                     tracing::info!("NATS reachable again; outbox forwarding resumed");
                     failing = false;
+                    b.stalled.store(false, Ordering::Relaxed);
                 }
             }
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "cannot forward events to NATS; they wait in the local outbox");
                     failing = true;
+                    b.stalled.store(true, Ordering::Relaxed);
                 }
                 drop(b);
                 tokio::time::sleep(Duration::from_millis(500)).await;
