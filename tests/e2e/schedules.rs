@@ -97,6 +97,19 @@ async fn arrival(admin: &str, id: &str, wait: Duration) -> (u64, u64) {
     (at, count)
 }
 
+/// Whether each of the ticker's first `schedules` schedules fired twice within `wait`.
+async fn each_fired_twice(admin: &str, schedules: usize, wait: Duration) -> bool {
+    wait_until(wait, async || {
+        for i in 0..schedules {
+            if by_slot(admin, "ticker", "fires", i).await.len() < 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -241,6 +254,76 @@ async fn a_cluster_fires_each_slot_once_through_a_node_kill_and_delays_events() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_catches_up_by_each_policy_after_nats_was_down() {
+    let _one = one_at_a_time().await;
+    let mut cluster = Cluster::start(2);
+    let admin = cluster.scheduler.admin.clone();
+    // Cron keeps its slots through an outage (an interval restarts from NATS's restart).
+    let dir = function_dir(
+        &cluster.tmp.path().join("fns"),
+        "ticker",
+        &ticker_manifest(
+            "ticker",
+            "[[schedule]]\ncron = \"*/2 * * * * *\"\ncatch_up = \"all\"\n\
+             [[schedule]]\ncron = \"*/2 * * * * *\"\ncatch_up = \"none\"\n\
+             [[schedule]]\ncron = \"*/2 * * * * *\"\ncatch_up = \"latest\"\n",
+        ),
+    );
+    cluster
+        .scheduler
+        .cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build", "--wait-all"]);
+    let fired = each_fired_twice(&admin, 3, Duration::from_secs(15)).await;
+    assert!(fired, "not every schedule fired twice");
+    // The whole NATS cluster goes down for 10 s.
+    for s in cluster.nats.servers.iter_mut() {
+        s.kill();
+    }
+    let down = now_ms();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let up = now_ms();
+    for s in cluster.nats.servers.iter_mut() {
+        s.restart().expect("restart nats");
+    }
+    let resumed = wait_until(Duration::from_secs(40), async || {
+        for i in 0..3 {
+            let after = by_slot(&admin, "ticker", "fires", i).await;
+            if after.range(up + 4_000..).count() < 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(resumed, "fires did not resume after NATS came back");
+    let all = by_slot(&admin, "ticker", "fires", 0).await;
+    let first = *all.keys().next().unwrap();
+    let slots: Vec<u64> = all.keys().copied().collect();
+    let gaps: Vec<&[u64]> = slots.windows(2).filter(|w| w[1] - w[0] != 2_000).collect();
+    assert!(
+        gaps.is_empty(),
+        "`all` left slots out from {first}: {gaps:?}"
+    );
+    assert!(all.values().all(|n| *n == 1), "a slot twice: {all:?}");
+    for i in [1, 2] {
+        let fires = by_slot(&admin, "ticker", "fires", i).await;
+        assert!(
+            fires.values().all(|n| *n == 1),
+            "#{i}: a slot twice: {fires:?}"
+        );
+        let missed: Vec<u64> = fires
+            .range(down + 2_000..up.saturating_sub(2_000))
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "#{i} ran slots missed while NATS was down: {missed:?}"
+        );
+    }
+    let listing = cluster.scheduler.cli_ok(&["schedules", "ticker"]);
+    eprintln!("after a 10 s NATS outage:\n{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_embedded_node_catches_up_by_each_policy_after_downtime() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -254,15 +337,7 @@ async fn an_embedded_node_catches_up_by_each_policy_after_downtime() {
     let dir = function_dir(tmp.path(), "ticker", &manifest);
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
     let admin = skiff.admin.clone();
-    let fired = wait_until(Duration::from_secs(10), async || {
-        for i in 0..3 {
-            if by_slot(&admin, "ticker", "fires", i).await.len() < 2 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let fired = each_fired_twice(&admin, 3, Duration::from_secs(10)).await;
     assert!(fired, "not every schedule fired twice:\n{}", skiff.log());
     skiff.kill();
     let down = now_ms();
