@@ -350,14 +350,22 @@ async fn functions_and_their_state_live_on_their_nodes_and_move_without_loss() {
         assert_eq!(counter_value(&sched, &format!("{name}/k")).await, 10);
     }
 
-    // The K = 3 state streams are led from at least 2 NATS servers.
-    let status = c.status().await;
-    let leaders: BTreeSet<String> = status["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["leader"].as_str().map(str::to_string))
-        .collect();
+    // The K = 3 state streams are led from at least 2 NATS servers: JetStream's election
+    // may put them all on one, and the scheduler spreads them within its 5 s round.
+    let spread_by = Instant::now() + Duration::from_secs(20);
+    let (status, leaders) = loop {
+        let status = c.status().await;
+        let leaders: BTreeSet<String> = status["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["leader"].as_str().map(str::to_string))
+            .collect();
+        if leaders.len() >= 2 || Instant::now() > spread_by {
+            break (status, leaders);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert_eq!(status["shards"].as_array().unwrap().len(), 3, "{status}");
     assert!(leaders.len() >= 2, "shard leaders: {}", status["shards"]);
     // JetStream may elect one server for every shard; the scheduler spreads them again.
