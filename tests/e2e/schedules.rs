@@ -325,6 +325,9 @@ async fn a_cluster_catches_up_by_each_policy_after_nats_was_down() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_embedded_node_catches_up_by_each_policy_after_downtime() {
+    // It times fires to the second and restarts `skiff up` (compiling on start): alone, so
+    // that it neither slows nor is slowed by the cluster tests' recoveries.
+    let _one = one_at_a_time().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut skiff = Skiff::start_in(&data, &[]);
