@@ -9,7 +9,11 @@
 //! Components are precompiled once per (artifact sha256, engine compatibility hash); the
 //! precompiled file's own sha256 is recorded in the cache's index ([`CodeIndex`], beside
 //! the files) and checked before the file is deserialized, so a truncated or altered file
-//! is recompiled, never loaded.
+//! is recompiled, never loaded. Within a process, Cranelift's incremental cache
+//! ([`incremental`]) keeps compiled functions by their IR, so a redeploy compiles only
+//! what changed.
+
+mod incremental;
 
 use crate::files::{FileError, write_durably};
 use redb::{Database, ReadableDatabase, TableDefinition};
@@ -125,8 +129,9 @@ impl NodeEngine {
             path: cache_dir.to_path_buf(),
             source,
         })?;
-        let plain = flavored(limits, Flavor::Plain)?;
-        let concurrent = flavored(limits, Flavor::Concurrent)?;
+        let functions = std::sync::Arc::new(incremental::FunctionCache::default());
+        let plain = flavored(limits, Flavor::Plain, functions.clone())?;
+        let concurrent = flavored(limits, Flavor::Concurrent, functions)?;
         let compat = format!("{}{}", plain.compat, concurrent.compat);
 
         let ticker = (plain.engine.weak(), concurrent.engine.weak());
@@ -279,8 +284,15 @@ impl NodeEngine {
 }
 
 /// One engine of `flavor` for `limits`.
-fn flavored(limits: &NodeLimits, flavor: Flavor) -> Result<Flavored, EngineError> {
+fn flavored(
+    limits: &NodeLimits,
+    flavor: Flavor,
+    functions: std::sync::Arc<incremental::FunctionCache>,
+) -> Result<Flavored, EngineError> {
     let mut config = Config::new();
+    config
+        .enable_incremental_compilation(functions)
+        .map_err(|e| EngineError::Config(format!("{e:#}")))?;
     config.epoch_interruption(true);
     config.memory_init_cow(true);
     match flavor {
