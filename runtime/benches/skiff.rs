@@ -17,11 +17,15 @@
 //! response, memory per idle and per loaded function, RSS with 1,000 and 10,000
 //! functions deployed, start-up with 1,000), `placement` (state kept per node with 12
 //! functions on 6 nodes, on every node against `[placement] nodes = 2`), `schedules` (how
-//! late schedule fires and delayed events come, against a timer in this process).
+//! late schedule fires and delayed events come, against a timer in this process),
+//! `redeploy` (build and redeploy after an edit per language: `skiff dev`'s loop, against
+//! `wasmtime compile`).
 //! Default: all.
 
 #[path = "shared/placement.rs"]
 mod placement;
+#[path = "shared/redeploy.rs"]
+mod redeploy;
 #[path = "shared/schedules.rs"]
 mod schedules;
 
@@ -136,7 +140,16 @@ impl Skiff {
 
     /// Starts `skiff <sub> <extra>` on free loopback ports and waits for its banner.
     fn spawn(sub: &[&str], extra: &[&str], data_dir: Option<&Path>) -> Skiff {
-        let mut cmd = skiff_command();
+        Skiff::spawn_with(skiff_command(), sub, extra, data_dir)
+    }
+
+    /// Like [`Skiff::spawn`], starting `cmd` (the skiff binary, perhaps under taskset).
+    fn spawn_with(
+        mut cmd: Command,
+        sub: &[&str],
+        extra: &[&str],
+        data_dir: Option<&Path>,
+    ) -> Skiff {
         cmd.args(sub)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(extra);
@@ -1326,5 +1339,8 @@ fn main() {
     }
     if want("schedules") {
         server_rt.block_on(schedules::schedules());
+    }
+    if want("redeploy") {
+        client_rt.block_on(redeploy::redeploy());
     }
 }

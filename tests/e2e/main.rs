@@ -4,6 +4,7 @@
 mod bad_input;
 mod cluster;
 mod deploy_files;
+mod devloop;
 mod disk;
 mod events;
 mod faults;

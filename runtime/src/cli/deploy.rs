@@ -18,6 +18,9 @@ use std::time::Duration;
 /// Upload chunk size: the granularity of the progress bar.
 const CHUNK: usize = 256 << 10;
 
+/// How much of a failed build's output is shown (its end, where the summary is).
+const BUILD_OUTPUT_LINES: usize = 80;
+
 /// How long a deploy to a cluster waits, and for how many nodes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Wait {
@@ -41,6 +44,16 @@ impl Wait {
         } else {
             format!("?{}", q.join("&"))
         }
+    }
+}
+
+/// Runs the build command of the function at `path` (a folder with skiff.toml, or the
+/// manifest file), if it has one.
+pub async fn build(path: &Path) -> anyhow::Result<()> {
+    let (manifest, manifest_file, _) = Manifest::load(path)?;
+    match &manifest.build {
+        Some(cmd) => run_build(manifest.name.as_str(), cmd, &manifest_file).await,
+        None => Ok(()),
     }
 }
 
@@ -118,11 +131,21 @@ async fn run_build(name: &str, cmd: &str, manifest_file: &Path) -> anyhow::Resul
         })?;
     spinner.finish_and_clear();
     if !output.status.success() {
+        // Compilers write errors to stderr; some tools only to stdout.
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let shown = if stderr.trim().is_empty() {
+            &stdout
+        } else {
+            &stderr
+        };
+        let tail: Vec<&str> = shown.lines().rev().take(BUILD_OUTPUT_LINES).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let fix = super::toolchain::diagnose(&stderr).unwrap_or_else(|| {
+            "fix the build, or deploy a prebuilt component with --no-build".to_string()
+        });
         bail!(
-            "build of `{name}` failed ({}) running `{cmd}` in {}:\n{}\nfix the build, or deploy a prebuilt component with --no-build",
+            "build of `{name}` failed ({}) running `{cmd}` in {}:\n{}\n{fix}",
             output.status,
             dir.display(),
             tail.join("\n")

@@ -6,13 +6,16 @@
 pub mod client;
 mod cluster;
 pub mod deploy;
+mod dev;
 mod events;
 mod keygen;
 mod kv;
 mod logs;
+mod new;
 mod schedules;
 mod secret;
 mod servers;
+mod toolchain;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -70,6 +73,11 @@ enum Command {
         #[arg(long, value_parser = Timeout::parse)]
         timeout: Option<Timeout>,
     },
+    /// Write a new function project: manifest, source and README, ready to deploy.
+    New(new::NewArgs),
+    /// Build and deploy a function to a local Skiff (started if none answers), then
+    /// rebuild and redeploy on every change and stream its logs.
+    Dev(dev::DevArgs),
     /// List deployed functions.
     Ls,
     /// Remove a function; running invocations finish. Its state is kept unless purged.
@@ -222,6 +230,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             deploy::deploy(&client()?, &path, !no_build, wait).await?;
         }
+        Command::New(args) => new::run(args)?,
+        Command::Dev(args) => return dev::run(args, &cli.server, cli.token.clone()).await,
         Command::Ls => {
             let list: Vec<FunctionInfo> = client()?.get("/v1/functions").await?;
             print_functions(&list);
