@@ -148,9 +148,13 @@ pub async fn read_body(req: http::Request<Incoming>, max: usize) -> Result<Bytes
     }
 }
 
-pub fn text(status: StatusCode, body: &'static str) -> Response {
-    let mut r = http::Response::new(full(Bytes::from_static(body.as_bytes())));
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut r = http::Response::new(full(body.into()));
     *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

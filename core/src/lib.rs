@@ -24,6 +24,7 @@
 pub mod api;
 pub mod cluster_registry;
 pub mod cluster_token;
+pub mod console;
 pub mod control;
 pub mod deferred;
 pub mod deploy;
@@ -32,6 +33,7 @@ pub mod hosting;
 pub mod http;
 pub mod instances;
 pub mod limits;
+pub mod live;
 pub mod manifest;
 pub mod nats;
 pub mod nats_auth;

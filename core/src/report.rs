@@ -100,6 +100,10 @@ pub struct NodeReport {
     /// scheduler prefers nodes that do (a report that does not say counts as yes).
     #[serde(default = "reaches_nats")]
     pub nats: bool,
+    /// The node's last second for the console (requests/s, latency, per function); the
+    /// scheduler's `/v1/stream` is built from these.
+    #[serde(default)]
+    pub live: Option<crate::live::LiveSnapshot>,
 }
 
 fn reaches_nats() -> bool {

@@ -10,6 +10,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
 mod labels;
+pub mod pulse;
 mod schedules;
 
 pub use labels::*;
@@ -80,6 +81,8 @@ pub struct Metrics {
     pub recent_latency_us: std::sync::atomic::AtomicU64,
     /// Invocations ended since start, for load reports.
     pub ended: std::sync::atomic::AtomicU64,
+    /// The last second's invocations per function, for the console.
+    pub pulse: pulse::Pulse,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +128,7 @@ impl Metrics {
             schedules: ScheduleMetrics::default(),
             recent_latency_us: std::sync::atomic::AtomicU64::new(0),
             ended: std::sync::atomic::AtomicU64::new(0),
+            pulse: pulse::Pulse::default(),
             registry: Registry::default(),
         };
         m.register_invocations(&mut registry);
@@ -329,6 +333,7 @@ impl Metrics {
                 trigger: trigger.into(),
             })
             .observe(took.as_secs_f64());
+        self.pulse.of(function).record(outcome == "ok", took);
         self.ended_one(took);
     }
 
@@ -417,6 +422,7 @@ struct TriggerHandles {
 pub struct FnMetrics {
     node: std::sync::Arc<Metrics>,
     function: std::sync::Arc<str>,
+    pulse: std::sync::Arc<pulse::FnPulse>,
     /// `skiff_in_flight_invocations`.
     pub in_flight: Gauge,
     /// `skiff_instantiation_duration_seconds`.
@@ -469,6 +475,7 @@ impl FnMetrics {
             published: node.published.get_or_create(&f).clone(),
             http: trigger(HTTP),
             event: trigger(EVENT),
+            pulse: node.pulse.of(function),
             node: node.clone(),
             function: function.into(),
         }
@@ -498,6 +505,7 @@ impl FnMetrics {
             }
         };
         handles.duration.observe(took.as_secs_f64());
+        self.pulse.record(outcome == "ok", took);
         self.node.ended_one(took);
     }
 

@@ -118,6 +118,18 @@ impl TraceStore {
         spans.push_back(span);
     }
 
+    /// The latest `limit` spans of `function`, newest first.
+    pub fn recent(&self, function: &str, limit: usize) -> Vec<Span> {
+        let mut out: Vec<Span> = Vec::new();
+        for shard in &self.shards {
+            let spans = shard.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(spans.iter().filter(|s| s.function == function).cloned());
+        }
+        out.sort_by_key(|s| std::cmp::Reverse(s.start_ms));
+        out.truncate(limit);
+        out
+    }
+
     /// The spans of `trace_id`, by start time.
     pub fn trace(&self, trace_id: &str) -> Vec<Span> {
         let spans = self.shard(trace_id);

@@ -30,12 +30,16 @@ impl Scheduler {
     pub(crate) async fn handle(&self, req: http::Request<Incoming>) -> Response {
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if let Some(answer) = skiff_core::console::open(self.token.as_deref(), &req) {
+            return answer;
+        }
         if let Some(answer) = gate(self.token.as_deref(), &req) {
             return answer;
         }
         let method = req.method().clone();
         match (method, segments.as_slice()) {
             (Method::GET, ["metrics"]) => self.metrics(),
+            (Method::GET, ["v1", "stream"]) => self.stream.subscribe(),
             (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &self.status().await),
             (Method::GET, ["v1", "functions"]) => match self.functions().await {
                 Ok(list) => json(StatusCode::OK, &list),

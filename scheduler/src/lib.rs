@@ -31,6 +31,7 @@ pub mod rebalance;
 pub mod rollout;
 pub mod shards;
 pub mod shared;
+pub mod stream;
 pub mod view;
 
 pub use process::{SchedulerOptions, run};

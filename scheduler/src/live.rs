@@ -343,6 +343,7 @@ mod tests {
             stored: vec![],
             seq,
             nats: true,
+            live: None,
         }
     }
 

@@ -118,6 +118,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
         moves: Default::default(),
         replan: tokio::sync::Notify::new(),
         shards: OnceLock::new(),
+        stream: Default::default(),
     });
     match crate::view::load(&opts.data_dir) {
         Ok(Some(view)) => {
@@ -154,6 +155,7 @@ pub async fn run(opts: SchedulerOptions) -> anyhow::Result<()> {
     tokio::spawn(crate::shards::run(scheduler.clone()));
     tokio::spawn(expire_silent_nodes(scheduler.clone()));
     tokio::spawn(crate::probe::run(scheduler.clone()));
+    tokio::spawn(crate::stream::run(scheduler.clone()));
     tokio::spawn(crate::view::keep(scheduler.clone(), opts.data_dir.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);

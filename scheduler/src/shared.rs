@@ -53,6 +53,8 @@ pub struct Scheduler {
     pub(crate) replan: tokio::sync::Notify,
     /// The cluster's state shard count, once fixed.
     pub(crate) shards: OnceLock<skiff_core::state_keys::StateShards>,
+    /// The console's live view (`/v1/stream`), fed by [`crate::stream::run`].
+    pub(crate) stream: Arc<skiff_core::console::LiveHub>,
 }
 
 impl Scheduler {

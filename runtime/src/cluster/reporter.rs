@@ -7,6 +7,7 @@
 //! that cannot reach NATS probes the nodes it knows directly.
 
 use crate::node::{Lifecycle, Node};
+use skiff_core::console::LiveHub;
 use skiff_core::report::{
     Failed, NodeReport, NodeState, REPORT_EVERY_MS, SUBJECT_PREFIX, Served, StoredState,
 };
@@ -27,10 +28,12 @@ pub struct Reporter {
     seq: AtomicU64,
     /// Events waiting for the node's consumers, refreshed about once a second.
     queue: AtomicU64,
+    /// The console's live view of this node, sent along with each report.
+    live: std::sync::OnceLock<Arc<LiveHub>>,
 }
 
 /// Resident memory of this process in bytes (0 where /proc is not available).
-fn resident_memory() -> u64 {
+pub fn resident_memory() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
@@ -49,7 +52,13 @@ impl Reporter {
             admin,
             seq: AtomicU64::new(0),
             queue: AtomicU64::new(0),
+            live: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends `hub`'s latest snapshot along with each report.
+    pub fn send_live(&self, hub: Arc<LiveHub>) {
+        let _ = self.live.set(hub);
     }
 
     /// Publishes over `client` from now on.
@@ -109,6 +118,7 @@ impl Reporter {
                 .client
                 .get()
                 .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected),
+            live: self.live.get().and_then(|h| h.latest()),
         }
     }
 

@@ -376,8 +376,10 @@ pub async fn run(mut opts: UpOptions) -> anyhow::Result<()> {
         Admin::new(node.clone(), opts.token.clone()).with_cluster_token(opts.cluster_token.clone());
     if let Some(reporter) = &reporter {
         admin = admin.with_reporter(reporter.clone());
+        reporter.send_live(admin.live());
         tokio::spawn(reporter.clone().run());
     }
+    tokio::spawn(super::live::run(node.clone(), admin.live()));
     let admin_serving = tokio::spawn(Arc::new(admin).serve(admin_listener, stop_rx));
     if let Some(done) = joined {
         follow_cluster(&node, done, reporter.as_deref(), opts.trust.clone());

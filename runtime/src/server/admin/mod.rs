@@ -1,7 +1,8 @@
 //! The admin API (see `skiff_core::api` for the endpoints): deploys, listing, removal,
 //! status and key-value state ([`kv`]), behind an optional bearer token; on a cluster
 //! node with a cluster token, behind that token instead (only the scheduler is answered).
-//! `/healthz` is always open.
+//! `/healthz` is always open, and so are the console's assets (`/ui`) and `/v1/session`,
+//! which carry no data.
 
 pub mod events;
 pub mod kv;
@@ -15,8 +16,9 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use skiff_core::cluster_token::{self, ClusterToken};
+use skiff_core::console::{self, LiveHub};
 use skiff_core::http::{
-    Response, error, full, gate, json, no_endpoint, read_artifact, read_deploy_request,
+    Response, error, full, gate, json, no_endpoint, read_artifact, read_deploy_request, text,
 };
 use skiff_core::serve::{ConnLimits, serve};
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct Admin {
     reporter: Option<Arc<Reporter>>,
     /// With it, only the scheduler (which presents it) is answered; it replaces `token`.
     cluster_token: Option<ClusterToken>,
+    /// The console's live view (`/v1/stream`).
+    live: Arc<LiveHub>,
 }
 
 impl Admin {
@@ -41,7 +45,13 @@ impl Admin {
             token,
             reporter: None,
             cluster_token: None,
+            live: Arc::new(LiveHub::default()),
         }
+    }
+
+    /// The hub `/v1/stream` serves (fed by [`crate::server::live::run`]).
+    pub fn live(&self) -> Arc<LiveHub> {
+        self.live.clone()
     }
 
     /// Answers only requests that carry `token` (the scheduler's), besides `/healthz`.
@@ -76,6 +86,9 @@ impl Admin {
                 }
             }
             _ => {
+                if let Some(answer) = console::open(self.token.as_deref(), &req) {
+                    return answer;
+                }
                 if let Some(answer) = gate(self.token.as_deref(), &req) {
                     return answer;
                 }
@@ -128,6 +141,19 @@ impl Admin {
                 events::publish(&self.node, &topic, req).await
             }
             (Method::GET, ["v1", "traces", id]) => self.trace(id),
+            (Method::GET, ["v1", "stream"]) => self.live.subscribe(),
+            (Method::GET, ["v1", "functions", name, "manifest"]) => {
+                match self.node.snapshot().get(name) {
+                    Some(d) => text(StatusCode::OK, d.record.manifest.clone()),
+                    None => self.not_found(name),
+                }
+            }
+            (Method::GET, ["v1", "functions", name, "invocations"]) => {
+                match self.node.snapshot().get(name) {
+                    Some(_) => json(StatusCode::OK, &self.node.traces().recent(name, 50)),
+                    None => self.not_found(name),
+                }
+            }
             (Method::GET, ["v1", "functions", name, "logs"]) => {
                 let name = name.to_string();
                 logs::logs(&self.node, &name, &req)
