@@ -295,20 +295,7 @@ async fn a_functions_log_streams_and_guest_html_stays_text() {
 async fn the_order_workflows_trace_shows_its_three_steps() {
     build_guests();
     let skiff = Skiff::start(&[]);
-    skiff.cli_ok(&[
-        "deploy",
-        repo().join("functions/orders").to_str().unwrap(),
-        "--no-build",
-    ]);
-    let r = request(
-        "POST",
-        &format!("{}/orders", skiff.listen),
-        &[],
-        "{\"id\":\"c1\",\"amount\":3}".into(),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let trace = r.headers["x-skiff-trace-id"].to_str().unwrap().to_string();
+    let trace = place_order(&skiff, "c1").await;
     let b = Browser::start().await;
     b.client
         .goto(&format!("{}/ui#/traces", skiff.admin))

@@ -424,6 +424,25 @@ pub fn deploy_misbehave(skiff: &Skiff, parent: &Path, name: &str, extra: &str) {
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
 }
 
+/// Deploys functions/orders on `skiff`, places order `id` and returns the workflow's
+/// trace id (its three steps: the HTTP call, payment, notification).
+pub async fn place_order(skiff: &Skiff, id: &str) -> String {
+    skiff.cli_ok(&[
+        "deploy",
+        repo().join("functions/orders").to_str().unwrap(),
+        "--no-build",
+    ]);
+    let r = request(
+        "POST",
+        &format!("{}/orders", skiff.listen),
+        &[],
+        Bytes::from(format!("{{\"id\": \"{id}\", \"amount\": 3}}")),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.headers["x-skiff-trace-id"].to_str().unwrap().to_string()
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Resp {

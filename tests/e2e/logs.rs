@@ -82,20 +82,7 @@ async fn logs_show_what_hello_printed_and_follow_live() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_order_workflow_is_one_trace() {
     let skiff = Skiff::start(&[]);
-    skiff.cli_ok(&[
-        "deploy",
-        repo().join("functions/orders").to_str().unwrap(),
-        "--no-build",
-    ]);
-    let r = request(
-        "POST",
-        &format!("{}/orders", skiff.listen),
-        &[],
-        bytes::Bytes::from_static(b"{\"id\": \"t1\", \"amount\": 3}"),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let trace = r.headers["x-skiff-trace-id"].to_str().unwrap().to_string();
+    let trace = place_order(&skiff, "t1").await;
     let done = wait_until(Duration::from_secs(10), async || {
         skiff.cli(&["trace", &trace]).status.success()
             && skiff.cli_ok(&["trace", &trace]).lines().count() == 3

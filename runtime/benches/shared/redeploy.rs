@@ -73,7 +73,7 @@ pub async fn redeploy() {
         ("python", "componentize-py", "app.py", "app.wasm"),
         ("js", "npm", "app.js", "app.wasm"),
     ] {
-        if !on_path(tool) {
+        if !skiff_runtime::cli::toolchain::on_path(tool) {
             println!("| {lang} | skipped: `{tool}` is not on PATH | | | | |");
             continue;
         }
@@ -158,9 +158,4 @@ fn build_command(dir: &Path) -> String {
         .as_str()
         .expect("build command")
         .to_string()
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }

@@ -15,7 +15,7 @@ mod new;
 mod schedules;
 mod secret;
 mod servers;
-mod toolchain;
+pub mod toolchain;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
