@@ -106,7 +106,47 @@ function sparkline(points, now) {
 
 function view(...children) {
   const v = document.getElementById('view');
+  delete v.dataset.live;
   v.replaceChildren(...children);
+  return v;
+}
+
+/**
+ * Brings `old` to look like `fresh` in place, keeping every node that is still there, so
+ * that a page re-rendered each second does not swallow a click that spans the re-render
+ * or drop a text selection. Pages shown this way attach no event listeners: a listener on
+ * `fresh` would be lost where `old` is kept.
+ */
+function morph(old, fresh) {
+  if (old.nodeType !== fresh.nodeType || old.nodeName !== fresh.nodeName) {
+    old.replaceWith(fresh);
+    return;
+  }
+  if (old.nodeType !== Node.ELEMENT_NODE) {
+    if (old.nodeValue !== fresh.nodeValue) old.nodeValue = fresh.nodeValue;
+    return;
+  }
+  for (const a of [...old.attributes]) if (!fresh.hasAttribute(a.name)) old.removeAttribute(a.name);
+  for (const a of fresh.attributes) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
+  morphChildren(old, [...fresh.childNodes]);
+}
+
+/** Morphs `parent`'s children, one by one, into `after`. */
+function morphChildren(parent, after) {
+  const before = [...parent.childNodes];
+  after.forEach((c, i) => (i < before.length ? morph(before[i], c) : parent.append(c)));
+  for (const c of before.slice(after.length)) c.remove();
+}
+
+/** Like `view`, for the pages the live stream re-renders: updates `#view` in place. */
+function liveView(page, ...children) {
+  const v = document.getElementById('view');
+  if (v.dataset.live !== page) {
+    view(...children);
+    v.dataset.live = page;
+    return v;
+  }
+  morphChildren(v, [...el('div', {}, ...children).childNodes]);
   return v;
 }
 
@@ -226,7 +266,7 @@ function overview() {
         el('span', {}, el('b', {}, fmt.ms(n.p99_ms)), 'p99 ms'),
         el('span', {}, el('b', {}, n.functions), 'functions')),
       sparkline(series(n.node, 'rps'), snap.time_ms)));
-  return view(
+  return liveView('overview',
     el('h1', {}, snap.mode === 'scheduler' ? 'Cluster' : 'Node'),
     el('div', { class: 'cards', id: 'nodes' }, cards),
     el('h2', {}, 'Functions'),
@@ -253,7 +293,7 @@ function functionTable(functions) {
 function functionsPage() {
   const snap = state.latest;
   if (!snap) return view(el('p', { class: 'muted' }, 'Waiting for the first sample…'));
-  return view(el('h1', {}, 'Functions'), functionTable(snap.functions));
+  return liveView('functions', el('h1', {}, 'Functions'), functionTable(snap.functions));
 }
 
 async function functionPage(name, signal) {

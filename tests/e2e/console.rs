@@ -76,12 +76,36 @@ impl Browser {
             .collect()
     }
 
+    /// Runs `script` with `css` as its argument and returns its value. One script reads
+    /// the DOM at one instant: the console re-renders a view on every snapshot, so an
+    /// element found by one WebDriver call may be stale by the next.
+    async fn query(&self, script: &str, css: &str) -> serde_json::Value {
+        self.client
+            .execute(script, vec![css.into()])
+            .await
+            .unwrap_or_default()
+    }
+
     /// The text of the first element matching `css` ("" when there is none).
     async fn text(&self, css: &str) -> String {
-        match self.client.find(Locator::Css(css)).await {
-            Ok(e) => e.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        let v = self
+            .query(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+                css,
+            )
+            .await;
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// The texts of every element matching `css`.
+    async fn texts(&self, css: &str) -> Vec<String> {
+        let v = self
+            .query(
+                "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText);",
+                css,
+            )
+            .await;
+        serde_json::from_value(v).unwrap_or_default()
     }
 
     async fn wait_text(&self, css: &str, max: Duration, f: impl Fn(&str) -> bool) -> bool {
@@ -89,21 +113,24 @@ impl Browser {
     }
 
     async fn count(&self, css: &str) -> usize {
-        self.client
-            .find_all(Locator::Css(css))
-            .await
-            .map(|v| v.len())
-            .unwrap_or(0)
+        self.texts(css).await.len()
     }
 
+    /// Clicks the first element matching `css`, finding it again if a re-render made
+    /// the one found stale.
     async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(e) => match e.click().await {
+                    Ok(_) => return,
+                    Err(err) => last = err.to_string(),
+                },
+                Err(err) => last = err.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("could not click {css}: {last}");
     }
 
     async fn close(mut self) {
@@ -416,23 +443,18 @@ async fn the_cluster_overview_lists_every_node_and_goes_live_under_load() {
         assert!(cards.contains(n), "{n} missing: {cards}");
     }
     let rps = async || -> f64 {
-        let mut total = 0.0;
-        for e in b
-            .client
-            .find_all(Locator::Css("#nodes .rps"))
+        b.texts("#nodes .rps")
             .await
-            .unwrap_or_default()
-        {
-            total += e
-                .text()
-                .await
-                .unwrap_or_default()
-                .parse::<f64>()
-                .unwrap_or(0.0);
-        }
-        total
+            .iter()
+            .map(|t| t.trim().parse::<f64>().unwrap_or(0.0))
+            .sum()
     };
     assert_eq!(rps().await, 0.0, "requests/s before any load");
+    // Each snapshot updates the page in place: a card outlives the re-render, so a click
+    // or a text selection on it is not lost.
+    let mark =
+        "const c = document.querySelector(arguments[0]); if (c) c.skiffMark = 1; return !!c;";
+    assert_eq!(b.query(mark, "#nodes .card[data-node=n1]").await, true);
     let url = format!("{}/hello/load", cluster.scheduler.listen);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
@@ -452,6 +474,12 @@ async fn the_cluster_overview_lists_every_node_and_goes_live_under_load() {
     load.await.unwrap();
     println!("requests/s rose on the overview after {took:?}");
     assert!(rose && took <= Duration::from_secs(2), "took {took:?}");
+    let kept = "const c = document.querySelector(arguments[0]); return c?.skiffMark === 1;";
+    assert_eq!(
+        b.query(kept, "#nodes .card[data-node=n1]").await,
+        true,
+        "the n1 card was replaced, not updated, by a snapshot"
+    );
     let errors = b.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
     b.close().await;
