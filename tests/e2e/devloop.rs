@@ -4,14 +4,12 @@
 //! while the old version serves, Ctrl-C stops the `skiff up` it started).
 
 use crate::cluster::one_at_a_time;
+use crate::dev_session::{DEV_OVERHEAD, Dev, Steady, build_and_deploy, edit};
 use crate::harness::*;
 use skiff_core::testkit::free_port;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// `skiff new NAME --lang L --template T` in `parent`. A Rust project's target/ links to
 /// one shared folder (skiff-sdk builds once for every test and run), and a JavaScript
@@ -157,147 +155,6 @@ async fn javascript_event_handler_receives_a_published_event_once() {
     assert_eq!(e["deliveries"], 1, "delivered more than once: {e}");
 }
 
-/// A running `skiff dev`, its output collected.
-struct Dev {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    listen: String,
-    admin: String,
-}
-
-impl Dev {
-    /// Starts `skiff dev` in `project` on fresh ports; it starts its own `skiff up`.
-    fn start(project: &Path) -> Dev {
-        let (listen, admin) = (free_port().unwrap(), free_port().unwrap());
-        let mut child = Command::new(skiff_bin())
-            .args(["--server", &format!("http://127.0.0.1:{admin}"), "dev"])
-            .args(["--listen", &format!("127.0.0.1:{listen}")])
-            .current_dir(project)
-            .env_remove("SKIFF_SERVER")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                let mut pipe = pipe;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    out.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        Dev {
-            child,
-            out,
-            listen: format!("http://127.0.0.1:{listen}"),
-            admin: format!("127.0.0.1:{admin}"),
-        }
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    async fn wait_output(&self, text: &str, max: Duration) -> bool {
-        wait_until(max, async || self.output().contains(text)).await
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Requests `url` back to back until stopped; counts answers and failures, and keeps the
-/// latest body.
-struct Steady {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<Mutex<Vec<String>>>,
-    latest: Arc<Mutex<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Steady {
-    fn start(url: String) -> Steady {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let latest = Arc::new(Mutex::new(String::new()));
-        let (s, o, f, l) = (stop.clone(), ok.clone(), failed.clone(), latest.clone());
-        let task = tokio::spawn(async move {
-            let c = client();
-            while !s.load(Ordering::Relaxed) {
-                let req = http::Request::get(&url).body(body("")).unwrap();
-                match send(&c, req).await {
-                    Ok(r) if r.status == 200 => {
-                        o.fetch_add(1, Ordering::Relaxed);
-                        *l.lock().unwrap() = r.text();
-                    }
-                    Ok(r) => f
-                        .lock()
-                        .unwrap()
-                        .push(format!("{}: {}", r.status, r.text())),
-                    Err(e) => f.lock().unwrap().push(e),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        Steady {
-            stop,
-            ok,
-            failed,
-            latest,
-            task,
-        }
-    }
-
-    fn latest(&self) -> String {
-        self.latest.lock().unwrap().clone()
-    }
-
-    /// Seconds from now until the steady client sees an answer containing `text`.
-    async fn seconds_until(&self, text: &str, max: Duration) -> Option<f64> {
-        let start = Instant::now();
-        wait_until(max, async || self.latest().contains(text))
-            .await
-            .then(|| start.elapsed().as_secs_f64())
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        let failed = self.failed.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failed)
-    }
-}
-
-fn edit(file: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(file).unwrap();
-    assert!(
-        text.contains(from),
-        "{}: no `{from}` in\n{text}",
-        file.display()
-    );
-    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
-}
-
 /// `skiff dev` on a new http project of `lang`: redeploys within `limit` of each save
 /// with a steady client seeing no failure, shows a broken edit's compiler error while the
 /// old version answers, streams the function's log lines, and stops its `skiff up` on
@@ -334,13 +191,27 @@ async fn dev_loop(
     tokio::time::sleep(Duration::from_millis(300)).await;
     edit(&file, "Hello from", "Howdy from");
     let took = steady
-        .seconds_until("Howdy from", Duration::from_secs(60))
+        .seconds_until("Howdy from", Duration::from_secs_f64(limit + 30.0))
         .await;
     println!("{lang}: a save to a new version answering took {took:?} s");
     let took = took.unwrap_or_else(|| panic!("the change never served:\n{}", dev.output()));
     assert!(
         took <= limit,
         "{lang}: {took:.1} s > {limit} s:\n{}",
+        dev.output()
+    );
+    // What skiff dev adds to the toolchain's build and the node's deploy (noticing the
+    // save, the debounce, the swap) stays small however slow those two are.
+    let mut spent = None;
+    wait_until(Duration::from_secs(5), async || {
+        spent = build_and_deploy(&dev.output(), "v2");
+        spent.is_some()
+    })
+    .await;
+    let spent = spent.unwrap_or_else(|| panic!("no v2 timing line:\n{}", dev.output()));
+    assert!(
+        took <= spent + DEV_OVERHEAD,
+        "{lang}: {took:.1} s from save to serving, {spent:.1} s of it build and deploy:\n{}",
         dev.output()
     );
 
@@ -363,7 +234,7 @@ async fn dev_loop(
     edit(&file, log.0, log.1);
     edit(&file, "Howdy from", "Hi again from");
     let fixed = steady
-        .seconds_until("Hi again from", Duration::from_secs(60))
+        .seconds_until("Hi again from", Duration::from_secs_f64(limit + 30.0))
         .await;
     assert!(fixed.is_some(), "the fix never served:\n{}", dev.output());
     let logged = dev
@@ -427,6 +298,8 @@ async fn skiff_dev_redeploys_a_rust_change_within_3s_without_failed_requests() {
 /// Not the 3 s: componentize-py alone takes ~5.5 s on this machine's two cores for
 /// any change, and this debug build of skiff compiles the 18 MB component slower than a
 /// release build (~2.6 s with the incremental cache); see BENCHMARKS.md, "Redeploy".
+/// Usually 17-18 s here, but 31 s in a CI run where other tests' builds shared the two
+/// cores (build 14 s, deploy 17 s): the tight bound is on what `skiff dev` itself adds.
 #[tokio::test(flavor = "multi_thread")]
 async fn skiff_dev_redeploys_a_python_change_without_failed_requests() {
     dev_loop(
@@ -438,7 +311,7 @@ async fn skiff_dev_redeploys_a_python_change_without_failed_requests() {
             "def handle(self, request, response_out):",
             "def handle(self, request, response_out):\n        print(\"dev-log-marker\")",
         ),
-        30.0,
+        60.0,
     )
     .await;
 }

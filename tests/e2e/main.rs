@@ -5,6 +5,7 @@ mod bad_input;
 mod cluster;
 mod console;
 mod deploy_files;
+mod dev_session;
 mod devloop;
 mod disk;
 mod events;
