@@ -15,6 +15,7 @@ type BadDeploy<'a> = (&'a str, String, Option<&'a [u8]>, Vec<&'a str>);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     deploy_hello(&skiff);
     let tmp = tempfile::tempdir().unwrap();
@@ -113,6 +114,7 @@ async fn bad_deploys_get_clear_errors_and_the_node_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_api_checks_what_the_cli_would_have() {
+    let _gate = crate::gate::beside_others().await;
     // A client that skips the CLI's own checks meets the same rules on the server.
     let skiff = Skiff::start(&[]);
     deploy_hello(&skiff);
@@ -191,6 +193,7 @@ fn hex_sha256(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehaving_guests_and_clients_get_their_errors_and_the_node_keeps_serving() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&["--token", "s3cret", "--header-read-timeout", "1s"]);
     deploy_hello(&skiff);
     let tmp = tempfile::tempdir().unwrap();

@@ -9,12 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Cluster tests measure spreads and timings: one at a time, so they do not compete for
-/// this machine's two cores with each other.
-pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
+pub use crate::gate::one_at_a_time;
 
 /// 3 clustered nats-servers, N nodes, 1 scheduler.
 pub struct Cluster {
@@ -47,10 +42,11 @@ impl Cluster {
         Instant::now()
     }
 
-    /// Deploys a function folder through the scheduler; returns the CLI's output.
+    /// Deploys a function folder through the scheduler and waits until every node serves
+    /// it; returns the CLI's output.
     pub fn deploy(&self, dir: &Path) -> String {
         self.scheduler
-            .cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"])
+            .cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build", "--wait-all"])
     }
 
     /// Deploys an example function and waits until every node serves it.
@@ -203,7 +199,7 @@ pub fn p99(hits: &[Hit]) -> Duration {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_spread_evenly_a_new_node_takes_traffic_and_a_stopped_one_drains() {
-    let _one = one_at_a_time().await;
+    let _one = crate::gate::alone().await;
     let mut cluster = Cluster::start(3);
     cluster.deploy_hello();
     let url = format!("{}/hello/spread", cluster.scheduler.listen);
@@ -310,7 +306,7 @@ async fn requests_spread_evenly_a_new_node_takes_traffic_and_a_stopped_one_drain
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_node_costs_under_one_percent_and_errors_stop_within_two_seconds() {
-    let _one = one_at_a_time().await;
+    let _one = crate::gate::alone().await;
     let mut cluster = Cluster::start(3);
     cluster.deploy_hello();
     let url = format!("{}/hello/kill", cluster.scheduler.listen);
@@ -356,7 +352,7 @@ async fn a_killed_node_costs_under_one_percent_and_errors_stop_within_two_second
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_node_gets_less_work_and_p99_beats_round_robin() {
-    let _one = one_at_a_time().await;
+    let _one = crate::gate::alone().await;
     let cluster = Cluster::start(3);
     let manifest = format!(
         "name = \"misbehave\"\ncomponent = \"{}\"\n",
@@ -364,6 +360,15 @@ async fn a_slow_node_gets_less_work_and_p99_beats_round_robin() {
     );
     cluster.deploy(&function_dir(cluster.tmp.path(), "misbehave", &manifest));
     let rr = Skiff::scheduler(&cluster.nats.urls(), &["--placement", "round-robin"]);
+    // Both schedulers must see every node serve it before either is measured: a node
+    // missing from one's view would skew the shares (round robin once saw only two).
+    for sched in [&rr, &cluster.scheduler] {
+        let all_seen = wait_until(Duration::from_secs(20), async || {
+            sched.cli_ok(&["status"]).matches("misbehave v1").count() == 3
+        })
+        .await;
+        assert!(all_seen, "{}", sched.cli_ok(&["status"]));
+    }
     // The function sleeps 40 ms only on n3 (it sees the port it was sent to).
     let slow_port = cluster.nodes[2]
         .listen
@@ -586,10 +591,7 @@ async fn events_are_shared_by_every_node_and_each_runs_once() {
         "name = \"misbehave\"\ncomponent = \"{}\"\n\n[[events]]\ntopic = \"spread.slow\"\nconcurrency = 2\n",
         guest("tests/guests", "misbehave.wasm").display()
     );
-    let dir = function_dir(cluster.tmp.path(), "misbehave", &manifest);
-    cluster
-        .scheduler
-        .cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build", "--wait-all"]);
+    cluster.deploy(&function_dir(cluster.tmp.path(), "misbehave", &manifest));
     // Each event takes 200 ms and each node runs at most 2 at once, so no node can take
     // them all: every node with free slots pulls its share.
     let published = 60;

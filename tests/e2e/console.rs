@@ -4,7 +4,7 @@
 //! steps, a dead letter is replayed, nothing shows without the token, what a guest logs
 //! stays text, and no page logs a console error.
 
-use crate::cluster::{Cluster, one_at_a_time};
+use crate::cluster::Cluster;
 use crate::harness::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use skiff_core::testkit::free_port;
@@ -148,6 +148,7 @@ async fn dialog_open(b: &Browser) -> bool {
 /// The console's page and assets: under 200 KB together, each with the strict CSP.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_weighs_under_200_kb_and_forbids_inline_script() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&["--token", "t"]);
     let mut total = 0;
     for asset in ["/ui", "/ui/app.js", "/ui/app.css", "/ui/favicon.svg"] {
@@ -174,6 +175,7 @@ async fn the_console_weighs_under_200_kb_and_forbids_inline_script() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_token_the_console_shows_a_login_and_no_data() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&["--token", "console-s3cret"]);
     deploy_misbehave(&skiff, tempfile::tempdir().unwrap().path(), "secretfn", "");
     let b = Browser::start().await;
@@ -254,6 +256,7 @@ async fn without_the_token_the_console_shows_a_login_and_no_data() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_functions_log_streams_and_guest_html_stays_text() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     deploy_misbehave(&skiff, tempfile::tempdir().unwrap().path(), "loud", "");
     let b = Browser::start().await;
@@ -320,6 +323,7 @@ async fn a_functions_log_streams_and_guest_html_stays_text() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_order_workflows_trace_shows_its_three_steps() {
+    let _gate = crate::gate::beside_others().await;
     build_guests();
     let skiff = Skiff::start(&[]);
     let trace = place_order(&skiff, "c1").await;
@@ -367,6 +371,7 @@ async fn the_order_workflows_trace_shows_its_three_steps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_is_replayed_after_confirmation() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     deploy_misbehave(
         &skiff,
@@ -425,7 +430,7 @@ async fn a_dead_letter_is_replayed_after_confirmation() {
 /// requests/s rising within 2 s of starting load.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_overview_lists_every_node_and_goes_live_under_load() {
-    let _alone = one_at_a_time().await;
+    let _alone = crate::gate::alone().await;
     let cluster = Cluster::start(3);
     cluster.deploy_example("hello");
     let b = Browser::start().await;

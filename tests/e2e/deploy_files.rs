@@ -148,6 +148,7 @@ fn check_flags(file: &str, text: &str, help: &str) {
 
 #[test]
 fn systemd_units_and_kubernetes_manifests_use_real_flags() {
+    let _gate = crate::gate::beside_others_blocking();
     let (node, scheduler) = (flags("node"), flags("scheduler"));
     let deploy = repo().join("deploy");
     for (unit, help) in [
@@ -187,6 +188,7 @@ fn systemd_units_and_kubernetes_manifests_use_real_flags() {
 
 #[test]
 fn the_prometheus_config_is_valid_and_scrapes_the_local_cluster() {
+    let _gate = crate::gate::beside_others_blocking();
     let path = repo().join("deploy/prometheus.yml");
     let out = Command::new("promtool")
         .args(["check", "config"])
@@ -230,6 +232,7 @@ fn quoted(text: &str) -> Vec<String> {
 
 #[test]
 fn the_helm_values_grant_the_permission_sets_of_permissions_conf() {
+    let _gate = crate::gate::beside_others_blocking();
     let conf = std::fs::read_to_string(repo().join("deploy/nats/permissions.conf")).unwrap();
     let values =
         std::fs::read_to_string(repo().join("deploy/kubernetes/nats-values.yaml")).unwrap();

@@ -3,7 +3,6 @@
 //! `skiff dev` (rebuild and redeploy on save with no failed request, a broken edit shown
 //! while the old version serves, Ctrl-C stops the `skiff up` it started).
 
-use crate::cluster::one_at_a_time;
 use crate::dev_session::{DEV_OVERHEAD, Dev, Steady, build_and_deploy, edit};
 use crate::harness::*;
 use skiff_core::testkit::free_port;
@@ -89,16 +88,19 @@ async fn templates_answer(lang: &str, greeting: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_templates_deploy_unchanged_and_answer() {
+    let _gate = crate::gate::beside_others().await;
     templates_answer("rust", "Rust").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_templates_deploy_unchanged_and_answer() {
+    let _gate = crate::gate::beside_others().await;
     templates_answer("python", "Python").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn javascript_templates_deploy_unchanged_and_answer() {
+    let _gate = crate::gate::beside_others().await;
     templates_answer("js", "JavaScript").await;
 }
 
@@ -106,6 +108,7 @@ async fn javascript_templates_deploy_unchanged_and_answer() {
 /// counter ends at exactly 200.
 #[tokio::test(flavor = "multi_thread")]
 async fn python_counter_counts_exactly_under_200_concurrent_requests() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     skiff.cli_ok(&[
         "deploy",
@@ -130,6 +133,7 @@ async fn python_counter_counts_exactly_under_200_concurrent_requests() {
 /// functions/js-inbox: a published event reaches the JavaScript handler once.
 #[tokio::test(flavor = "multi_thread")]
 async fn javascript_event_handler_receives_a_published_event_once() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     skiff.cli_ok(&[
         "deploy",
@@ -167,7 +171,6 @@ async fn dev_loop(
     log: (&str, &str),
     limit: f64,
 ) {
-    let _alone = one_at_a_time().await;
     let tmp = tempfile::tempdir().unwrap();
     let name = format!("dev-{lang}");
     let project = new_project(tmp.path(), &name, lang, "http");
@@ -281,6 +284,7 @@ async fn dev_loop(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn skiff_dev_redeploys_a_rust_change_within_3s_without_failed_requests() {
+    let _alone = crate::gate::alone().await;
     dev_loop(
         "rust",
         "src/lib.rs",
@@ -302,6 +306,7 @@ async fn skiff_dev_redeploys_a_rust_change_within_3s_without_failed_requests() {
 /// cores (build 14 s, deploy 17 s): the tight bound is on what `skiff dev` itself adds.
 #[tokio::test(flavor = "multi_thread")]
 async fn skiff_dev_redeploys_a_python_change_without_failed_requests() {
+    let _one = crate::gate::one_at_a_time().await;
     dev_loop(
         "python",
         "app.py",
@@ -334,6 +339,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 /// refused unless --force; a bad name names the rule.
 #[test]
 fn skiff_new_refuses_bad_input_naming_the_fix() {
+    let _gate = crate::gate::beside_others_blocking();
     let tmp = tempfile::tempdir().unwrap();
     let e = stderr_of(&skiff_in(tmp.path(), &["new", "f", "--lang", "go"]));
     assert!(
@@ -371,6 +377,7 @@ fn skiff_new_refuses_bad_input_naming_the_fix() {
 /// (a note) and by the build (the error).
 #[test]
 fn a_missing_toolchain_is_named_with_its_install_command() {
+    let _gate = crate::gate::beside_others_blocking();
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     // A PATH with a shell and nothing else.
@@ -415,6 +422,7 @@ fn a_missing_toolchain_is_named_with_its_install_command() {
 /// the port it would serve functions on.
 #[tokio::test(flavor = "multi_thread")]
 async fn skiff_dev_names_a_port_taken_by_something_else() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("p");
     std::fs::create_dir(&project).unwrap();

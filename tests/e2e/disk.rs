@@ -41,6 +41,7 @@ async fn data_dir_bytes(skiff: &Skiff) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_deploys_leave_nothing_and_unused_files_are_collected() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let skiff = Skiff::start_in(&data, &[]);
@@ -170,6 +171,7 @@ impl Drop for Tmpfs {
 /// its I/O error), and every acknowledged write is still there.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_resume_by_themselves_once_a_full_disk_has_room() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&tmp.path().join("disk"), 96);
     let skiff = Skiff::start_in(&disk.0.join("data"), &[]);

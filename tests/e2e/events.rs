@@ -58,11 +58,13 @@ macro_rules! on_both_backends {
         mod $name {
             #[tokio::test(flavor = "multi_thread")]
             async fn embedded() {
+                let _gate = crate::gate::beside_others().await;
                 super::$name(super::Backend::Embedded).await
             }
 
             #[tokio::test(flavor = "multi_thread")]
             async fn nats() {
+                let _gate = crate::gate::beside_others().await;
                 super::$name(super::Backend::Nats).await
             }
         }
@@ -416,6 +418,7 @@ async fn sigkill_in_the_middle_of_a_thousand_orders_loses_nothing(b: Backend) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_unreachable_at_start_serves_and_joins_when_it_answers() {
+    let _gate = crate::gate::beside_others().await;
     let dir = tempfile::tempdir().unwrap();
     let port = skiff_core::testkit::free_port().unwrap();
     let url = format!("nats://127.0.0.1:{port}");
@@ -452,6 +455,7 @@ async fn nats_unreachable_at_start_serves_and_joins_when_it_answers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_lost_while_running_keeps_serving_and_delivers_once_back() {
+    let _gate = crate::gate::beside_others().await;
     let mut env = Env::new(Backend::Nats);
     let skiff = env.start();
     deploy_orders(&skiff);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut skiff = Skiff::start_in(&data, &[]);
@@ -64,6 +65,7 @@ async fn a_restart_keeps_deployments_and_loads_the_compiled_cache() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redeploy_during_steady_traffic_fails_no_request() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let deploy = |v: u32| {
@@ -139,6 +141,7 @@ async fn a_redeploy_during_steady_traffic_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rm_stops_new_requests_and_lets_running_ones_finish() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     deploy_misbehave(&skiff, tmp.path(), "misbehave", "");
@@ -161,6 +164,7 @@ async fn rm_stops_new_requests_and_lets_running_ones_finish() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_running_invocations_before_exit() {
+    let _gate = crate::gate::beside_others().await;
     let mut skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     deploy_misbehave(&skiff, tmp.path(), "misbehave", "");
@@ -185,6 +189,7 @@ async fn sigterm_drains_running_invocations_before_exit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn code_loads_on_demand_within_a_bounded_cache() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     // Room for one component: two functions with different components take turns.
@@ -239,6 +244,7 @@ async fn code_loads_on_demand_within_a_bounded_cache() {
 /// connection open and functions deployed (an operator's restart waits on it).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_when_idle_exits_within_200ms() {
+    let _gate = crate::gate::alone().await;
     let mut skiff = Skiff::start(&[]);
     let hello = repo().join("functions/hello");
     skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);

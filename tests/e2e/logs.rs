@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_show_what_hello_printed_and_follow_live() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     skiff.cli_ok(&[
         "deploy",
@@ -81,6 +82,7 @@ async fn logs_show_what_hello_printed_and_follow_live() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_order_workflow_is_one_trace() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let trace = place_order(&skiff, "t1").await;
     let done = wait_until(Duration::from_secs(10), async || {
@@ -164,6 +166,7 @@ async fn collector() -> (
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_are_exported_to_an_otlp_collector() {
+    let _gate = crate::gate::beside_others().await;
     let (endpoint, mut received) = collector().await;
     let skiff = Skiff::start(&["--otlp-endpoint", &endpoint]);
     skiff.cli_ok(&[

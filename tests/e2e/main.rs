@@ -10,6 +10,7 @@ mod devloop;
 mod disk;
 mod events;
 mod faults;
+mod gate;
 mod harness;
 mod lifecycle;
 mod logs;

@@ -36,6 +36,7 @@ pub fn promtool_check(text: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_valid_and_count_exactly() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     for f in ["functions/hello", "functions/orders"] {
         skiff.cli_ok(&["deploy", repo().join(f).to_str().unwrap(), "--no-build"]);
@@ -156,6 +157,7 @@ fn exposes(text: &str, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_metric_the_dashboard_queries_exists_on_a_live_node() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     for f in ["functions/hello", "functions/orders", "functions/sessions"] {
         skiff.cli_ok(&["deploy", repo().join(f).to_str().unwrap(), "--no-build"]);

@@ -5,7 +5,6 @@
 //! is charged twice, every acknowledged order reaches `notified`, and errors stop within
 //! two seconds. Each scenario prints its figures (BENCHMARKS.md, reliability).
 
-use crate::cluster::one_at_a_time;
 use crate::harness::*;
 use crate::netns::{Lan, Net};
 use skiff_core::testkit::NatsServer;
@@ -343,11 +342,12 @@ where
         .collect();
     assert!(
         late.is_empty(),
-        "{name}: {} requests still failed more than {RECOVERS_WITHIN:?} after the heal, e.g. {:?} {}: {}",
+        "{name}: {} requests still failed more than {RECOVERS_WITHIN:?} after the heal, e.g. {:?} {}: {}\n{}",
         late.len(),
         late.first().map(|s| s.kind),
         late.first().map_or(0, |s| s.status),
-        late.first().map_or("", |s| s.body.as_str())
+        late.first().map_or("", |s| s.body.as_str()),
+        c.diagnose().await
     );
     let recovery = shots
         .iter()
@@ -516,7 +516,7 @@ async fn until_answer(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn partitions_lose_no_acknowledged_work_and_errors_stop_within_two_seconds() {
-    let _one = one_at_a_time().await;
+    let _one = crate::gate::alone().await;
     let c = Partitioned::start();
     let mut rows = Vec::new();
 

@@ -29,6 +29,7 @@ fn polyglot() -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_and_javascript_components_answer_200_parallel_requests() {
+    let _gate = crate::gate::beside_others().await;
     let dir = polyglot();
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
@@ -72,6 +73,7 @@ async fn python_and_javascript_components_answer_200_parallel_requests() {
 /// naming what it lacks and what it has, and nothing is compiled for it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_component_lacking_its_export_is_refused_before_compiling() {
+    let _gate = crate::gate::beside_others().await;
     let dir = polyglot();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

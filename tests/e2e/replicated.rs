@@ -41,7 +41,7 @@ async fn converged(cluster: &Cluster, key: &str, want: u64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn increments_through_every_node_end_exact_and_reads_agree() {
-    let _one = one_at_a_time().await;
+    let _one = crate::gate::alone().await;
     let cluster = Cluster::start(3);
     cluster.deploy_example("counter");
     let started = Instant::now();

@@ -16,6 +16,7 @@ fn port_of(url: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outgoing_http_follows_the_allowlist_and_never_reaches_the_admin_api() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let origin = upstream().await;
@@ -82,6 +83,7 @@ async fn outgoing_http_follows_the_allowlist_and_never_reaches_the_admin_api() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sandbox_grants_no_ambient_authority() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     deploy_misbehave(&skiff, tmp.path(), "amb", "[env]\nONLY_THIS = \"1\"\n");
@@ -108,6 +110,7 @@ async fn the_sandbox_grants_no_ambient_authority() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_host_allocations_are_refused_and_memory_stays_flat() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     deploy_misbehave(&skiff, tmp.path(), "big", "");
@@ -177,6 +180,7 @@ pub fn fresh_secret() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_and_secrets_reach_the_guest_and_nowhere_else() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut skiff = Skiff::start_in(&data, &[]);
@@ -321,6 +325,7 @@ async fn cluster_secrets_travel_sealed_and_reach_every_node() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_components_are_refused_before_they_are_read() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&["--max-artifact", "1KiB"]);
     let hello = repo().join("functions/hello");
     let err = skiff.cli_err(&["deploy", hello.to_str().unwrap(), "--no-build"]);

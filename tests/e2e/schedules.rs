@@ -489,6 +489,7 @@ async fn an_embedded_node_catches_up_by_each_policy_after_downtime() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_schedules_and_delays_are_refused_with_the_reason() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let skiff = Skiff::start(&["--min-schedule-interval", "2s"]);
     for (name, extra, expect) in [
@@ -548,6 +549,7 @@ async fn bad_schedules_and_delays_are_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sessions_example_expires_keys_by_a_delayed_event() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let dir = repo().join("functions/sessions");
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);

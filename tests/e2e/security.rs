@@ -23,6 +23,7 @@ async fn connect(url: &str, auth: &NatsAuth) -> Result<async_nats::Client, Conne
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nats_refuses_strangers_and_plaintext_and_a_node_cannot_deploy() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&tmp.path().join("nats")).expect("nats");
     let url = nats.url();
@@ -305,6 +306,7 @@ pub(crate) fn refused_start(args: &[String]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_credentials_stop_the_start_and_name_the_flag() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&tmp.path().join("nats")).expect("nats");
     let url = nats.url();
@@ -412,6 +414,7 @@ fn nats_with(tmp: &Path, blocks: &str) -> NatsServer {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_takes_a_client_certificate_from_the_ca_and_refuses_none() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let s = secured();
     let blocks =
@@ -441,6 +444,7 @@ async fn mutual_tls_takes_a_client_certificate_from_the_ca_and_refuses_none() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_server_certificate_stops_the_start_and_says_so() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let s = secured();
     // A certificate from the test CA that expired yesterday.
@@ -505,6 +509,7 @@ async fn a_permission_nats_refuses_is_logged_with_its_subject_and_the_deploy_fai
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_and_password_from_a_file_get_in_and_a_wrong_one_is_named() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let s = secured();
     let blocks = s.server_blocks(&[]).unwrap().replacen(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_and_invoke_hello_through_cli_and_http() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let hello = repo().join("functions/hello");
     let out = skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
@@ -46,6 +47,7 @@ async fn deploy_and_invoke_hello_through_cli_and_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_runs_the_build_unless_told_not_to() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let wasm = guest("functions", "hello.wasm");
@@ -80,6 +82,7 @@ async fn deploy_runs_the_build_unless_told_not_to() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wstd_component_streams_a_multi_megabyte_echo() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let dir = repo().join("functions/echo-wstd");
     skiff.cli_ok(&["deploy", dir.to_str().unwrap(), "--no-build"]);
@@ -124,6 +127,7 @@ async fn wstd_component_streams_a_multi_megabyte_echo() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn out_of_file_descriptors_the_listeners_back_off_and_recover() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start_with_fd_limit(160);
     let hello = repo().join("functions/hello");
     skiff.cli_ok(&["deploy", hello.to_str().unwrap(), "--no-build"]);
@@ -166,6 +170,7 @@ async fn out_of_file_descriptors_the_listeners_back_off_and_recover() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_with_deploy_builds_and_serves_the_folders_it_was_given() {
+    let _gate = crate::gate::beside_others().await;
     let hello = repo().join("functions/hello");
     let skiff = Skiff::start(&["--deploy", hello.to_str().unwrap()]);
     assert!(

@@ -17,6 +17,7 @@ fn deploy_probe(skiff: &Skiff, tmp: &std::path::Path, name: &str, limits: &str) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_concurrent_increments_leave_exactly_five_hundred() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     deploy_counter(&skiff);
     let url = format!("{}/counter/x", skiff.listen);
@@ -47,6 +48,7 @@ async fn five_hundred_concurrent_increments_leave_exactly_five_hundred() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_sigkill() {
+    let _gate = crate::gate::beside_others().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut skiff = Skiff::start_in(&data, &[]);
@@ -82,6 +84,7 @@ async fn acknowledged_writes_survive_sigkill() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn functions_cannot_reach_each_others_keys() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     deploy_probe(&skiff, tmp.path(), "alpha", "");
@@ -135,6 +138,7 @@ async fn functions_cannot_reach_each_others_keys() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_value_over_the_limit_is_an_error_and_the_function_keeps_working() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     deploy_probe(
@@ -194,6 +198,7 @@ async fn a_value_over_the_limit_is_an_error_and_the_function_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operators_read_and_repair_state_and_rm_keeps_it_unless_purged() {
+    let _gate = crate::gate::beside_others().await;
     let skiff = Skiff::start(&[]);
     deploy_counter(&skiff);
     for _ in 0..3 {
