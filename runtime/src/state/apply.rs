@@ -8,17 +8,24 @@
 //! not one per function. When the functions of a shard change, its consumer starts over
 //! from the lowest position among them: a function that arrives is caught up from the
 //! start of the shard, and the others skip what they applied already.
+//!
+//! When the consumer stalls or cannot be created within [`CREATE_WAIT`], the follower
+//! reads what it misses straight from the stream's leader ([`super::catch_up`]) before it
+//! tries again, so that acknowledged writes keep being applied while NATS elects a new
+//! meta leader.
 
-use super::local::LogEntry;
-use super::replica::{
-    APPLY_BATCH, H_ANSWER, H_IDEM, H_OP, Replica, STALL_CHECK, log_err, parse_subject,
-};
-use super::{LocalState, Op, OpResult, StateError};
+use super::catch_up::log_entry;
+use super::replica::{APPLY_BATCH, Replica, STALL_CHECK, log_err};
+use super::{LocalState, StateError};
 use async_nats::jetstream::consumer;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long creating a consumer may take before the follower falls back to reading the
+/// stream directly (and tries again).
+const CREATE_WAIT: Duration = Duration::from_secs(3);
 
 /// What one shard's follower applies.
 pub(super) struct ShardFollower {
@@ -108,11 +115,26 @@ impl Replica {
         loop {
             if let Err(e) = self.apply_from(&store, shard, &functions).await {
                 tracing::warn!(shard, error = %e, "state replication interrupted; resuming");
-                if let (StateError::Storage { .. }, Ok(mut last)) = (&e, self.apply_error.lock()) {
-                    *last = Some(e.to_string());
+                self.note_storage_error(&e);
+                // Until a consumer is back, read what is missing from the stream's leader
+                // (a consumer needs the meta leader too; see `catch_up`).
+                match self.catch_up_by_reads(&store, &functions).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(shard, applied = n, "state caught up by direct reads"),
+                    Err(e) => {
+                        tracing::debug!(shard, error = %e, "state catch-up by reads failed");
+                        self.note_storage_error(&e);
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Keeps a disk failure to name in the answer of writes that wait for it.
+    fn note_storage_error(&self, e: &StateError) {
+        if let (StateError::Storage { .. }, Ok(mut last)) = (e, self.apply_error.lock()) {
+            *last = Some(e.to_string());
         }
     }
 
@@ -141,7 +163,7 @@ impl Replica {
         let Some(first) = functions.first() else {
             return Ok(());
         };
-        let consumer = self
+        let create = self
             .stream_of(first)
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subjects: functions
@@ -155,13 +177,23 @@ impl Replica {
                     start_sequence: start,
                 },
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| log_err(&format!("follow state shard {shard}"), e))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| log_err("follow the state stream", e))?;
+            });
+        let messages = tokio::time::timeout(CREATE_WAIT, async {
+            let consumer = create
+                .await
+                .map_err(|e| log_err(&format!("follow state shard {shard}"), e))?;
+            consumer
+                .messages()
+                .await
+                .map_err(|e| log_err("follow the state stream", e))
+        })
+        .await
+        .map_err(|_| {
+            log_err(
+                &format!("follow state shard {shard}"),
+                format!("no consumer within {CREATE_WAIT:?}"),
+            )
+        })??;
         let mut chunks = messages.ready_chunks(APPLY_BATCH);
         loop {
             let chunk = match tokio::time::timeout(STALL_CHECK, chunks.next()).await {
@@ -191,32 +223,12 @@ impl Replica {
                 };
                 let info = m.info().map_err(|e| log_err("read a state message", e))?;
                 let seq = info.stream_sequence;
-                let Some((ns, key)) =
-                    parse_subject(&m.subject).filter(|(ns, _)| functions.contains(&ns.function))
-                else {
-                    tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped");
-                    continue;
-                };
-                let header = |name: &str| {
-                    m.headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str().to_string())
-                };
-                let deleted = header(H_OP).is_some_and(|v| v == "del");
-                let answered = header(H_IDEM)
-                    .zip(header(H_ANSWER).and_then(|a| serde_json::from_str::<OpResult>(&a).ok()));
-                let ns_function = ns.function.clone();
-                let op = if deleted {
-                    Op::Delete { ns, key }
-                } else {
-                    Op::Set {
-                        ns,
-                        key,
-                        value: m.payload.to_vec(),
+                match log_entry(functions, &m.subject, seq, m.headers.as_ref(), &m.payload) {
+                    Some(entry) => entries.push(entry),
+                    None => {
+                        tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped")
                     }
-                };
-                entries.push((ns_function, LogEntry { seq, op, answered }));
+                }
             }
             if !entries.is_empty() {
                 store.apply_logs(entries).await?;

@@ -311,6 +311,57 @@ async fn replicated_state_conforms_and_every_node_converges() {
     );
 }
 
+/// Without a consumer (NATS has no meta leader yet), a copy reads what it misses from the
+/// stream's leader, in batches, and ends equal to a copy that followed the consumer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_catches_up_by_direct_reads_without_a_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats =
+        skiff_core::testkit::NatsServer::start(&dir.path().join("nats")).expect("nats-server");
+    let a = replicated(&nats.url(), &dir.path().join("a.redb")).await;
+    run(a.as_ref()).await;
+    // More keys than one catch-up batch (the stream keeps the last write of each key).
+    let ns = Namespace::new("conf", "default");
+    for i in 0..150 {
+        let key = format!("bulk-{i}");
+        a.write(
+            Op::Set {
+                ns: ns.clone(),
+                key,
+                value: i.to_string().into_bytes(),
+            },
+            KvLimits {
+                keys: 200,
+                ..limits()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let replica = a.replica().expect("attached");
+    let target = replica.last_seq("conf").await.unwrap();
+    let copy = local(&dir.path().join("copy.redb")).await;
+    let functions = vec!["conf".to_string()];
+    let applied = replica.catch_up_by_reads(&copy, &functions).await.unwrap();
+    assert!(applied >= 150, "applied {applied}");
+    assert_eq!(copy.log_applied("conf"), target);
+    let mut keys: Vec<String> = (0..150).map(|i| format!("bulk-{i}")).collect();
+    keys.extend(["n", "c", "once", "a", "b1"].map(String::from));
+    for key in &keys {
+        assert_eq!(
+            copy.get(&ns, key).unwrap(),
+            a.get(&ns, key).unwrap(),
+            "{key}"
+        );
+    }
+    assert_eq!(copy.usage("conf").unwrap(), a.usage("conf").unwrap());
+    // Nothing more to read: a second catch-up applies nothing.
+    assert_eq!(
+        replica.catch_up_by_reads(&copy, &functions).await.unwrap(),
+        0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_keeps_only_the_functions_it_hosts_and_drops_one_it_lets_go() {
     let dir = tempfile::tempdir().unwrap();

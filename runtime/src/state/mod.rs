@@ -13,6 +13,7 @@
 //! as well as stored values, including on a redelivered idempotency-keyed write.
 
 mod apply;
+mod catch_up;
 #[cfg(test)]
 mod conformance;
 mod copies;
