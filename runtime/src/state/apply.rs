@@ -223,12 +223,13 @@ impl Replica {
                 };
                 let info = m.info().map_err(|e| log_err("read a state message", e))?;
                 let seq = info.stream_sequence;
-                match log_entry(functions, &m.subject, seq, m.headers.as_ref(), &m.payload) {
-                    Some(entry) => entries.push(entry),
-                    None => {
-                        tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped")
-                    }
-                }
+                entries.extend(log_entry(
+                    functions,
+                    &m.subject,
+                    seq,
+                    m.headers.as_ref(),
+                    &m.payload,
+                ));
             }
             if !entries.is_empty() {
                 store.apply_logs(entries).await?;

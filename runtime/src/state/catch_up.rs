@@ -22,8 +22,8 @@ const CATCH_UP_BATCH: usize = 64;
 /// How long one read may take (the stream has no leader yet if it takes longer).
 const READ_WAIT: Duration = Duration::from_secs(2);
 
-/// Decodes one message of a state stream into the entry to apply, or `None` when its
-/// subject is not a key of one of `functions`.
+/// Decodes one message of a state stream into the entry to apply, or `None` (with a
+/// warning) when its subject is not a key of one of `functions`.
 pub(super) fn log_entry(
     functions: &[String],
     subject: &str,
@@ -31,7 +31,11 @@ pub(super) fn log_entry(
     headers: Option<&HeaderMap>,
     payload: &[u8],
 ) -> Option<(String, LogEntry)> {
-    let (ns, key) = parse_subject(subject).filter(|(ns, _)| functions.contains(&ns.function))?;
+    let Some((ns, key)) = parse_subject(subject).filter(|(ns, _)| functions.contains(&ns.function))
+    else {
+        tracing::warn!(%subject, "foreign subject in the state stream; skipped");
+        return None;
+    };
     let header = |name: &str| {
         headers
             .and_then(|h| h.get(name))
@@ -95,18 +99,13 @@ async fn read_batch(stream: &Stream, subject: &str, functions: &[String], next: 
             }
         };
         batch.next = m.sequence + 1;
-        match log_entry(
+        batch.entries.extend(log_entry(
             functions,
             &m.subject,
             m.sequence,
             Some(&m.headers),
             &m.payload,
-        ) {
-            Some(entry) => batch.entries.push(entry),
-            None => {
-                tracing::warn!(subject = %m.subject, "foreign subject in the state stream; skipped")
-            }
-        }
+        ));
     }
     batch
 }
